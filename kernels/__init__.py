@@ -1,0 +1,25 @@
+"""Numerical kernels of tmesim: arrays in, arrays out.
+
+Installed as ``tmesim.kernels``; nothing here imports the rest of tmesim or
+knows about species, units or files. Fields are stacked ``c[channel, x, y, z]``.
+"""
+
+from ._diffusion import (
+    FaceBC as FaceBC,
+    diffusion_rate as diffusion_rate,
+    diffusion_rate_reference as diffusion_rate_reference,
+    euler_limit as euler_limit,
+    explicit_step as explicit_step,
+    rkl1_stages as rkl1_stages,
+    rkl1_step as rkl1_step,
+    rkl2_coefficients as rkl2_coefficients,
+    rkl2_stages as rkl2_stages,
+    rkl2_step as rkl2_step,
+    rkl2_step_reference as rkl2_step_reference,
+    spectral_radius as spectral_radius,
+)
+from ._implicit import lod_step as lod_step
+from ._implicit import thomas as thomas
+from ._implicit import thomas_cyclic as thomas_cyclic
+from ._transport import cell_transport_rate as cell_transport_rate
+from ._transport import transport_limit as transport_limit

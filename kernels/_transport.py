@@ -1,0 +1,110 @@
+"""Conservative upwind finite-volume transport of cell densities.
+
+Cells of each population ρ (volume fraction, F channels) move by random
+motility μ (um²/min) and by a drift velocity v = −∇Φ (um/min), where the
+potential Φ (um²/min) sums whatever drives them: chemotaxis (Φ = −χ·S) and a
+pressure or crowding push (Φ = κ·p). Across each face between voxels i and
+i+1 the net transfer (volume fraction per minute) is
+
+    T = (μ/h² + v⁺/h)·ρ_i·room_{i+1} − (μ/h² + v⁻/h)·ρ_{i+1}·room_i,
+
+with v⁺ = max(v, 0), v⁻ = max(−v, 0) taken at the face (upwinding) and
+room = 1 − total cell fraction (volume filling; room ≡ 1 gives plain
+diffusion plus upwind advection). Then ∂ρ_i/∂t = T_{i−1/2} − T_{i+1/2}.
+
+Properties, all tested:
+- conservative: Σ_i ∂ρ_i/∂t = 0 to round-off with no-flux or periodic faces;
+- positive: a voxel loses at most its own content, so forward Euler keeps
+  ρ ≥ 0 for dt ≤ ``transport_limit``;
+- volume bound: nothing enters a voxel with no room, so Σ ρ ≤ 1 is kept
+  under the same step limit (single species: exactly linear diffusion, the
+  continuum limit of the simple exclusion process).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._diffusion import _per_channel, _slice
+
+Array = jax.Array
+
+
+def _zeros_face(x: Array, axis: int) -> Array:
+    return jnp.zeros_like(_slice(x, 0, 1, axis))
+
+
+def cell_transport_rate(
+    rho: Array,
+    spacing: tuple[float, float, float],
+    motility: Array,
+    potential: Array | None = None,
+    room: Array | None = None,
+    periodic: tuple[bool, bool, bool] = (False, False, False),
+) -> Array:
+    """∂ρ/∂t of the volume-filling upwind scheme described in the module docstring.
+
+    rho:       (F, X, Y, Z) volume fractions.
+    spacing:   voxel size (hx, hy, hz) in um.
+    motility:  μ in um²/min, shape (F,).
+    potential: Φ in um²/min, broadcastable to rho (e.g. (F, X, Y, Z) or
+               (X, Y, Z)); v = −∇Φ. None: no drift.
+    room:      (X, Y, Z) free volume fraction, or None (no exclusion).
+    periodic:  per axis; non-periodic faces are no-flux for cells.
+    """
+    nd = rho.ndim
+    mu = _per_channel(motility, nd)
+    rate = jnp.zeros_like(rho)
+    for axis in range(3):
+        ax = axis + 1
+        h = spacing[axis]
+        n = rho.shape[ax]
+        hop = mu / h**2
+
+        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, hop=hop, h=h):
+            fwd = bwd = hop
+            if potential is not None:
+                v = -(phi_hi - phi_lo) / h
+                fwd = hop + jnp.maximum(v, 0.0) / h
+                bwd = hop + jnp.maximum(-v, 0.0) / h
+            return fwd * r_lo * room_hi - bwd * r_hi * room_lo
+
+        def cut(x, start, stop, ax=ax):
+            if x is None:
+                return None
+            return _slice(x, start, stop, ax) if x.shape[ax] > 1 else x
+
+        phi = None if potential is None else jnp.broadcast_to(potential, rho.shape)
+        rm = 1.0 if room is None else jnp.broadcast_to(room, rho.shape[1:])[None]
+        room_of = (lambda a, b: 1.0) if room is None else (lambda a, b: cut(rm, a, b))
+        t = transfer(
+            cut(rho, 0, n - 1),
+            cut(rho, 1, n),
+            cut(phi, 0, n - 1),
+            cut(phi, 1, n),
+            room_of(0, n - 1),
+            room_of(1, n),
+        )
+        if periodic[axis]:
+            edge = transfer(
+                cut(rho, n - 1, n),
+                cut(rho, 0, 1),
+                cut(phi, n - 1, n),
+                cut(phi, 0, 1),
+                room_of(n - 1, n),
+                room_of(0, 1),
+            )
+            lo_face = hi_face = edge
+        else:
+            lo_face = hi_face = _zeros_face(rho, ax)
+        rate = rate + jnp.concatenate([lo_face, t], axis=ax) - jnp.concatenate([t, hi_face], axis=ax)
+    return rate
+
+
+def transport_limit(spacing, motility: float, max_speed: float = 0.0) -> float:
+    """Largest forward-Euler step (min) that keeps ρ ≥ 0 and Σρ ≤ 1.
+
+    A voxel sends out at most Σ_faces (μ/h² + |v|/h) of its content per minute.
+    """
+    return 1.0 / sum(2.0 * motility / h**2 + 2.0 * max_speed / h for h in spacing)
