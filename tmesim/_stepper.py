@@ -251,20 +251,22 @@ def check_params(stepper: Stepper, params) -> None:
 @partial(jax.jit, static_argnames=("stepper", "n_steps", "save_every"))
 def _simulate(stepper, fields, params, n_steps, save_every, t0):
     n_saves = n_steps // save_every
+    step_times = jnp.arange(save_every, dtype=fields.dtype) * stepper.dt
+    chunk_starts = t0 + jnp.arange(n_saves, dtype=fields.dtype) * (save_every * stepper.dt)
 
     @jax.checkpoint
     def chunk(blocks, t_start):
-        def body(b, i):
-            return stepper.step_blocks(b, params, t_start + i * stepper.dt), None
+        def body(b, t):
+            return stepper.step_blocks(b, params, t_start + t), None
 
-        blocks, _ = jax.lax.scan(body, blocks, jnp.arange(save_every))
+        blocks, _ = jax.lax.scan(body, blocks, step_times)
         return blocks
 
-    def outer(blocks, k):
-        blocks = chunk(blocks, t0 + k * save_every * stepper.dt)
+    def outer(blocks, t_start):
+        blocks = chunk(blocks, t_start)
         return blocks, stepper.merge(blocks)
 
-    blocks, snapshots = jax.lax.scan(outer, stepper.split(fields), jnp.arange(n_saves))
+    blocks, snapshots = jax.lax.scan(outer, stepper.split(fields), chunk_starts)
     return stepper.merge(blocks), snapshots
 
 
