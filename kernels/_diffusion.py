@@ -43,9 +43,6 @@ class FaceBC(NamedTuple):
     flux: Array
 
 
-# One entry per axis: None for a periodic axis, else (lower face, upper face).
-AxisBC = "tuple[FaceBC, FaceBC] | None"
-
 
 def _per_channel(a: Array, ndim: int) -> Array:
     """Reshape a (F,) array to (F, 1, 1, 1) so that it broadcasts over a field."""

@@ -12,6 +12,7 @@ import pytest
 from helpers import fitted_order
 
 import tmesim as tm
+from tmesim._spheroid import sphere_fraction
 
 D_O2, DECAY = 1e5, 0.1  # PhysiCell/BioFVM oxygen defaults (shared/data/physicell_default_parameters.csv)
 
@@ -131,22 +132,6 @@ def test_dirichlet_steady_state_with_decay(method):
     assert rel < (2e-4 if method == "rkl2" else 1e-3)
 
 
-def _sphere_volume_fraction(grid, radius, sub=4):
-    """Fraction of each voxel inside the sphere (sub³ sample points per voxel)."""
-    h = grid.spacing[0]
-    offs = (np.arange(sub) + 0.5) / sub - 0.5
-    r = grid.distance_from_center()
-    frac = np.zeros(grid.shape)
-    x, y, z = grid.mesh()
-    c = grid.extent[0] / 2
-    for ox in offs:
-        for oy in offs:
-            for oz in offs:
-                frac += ((x + ox * h - c) ** 2 + (y + oy * h - c) ** 2 + (z + oz * h - c) ** 2
-                         <= radius**2)
-    return frac / sub**3, r
-
-
 def test_oxygen_in_consuming_sphere():
     """Uptake k inside R, c = c∞ held outside R_b (pinned voxels), D = 1e5, k = 10/min.
 
@@ -159,7 +144,7 @@ def test_oxygen_in_consuming_sphere():
     """
     grid = tm.Grid((64, 64, 64), 10.0)
     k, R, Rb, c_inf = 10.0, 150.0, 300.0, 38.0
-    frac, r = _sphere_volume_fraction(grid, R)
+    frac, r = sphere_fraction(grid, R), grid.distance_from_center()
 
     def uptake(c, params):
         return jnp.zeros_like(c), k * params["cells"]

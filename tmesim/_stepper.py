@@ -16,6 +16,7 @@ chosen once, at build time, from the species' design diffusion coefficient:
     implicit  LOD backward-Euler sweeps (BioFVM's scheme, boundaries inside the
               solve), unconditionally stable: requested per species, or
               chosen when more than ``max_stages`` RKL2 stages would be needed;
+    static    species with neither diffusion nor decay: left as they are;
     cell      the upwind volume-filling transport of all "cell" species
               together, forward Euler sub-steps within its positivity limit.
 
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import kernels as K
-from ._grid import Grid
+from ._grid import Grid, Neumann
 from ._species import SpeciesTable
 
 RKL2_SAFETY = 0.95
@@ -48,7 +49,7 @@ RKL2_SAFETY = 0.95
 class Group:
     """Channels advanced together by one transport method."""
 
-    method: str  # "euler" | "rkl2" | "implicit" | "cell"
+    method: str  # "static" | "euler" | "rkl1" | "rkl2" | "implicit" | "cell"
     channels: tuple[int, ...]
     stages: int = 1  # RKL2 stages, or cell sub-steps
 
@@ -58,13 +59,17 @@ def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int =
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"time step must be a positive number of minutes, got {dt!r}")
     keyed: dict[tuple[str, int], list[int]] = {}
+    boundaries = table.boundaries(grid)
     cells = table.channels("cell")
     for i, s in enumerate(table):
         if s.kind == "cell":
             continue
         rho = K.spectral_radius(grid.spacing, s.diffusion, s.decay)
         method = s.method
-        if method == "auto":
+        inflow = any(isinstance(b, Neumann) and b.flux for b in boundaries[i])
+        if s.diffusion == 0 and s.decay == 0 and not inflow:
+            method = "static"  # nothing to transport: skip the pass
+        elif method == "auto":
             if dt * rho <= 2.0:
                 method = "euler"
             elif K.rkl2_stages(dt, rho / RKL2_SAFETY) <= max_stages:
@@ -77,7 +82,9 @@ def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int =
                 f"(limit {2.0 / rho:.3g} min); use method 'auto', 'rkl2' or 'implicit'"
             )
         stages = 1
-        if method == "rkl2":
+        if method == "static":
+            pass
+        elif method == "rkl2":
             stages = K.rkl2_stages(dt, rho / RKL2_SAFETY)
         elif method == "rkl1":
             stages = K.rkl1_stages(dt, rho / RKL2_SAFETY)
@@ -151,6 +158,8 @@ class Stepper:
 
     def _advance_group(self, g: Group, c, params, pinned):
         """Transport of one group's block c (its channels only) over dt."""
+        if g.method == "static":
+            return c
         sub = c
         sp = self.grid.spacing
         D = params["diffusion"][np.asarray(g.channels)]
