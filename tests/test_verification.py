@@ -139,7 +139,7 @@ def test_oxygen_in_consuming_sphere():
     R_b → ∞ gives the infinite-medium 1/cosh(R/ℓ). R = 150 um, R_b = 300 um.
 
     dt = 0.0025 min: the uptake is split from diffusion (Strang), whose steady
-    state is off by O((k dt)²): measured 2.8% at dt = 0.01 (k dt = 0.1) and
+    state is off by O((k dt)²): measured 2.6% at dt = 0.01 (k dt = 0.1) and
     0.2% at dt = 0.0025.
     """
     grid = tm.Grid((64, 64, 64), 10.0)

@@ -33,7 +33,7 @@ class Species:
     initial:   uniform initial value.
     method:    "auto" (forward Euler where stable, else second-order RKL2
                super-time-stepping), "euler", "rkl1" (first-order
-               super-time-stepping, about half RKL2's cost), "rkl2" or
+               super-time-stepping, about 25% cheaper than RKL2), "rkl2" or
                "implicit" (LOD). Solutes and matrix only.
     """
 
