@@ -68,13 +68,13 @@ def _face_coefficient(D: Array, axis: int) -> tuple[Array, Array, Array]:
     return inner, _slice(D, 0, 1, axis), _slice(D, n - 1, n, axis)
 
 
-def _bulk_rate(c: Array, spacing, D: Array, decay: Array) -> Array:
-    """∇·(D∇c) − λc with every boundary face closed (zero flux).
+def _bulk_rate(c: Array, spacing, D: Array, decay: Array, source=None) -> Array:
+    """∇·(D∇c) − λc + S with every boundary face closed (zero flux).
 
     The closed faces are constant zeros, which XLA fuses into one vectorised
     pass; the true boundary fluxes are added by ``_add_boundary``.
     """
-    out = -decay * c
+    out = -decay * c if source is None else source - decay * c
     for axis, h in enumerate(spacing):
         ax = axis + 1
         n = c.shape[ax]
@@ -127,9 +127,11 @@ def _add_boundary(out: Array, planes: list, scale, pinned: Array | None) -> Arra
     return out
 
 
-def _prepare(c, D, decay):
+def _prepare(c, D, decay, source=None):
     nd = c.ndim
-    return _per_channel(jnp.asarray(D, c.dtype), nd), _per_channel(jnp.asarray(decay, c.dtype), nd)
+    D = _per_channel(jnp.asarray(D, c.dtype), nd)
+    decay = _per_channel(jnp.asarray(decay, c.dtype), nd)
+    return D, decay, (None if source is None else jnp.asarray(source, c.dtype))
 
 
 def diffusion_rate(
@@ -139,30 +141,33 @@ def diffusion_rate(
     decay: Array,
     bc: tuple,
     pinned: Array | None = None,
+    source: Array | None = None,
 ) -> Array:
-    """Right-hand side ∂c/∂t = ∇·(D∇c) − λc of the 7-point finite-volume scheme.
+    """Right-hand side ∂c/∂t = ∇·(D∇c) − λc + S of the 7-point finite-volume scheme.
 
     c:       (F, X, Y, Z) fields.
     spacing: voxel size (hx, hy, hz) in um (Python floats).
     D:       diffusion coefficient in um²/min, shape (F,) or (F, X, Y, Z)
              (variable coefficient, averaged onto faces).
-    decay:   λ in 1/min, shape (F,).
+    decay:   λ in 1/min, shape (F,) or (F, X, Y, Z) (a per-voxel loss rate,
+             e.g. uptake by cells, solved together with diffusion).
     bc:      three entries, one per axis: ``None`` (periodic) or
              ``(FaceBC lower, FaceBC upper)``.
     pinned:  optional (X, Y, Z) bool mask of voxels held at their value
              (Dirichlet nodes, as BioFVM's); their rate is zero.
+    source:  optional S (field units per min), broadcastable to c.
     Returns an array like ``c``. Forward Euler with it is stable for
     dt ≤ 2/ρ (``euler_limit``) and keeps c ≥ 0 for dt ≤ 1 / (Σ_axes 3D/h² + λ)
     (the edge voxel of a Dirichlet face carries 3D/h² on its diagonal).
     """
-    D, decay = _prepare(c, D, decay)
-    rate = _bulk_rate(c, spacing, D, decay)
+    D, decay, source = _prepare(c, D, decay, source)
+    rate = _bulk_rate(c, spacing, D, decay, source)
     if pinned is not None:
         rate = jnp.where(pinned, 0.0, rate)
     return _add_boundary(rate, _boundary_planes(c, spacing, D, bc), 1.0, pinned)
 
 
-def diffusion_rate_reference(c, spacing, D, decay, bc, pinned=None):
+def diffusion_rate_reference(c, spacing, D, decay, bc, pinned=None, source=None):
     """Plain ghost-cell version of ``diffusion_rate`` (jnp.pad), for tests.
 
     Constant-per-channel D only. The ghost value reproduces each face flux:
@@ -170,7 +175,7 @@ def diffusion_rate_reference(c, spacing, D, decay, bc, pinned=None):
     """
     nd = c.ndim
     D = _per_channel(D, nd)
-    out = -_per_channel(decay, nd) * c
+    out = -_per_channel(decay, nd) * c + (0.0 if source is None else source)
     for axis, h in enumerate(spacing):
         ax = axis + 1
         n = c.shape[ax]
@@ -199,13 +204,13 @@ def euler_limit(spacing, D, decay=0.0) -> float:
     return 2.0 / spectral_radius(spacing, D, decay)
 
 
-def explicit_step(c, dt, spacing, D, decay, bc, pinned=None) -> Array:
-    """Forward Euler c + dt·(∇·(D∇c) − λc) in one fused pass plus six boundary planes.
+def explicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None) -> Array:
+    """Forward Euler c + dt·(∇·(D∇c) − λc + S) in one fused pass plus six boundary planes.
 
     Arguments as ``diffusion_rate``. First order; stable for dt ≤ ``euler_limit``.
     """
-    D, decay = _prepare(c, D, decay)
-    new = c + dt * _bulk_rate(c, spacing, D, decay)
+    D, decay, source = _prepare(c, D, decay, source)
+    new = c + dt * _bulk_rate(c, spacing, D, decay, source)
     if pinned is not None:
         new = jnp.where(pinned, c, new)
     return _add_boundary(new, _boundary_planes(c, spacing, D, bc), dt, pinned)
@@ -259,9 +264,9 @@ def rkl1_coefficients(stages: int) -> tuple[np.ndarray, float]:
     return np.array(rows).reshape(-1, 4), w1
 
 
-def _sts_step(c, dt, spacing, D, decay, bc, pinned, table, mu1, second_order):
-    D, decay = _prepare(c, D, decay)
-    f0 = diffusion_rate(c, spacing, D, decay, bc, pinned)
+def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_order):
+    D, decay, source = _prepare(c, D, decay, source)
+    f0 = diffusion_rate(c, spacing, D, decay, bc, pinned, source)
     y1 = c + (mu1 * dt) * f0  # f0 is exactly 0 on pinned voxels
     if len(table) == 0:
         return y1
@@ -269,7 +274,7 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, table, mu1, second_order):
     def stage(carry, coef):
         y_prev, y_prev2 = carry
         mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
-        bulk = _bulk_rate(y_prev, spacing, D, decay)
+        bulk = _bulk_rate(y_prev, spacing, D, decay, source)
         if pinned is not None:
             bulk = jnp.where(pinned, 0.0, bulk)
         y = mu * y_prev + nu * y_prev2 + (mu_t * dt) * bulk
@@ -284,12 +289,13 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, table, mu1, second_order):
     return y
 
 
-def rkl2_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None) -> Array:
+def rkl2_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=None) -> Array:
     """One step of the second-order Runge-Kutta-Legendre super-time-stepper.
 
     Y₀ = c;  Y₁ = Y₀ + μ̃₁ dt f(Y₀);
     Y_j = μ_j Y_{j−1} + ν_j Y_{j−2} + (1 − μ_j − ν_j) Y₀ + μ̃_j dt f(Y_{j−1}) + γ̃_j dt f(Y₀)
-    with f = ``diffusion_rate``; the result is Y_s. s stages advance
+    with f = ``diffusion_rate`` (source S and a per-voxel decay included: a
+    steady state of f is kept exactly); the result is Y_s. s stages advance
     dt = Δt_Euler·(s² + s − 2)/4, so s passes replace about s²/4 Euler steps.
     Second order in time for any s; stable for dt·ρ ≤ (s² + s − 2)/2.
 
@@ -298,10 +304,10 @@ def rkl2_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None) -> Array:
     128³ on a CPU, measured); the scan keeps one fused pass per stage.
     """
     table, mu1 = rkl2_coefficients(stages)
-    return _sts_step(c, dt, spacing, D, decay, bc, pinned, table, mu1, True)
+    return _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, True)
 
 
-def rkl1_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None) -> Array:
+def rkl1_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=None) -> Array:
     """One step of the first-order Runge-Kutta-Legendre super-time-stepper.
 
     Y_j = μ_j Y_{j−1} + ν_j Y_{j−2} + μ̃_j dt f(Y_{j−1}): each stage reads two
@@ -312,7 +318,7 @@ def rkl1_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None) -> Array:
     forward Euler.
     """
     table, mu1 = rkl1_coefficients(stages)
-    return _sts_step(c, dt, spacing, D, decay, bc, pinned, table, mu1, False)
+    return _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, False)
 
 
 def rkl2_step_reference(c, dt, rate_fn: Callable[[Array], Array], stages: int) -> Array:

@@ -126,18 +126,24 @@ def lod_step(
     decay: Array,
     bc: tuple,
     pinned: Array | None = None,
+    source: Array | None = None,
 ) -> Array:
     """One implicit LOD diffusion-decay step (x, y then z sweeps).
 
     Arguments as ``diffusion_rate``: c (F, X, Y, Z); D (F,) or (F, X, Y, Z)
-    in um²/min; decay (F,) in 1/min; bc one entry per axis (None = periodic);
-    pinned an optional (X, Y, Z) mask. Unconditionally stable; first order in
+    in um²/min; decay (F,) or (F, X, Y, Z) in 1/min (per-voxel uptake goes
+    into every sweep's diagonal as λ/3); bc one entry per axis (None =
+    periodic); pinned an optional (X, Y, Z) mask; source an optional S added
+    to the first sweep's right-hand side as dt·S. Unconditionally stable; first order in
     time with an O(dt) splitting error that vanishes at a steady state which
     varies along one axis only.
     """
     nd = c.ndim
     D = _per_channel(D, nd)
     decay = _per_channel(decay, nd)
+    if source is not None:
+        add = dt * jnp.asarray(source, c.dtype)
+        c = c + (add if pinned is None else jnp.where(pinned, 0.0, add))
     for axis in range(3):
         ax = axis + 1
         cm = jnp.moveaxis(c, ax, 0)

@@ -8,7 +8,9 @@ i+1 the net transfer (volume fraction per minute) is
 
     T = (μ/h² + v⁺/h)·ρ_i·room_{i+1} − (μ/h² + v⁻/h)·ρ_{i+1}·room_i,
 
-with v⁺ = max(v, 0), v⁻ = max(−v, 0) taken at the face (upwinding) and
+with v⁺ = max(v, 0), v⁻ = max(−v, 0) taken at the face (upwinding), |v|
+capped at ``max_speed`` (a saturating drift, which makes the step limit
+static whatever the potential), and
 room = 1 − total cell fraction (volume filling; room ≡ 1 gives plain
 diffusion plus upwind advection). Then ∂ρ_i/∂t = T_{i−1/2} − T_{i+1/2}.
 
@@ -42,6 +44,7 @@ def cell_transport_rate(
     potential: Array | None = None,
     room: Array | None = None,
     periodic: tuple[bool, bool, bool] = (False, False, False),
+    max_speed: float | None = None,
 ) -> Array:
     """∂ρ/∂t of the volume-filling upwind scheme described in the module docstring.
 
@@ -52,6 +55,10 @@ def cell_transport_rate(
                (X, Y, Z)); v = −∇Φ. None: no drift.
     room:      (X, Y, Z) free volume fraction, or None (no exclusion).
     periodic:  per axis; non-periodic faces are no-flux for cells.
+    max_speed: cap on |v| (um/min), or None (no cap). With a cap, forward Euler
+               stays positive for dt ≤ ``transport_limit(spacing, μ, max_speed)``.
+    motility may also be (F, X, Y, Z) (e.g. slowed by matrix); the face value
+    is the mean of its two voxels.
     """
     nd = rho.ndim
     mu = _per_channel(motility, nd)
@@ -60,12 +67,13 @@ def cell_transport_rate(
         ax = axis + 1
         h = spacing[axis]
         n = rho.shape[ax]
-        hop = mu / h**2
 
-        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, hop=hop, h=h):
-            fwd = bwd = hop
+        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, h=h):
+            hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
             if potential is not None:
                 v = -(phi_hi - phi_lo) / h
+                if max_speed is not None:
+                    v = jnp.clip(v, -max_speed, max_speed)
                 fwd = hop + jnp.maximum(v, 0.0) / h
                 bwd = hop + jnp.maximum(-v, 0.0) / h
             return fwd * r_lo * room_hi - bwd * r_hi * room_lo
@@ -85,6 +93,8 @@ def cell_transport_rate(
             cut(phi, 1, n),
             room_of(0, n - 1),
             room_of(1, n),
+            cut(mu, 0, n - 1),
+            cut(mu, 1, n),
         )
         if periodic[axis]:
             edge = transfer(
@@ -94,6 +104,8 @@ def cell_transport_rate(
                 cut(phi, 0, 1),
                 room_of(n - 1, n),
                 room_of(0, 1),
+                cut(mu, n - 1, n),
+                cut(mu, 0, 1),
             )
             lo_face = hi_face = edge
         else:

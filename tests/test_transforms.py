@@ -14,15 +14,14 @@ def _problem():
     boundary = {"x-": tm.Dirichlet(38.0), "x+": tm.Neumann(0.5)}
     grid = tm.Grid((10, 8, 6), 20.0, boundary)
     table = tm.SpeciesTable((
-        tm.Species("oxygen", diffusion=1e5, decay=0.1, units="mmHg", initial=38.0),
+        tm.Species("oxygen", diffusion=1e5, decay=0.1, units="mmHg", initial=38.0, uptake=20.0),
         tm.Species("vegf", diffusion=1e3, decay=0.1, boundary=tm.Neumann(), units="nM"),
         tm.Species("tumor", kind="cell", diffusion=5.0, units="volume fraction"),
     ))
 
-    def uptake(c, params):
-        loss = jnp.zeros_like(c).at[0].set(params["uptake"] * c[2])
-        production = jnp.zeros_like(c).at[1].set(jnp.where(c[0] < 15.0, 0.01 * c[2], 0.0))
-        return production, loss
+    def uptake(f, params, t):
+        return (tm.Rates().lose("oxygen", params["uptake"] * f["tumor"])
+                .produce("vegf", jnp.where(f["oxygen"] < 15.0, 0.01 * f["tumor"], 0.0)))
 
     stepper = tm.Stepper(grid, table, 0.01, uptake)
     params = table.default_params(grid, jnp.float64) | {"uptake": jnp.asarray(10.0)}

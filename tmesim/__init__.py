@@ -6,6 +6,8 @@ from ._grid import Neumann as Neumann
 from ._grid import Periodic as Periodic
 from ._species import Species as Species
 from ._species import SpeciesTable as SpeciesTable
+from ._stepper import FieldView as FieldView
+from ._stepper import Rates as Rates
 from ._stepper import Stepper as Stepper
 from ._stepper import plan_transport as plan_transport
 from ._stepper import simulate as simulate

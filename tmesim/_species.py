@@ -35,6 +35,13 @@ class Species:
                super-time-stepping), "euler", "rkl1" (first-order
                super-time-stepping, about 25% cheaper than RKL2), "rkl2" or
                "implicit" (LOD). Solutes and matrix only.
+    uptake:    1/min, the largest loss rate the reaction can add (oxygen uptake
+               by packed cells: 10/min); the step plan allows for it. A larger
+               run-time uptake may make a forward-Euler species unstable.
+    variable_diffusion: the reaction scales this species' diffusion (or, for
+               cells, motility) per voxel (``Rates.scale_mobility``), e.g. the
+               ECM barrier; such species get a variable-coefficient pass.
+    source:    where the default D, decay and boundary values come from.
     """
 
     name: str
@@ -45,6 +52,9 @@ class Species:
     units: str = ""
     initial: float = 0.0
     method: str = "auto"
+    uptake: float = 0.0
+    variable_diffusion: bool = False
+    source: str = ""
 
     def __post_init__(self):
         where = f"species {self.name!r}"
@@ -54,7 +64,7 @@ class Species:
             raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.method not in METHODS:
             raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
-        for key in ("diffusion", "decay"):
+        for key in ("diffusion", "decay", "uptake"):
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{where}: {key} must be a finite number ≥ 0, got {v!r}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._grid import Dirichlet, Grid
 from ._species import Species, SpeciesTable
-from ._stepper import Stepper, simulate
+from ._stepper import Rates, Stepper, simulate
 
 OXYGEN_D = 1e5  # um²/min, PhysiCell/BioFVM default
 OXYGEN_DECAY = 0.1  # 1/min, PhysiCell/BioFVM default
@@ -47,9 +47,8 @@ def sphere_fraction(grid: Grid, radius: float, sub: int = 4) -> np.ndarray:
     return frac / sub**3
 
 
-def _uptake(fields, params):
-    loss = jnp.zeros_like(fields).at[0].set(params["uptake"] * fields[1])
-    return jnp.zeros_like(fields), loss
+def _uptake(fields, params, t):
+    return Rates().lose("oxygen", params["uptake"] * fields["tumor"])
 
 
 def radius_below(oxygen: np.ndarray, grid: Grid, threshold: float) -> float:
@@ -68,7 +67,7 @@ def run_oxygen_spheroid(
     grid = Grid((n, n, n), spacing, Dirichlet(OXYGEN_MEDIUM))
     table = SpeciesTable((
         Species("oxygen", diffusion=OXYGEN_D, decay=OXYGEN_DECAY, units="mmHg",
-                initial=OXYGEN_MEDIUM),
+                initial=OXYGEN_MEDIUM, uptake=UPTAKE),
         Species("tumor", kind="matrix", units="volume fraction"),
     ))
     stepper = Stepper(grid, table, dt, _uptake)

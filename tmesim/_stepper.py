@@ -1,13 +1,27 @@
-"""Time stepping: Strang splitting of pointwise reactions and transport.
+"""Time stepping: one reaction evaluation per step, then transport.
 
-One step of length dt is
-    reaction(dt/2) → transport(dt) → reaction(dt/2),
-second order in dt when both sub-solvers are (measured in tests).
+The model is a pure function ``reaction(fields, params, t) -> Rates`` read
+once per step, at the state at its start. Its terms enter each field the way
+that keeps the step stable, positive and (where mass only moves) conservative:
 
-Transport advances each species with the cheapest stable method for dt,
-chosen once, at build time, from the species' design diffusion coefficient:
+    solutes   ∂c/∂t = ∇·(D f∇c) − (λ + L)c + P is advanced with the transport
+              solver, the reaction's loss L (uptake) and production P frozen
+              over the step: stiff linear uptake (oxygen, k = 10/min) is
+              solved together with diffusion, not split from it, so a steady
+              state of the frozen problem is kept exactly at any dt;
+    cells and c ← c·e^{−L dt} + P·(1 − e^{−L dt})/L + inflows: the exact
+    matrix     solution of ∂c/∂t = P − L c with P, L frozen (c ≥ 0 for any dt);
+              a conversion (``Rates.move``) carries exactly what its source
+              lost to the destination, so conversions conserve volume to
+              round-off. Cells then move (upwind, volume-filling transport
+              with motility, drift potential Φ and the model's factors).
 
-    euler     forward Euler, when dt ≤ 2/ρ (ρ = Σ 4D/h² + λ): one stencil pass;
+First order in dt for the coupling between fields (measured in tests); the
+stiff solute operator itself keeps the order of its solver. Transport advances
+each species with the cheapest stable method for dt, chosen once, at build
+time, from the species' design diffusion coefficient, decay and uptake bound:
+
+    euler     forward Euler, when dt ≤ 2/ρ (ρ = Σ 4D/h² + λ + uptake): one pass;
     rkl2      Runge-Kutta-Legendre super-time-stepping with the fewest stages
               s for which dt·ρ ≤ 0.95 (s² + s − 2)/2: s passes instead of about
               s²/4 Euler steps (oxygen at D = 1e5, h = 20, dt = 0.01: s = 8);
@@ -16,16 +30,14 @@ chosen once, at build time, from the species' design diffusion coefficient:
     implicit  LOD backward-Euler sweeps (BioFVM's scheme, boundaries inside the
               solve), unconditionally stable: requested per species, or
               chosen when more than ``max_stages`` RKL2 stages would be needed;
-    static    species with neither diffusion nor decay: left as they are;
+    static    species with neither diffusion nor decay: only their reaction;
     cell      the upwind volume-filling transport of all "cell" species
               together, forward Euler sub-steps within its positivity limit.
 
 Species sharing a method (and stage count) are advanced together as one
 block, so that XLA fuses them into one pass per stage; the time loop carries
-the blocks apart and stacks them only for the reaction and at save points.
-The reaction is a pure function ``reaction(fields, params) -> (P, L)`` with
-∂c/∂t = P − L·c, P ≥ 0, L ≥ 0; the half steps use the exponential midpoint
-rule, which keeps c ≥ 0 for any step and is second order.
+the blocks apart and stacks them only at save points. The reaction reads the
+fields by name from the blocks (``FieldView``), so nothing is restacked.
 """
 
 from __future__ import annotations
@@ -53,23 +65,29 @@ class Group:
     method: str  # "static" | "euler" | "rkl1" | "rkl2" | "implicit" | "cell"
     channels: tuple[int, ...]
     stages: int = 1  # RKL stages, or cell sub-steps
+    variable: bool = False  # coefficient scaled per voxel by the reaction's factors
 
 
-def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = 40):
-    """Choose each species' transport method for step dt; returns a tuple of Groups."""
+def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = 160,
+                   cell_speed: float = 0.0):
+    """Choose each species' transport method for step dt; returns a tuple of Groups.
+
+    cell_speed: cap (um/min) on the drift speed of cells, from which, with the
+    largest motility, the number of cell-transport sub-steps follows.
+    """
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"time step must be a positive number of minutes, got {dt!r}")
-    keyed: dict[tuple[str, int], list[int]] = {}
+    keyed: dict[tuple, list[int]] = {}
     boundaries = table.boundaries(grid)
     cells = table.channels("cell")
     for i, s in enumerate(table):
         if s.kind == "cell":
             continue
-        rho = K.spectral_radius(grid.spacing, s.diffusion, s.decay)
+        rho = K.spectral_radius(grid.spacing, s.diffusion, s.decay + s.uptake)
         method = s.method
         inflow = any(isinstance(b, Neumann) and b.flux for b in boundaries[i])
         if s.diffusion == 0 and s.decay == 0 and not inflow:
-            method = "static"  # nothing to transport: skip the pass
+            method = "static"  # nothing to transport: only the reaction
         elif method == "auto":
             if dt * rho <= 2.0:
                 method = "euler"
@@ -87,11 +105,12 @@ def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int =
             stages = K.rkl2_stages(dt, rho / STS_SAFETY)
         elif method == "rkl1":
             stages = K.rkl1_stages(dt, rho / STS_SAFETY)
-        keyed.setdefault((method, stages), []).append(i)
-    groups = [Group(m, tuple(ch), st) for (m, st), ch in keyed.items()]
+        variable = s.variable_diffusion and method != "static"
+        keyed.setdefault((method, stages, variable), []).append(i)
+    groups = [Group(m, tuple(ch), st, v) for (m, st, v), ch in keyed.items()]
     if cells:
         mu = max(table.species[i].diffusion for i in cells)
-        limit = K.transport_limit(grid.spacing, mu) if mu > 0 else math.inf
+        limit = K.transport_limit(grid.spacing, mu, cell_speed) if mu or cell_speed else math.inf
         groups.append(Group("cell", cells, max(1, math.ceil(dt / limit))))
     return tuple(sorted(groups, key=lambda g: g.channels[0]))
 
@@ -103,38 +122,109 @@ def _take(c, channels):
     return c[np.asarray(channels)]
 
 
-def _exp_update(c, production, loss, h):
-    """Exact solution of ∂c/∂t = P − L c over h with P, L frozen."""
+def _decay_and_gain(loss, h):
+    """e^{−Lh} and (1 − e^{−Lh})/L, the latter accurate and finite as L → 0."""
     lh = loss * h
-    decay = jnp.exp(-lh)
-    # (1 − e^{−Lh})/L, written to stay accurate and finite as L → 0.
     safe = jnp.where(lh > 1e-4, loss, 1.0)
     gain = jnp.where(lh > 1e-4, -jnp.expm1(-lh) / safe, h * (1.0 - 0.5 * lh))
-    return c * decay + production * gain
+    return jnp.exp(-lh), gain
+
+
+class Rates:
+    """The reaction terms of one evaluation, collected by field name.
+
+    Built inside the traced reaction function; every array is (X, Y, Z) or
+    broadcastable to it, in the field's units per minute.
+
+    produce(name, P)      ∂c/∂t += P            (P ≥ 0: secretion, division)
+    lose(name, L)         ∂c/∂t −= L·c          (L ≥ 0, per capita: death, uptake)
+    move(src, dst, r)     ∂src/∂t −= r·src, ∂dst/∂t += r·src (conversion; cells
+                          and matrix only; conserved to round-off)
+    scale_mobility(name, f)  diffusion coefficient or motility × f (0 < f ≤ 1);
+                          only for species declared ``variable_diffusion``
+    drift(name, Φ)        cells drift with v = −∇Φ (Φ in um²/min), summed
+    """
+
+    def __init__(self):
+        self.production: dict = {}
+        self.loss: dict = {}
+        self.flows: list = []
+        self.mobility: dict = {}
+        self.potential: dict = {}
+
+    @staticmethod
+    def _add(store, name, value, combine=jnp.add):
+        store[name] = value if name not in store else combine(store[name], value)
+
+    def produce(self, name, amount):
+        self._add(self.production, name, amount)
+        return self
+
+    def lose(self, name, rate):
+        self._add(self.loss, name, rate)
+        return self
+
+    def move(self, src, dst, rate):
+        self._add(self.loss, src, rate)
+        self.flows.append((src, dst, rate))
+        return self
+
+    def scale_mobility(self, name, factor):
+        self._add(self.mobility, name, factor, jnp.multiply)
+        return self
+
+    def drift(self, name, potential):
+        self._add(self.potential, name, potential)
+        return self
+
+
+class FieldView:
+    """Read access to the split fields by species name: ``view["oxygen"]`` is (X, Y, Z)."""
+
+    def __init__(self, stepper, blocks):
+        self._where = stepper._where
+        self._blocks = blocks
+
+    def __getitem__(self, name):
+        try:
+            g, j = self._where[name]
+        except KeyError:
+            raise KeyError(f"no field {name!r}; fields are {tuple(self._where)}") from None
+        return self._blocks[g][j]
+
+    def __contains__(self, name):
+        return name in self._where
 
 
 @dataclass(frozen=True)
 class Stepper:
     """Pure single-step map for a grid, a species table and a step dt (min).
 
-    reaction: optional ``reaction(fields, params) -> (production, loss)``,
-    pointwise, arrays shaped like ``fields``. ``params`` is the pytree from
+    reaction: optional ``reaction(fields, params, t) -> Rates``, pointwise,
+    reading fields by name (``FieldView``). ``params`` is the pytree from
     ``SpeciesTable.default_params`` plus whatever the reaction reads; an
     optional ``params["pinned"]`` (X, Y, Z) bool mask holds every solute at
     its current value there (a medium or vessel region: BioFVM's Dirichlet
     nodes), exactly, in every method.
+    cell_speed: cap on the cells' drift speed (um/min), see ``plan_transport``.
     """
 
     grid: Grid
     table: SpeciesTable
     dt: float
     reaction: Callable | None = None
-    max_stages: int = 40
+    max_stages: int = 160
+    cell_speed: float = 0.0
     groups: tuple = field(init=False)
+    _where: dict = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "dt", float(self.dt))
-        object.__setattr__(self, "groups", plan_transport(self.grid, self.table, self.dt, self.max_stages))
+        groups = plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed)
+        object.__setattr__(self, "groups", groups)
+        names = self.table.names
+        where = {names[ch]: (gi, j) for gi, g in enumerate(groups) for j, ch in enumerate(g.channels)}
+        object.__setattr__(self, "_where", where)
 
     def describe(self) -> list[str]:
         """One line per group: method, stages and species names."""
@@ -144,40 +234,6 @@ class Stepper:
             + ", ".join(names[i] for i in g.channels)
             for g in self.groups
         ]
-
-    # -- transport ---------------------------------------------------------
-    def _face_bc(self, params, channels):
-        mask = self.table.dirichlet_mask(self.grid)[:, np.asarray(channels)]
-        bv = params["boundary_value"][:, np.asarray(channels)]
-        bf = params["boundary_flux"][:, np.asarray(channels)]
-        faces = [K.FaceBC(jnp.asarray(mask[k], bv.dtype), bv[k], bf[k]) for k in range(6)]
-        return tuple(
-            None if self.grid.periodic[a] else (faces[2 * a], faces[2 * a + 1]) for a in range(3)
-        )
-
-    def _advance_group(self, g: Group, c, params, pinned):
-        """Transport of one group's block c (its channels only) over dt."""
-        if g.method == "static":
-            return c
-        sp = self.grid.spacing
-        D = params["diffusion"][np.asarray(g.channels)]
-        if g.method == "cell":
-            def one(r):
-                room = 1.0 - jnp.sum(r, axis=0)
-                return r + (self.dt / g.stages) * K.cell_transport_rate(
-                    r, sp, D, room=room, periodic=self.grid.periodic
-                )
-            for _ in range(g.stages):
-                c = one(c)
-            return c
-        lam = params["decay"][np.asarray(g.channels)]
-        bc = self._face_bc(params, g.channels)
-        if g.method == "implicit":
-            return K.lod_step(c, self.dt, sp, D, lam, bc, pinned)
-        if g.method == "euler":
-            return K.explicit_step(c, self.dt, sp, D, lam, bc, pinned)
-        step = K.rkl1_step if g.method == "rkl1" else K.rkl2_step
-        return step(c, self.dt, sp, D, lam, bc, g.stages, pinned)
 
     # -- layout: the scan carries one block per group ----------------------
     def split(self, c) -> tuple:
@@ -197,45 +253,116 @@ class Stepper:
             return stacked
         return stacked[np.argsort(order)]
 
-    def transport(self, blocks, params):
-        """Advance every group's transport by dt; blocks as from ``split``."""
-        pinned = params.get("pinned")
+    # -- pieces of a step ----------------------------------------------------
+    def _stack(self, g: Group, store: dict, fill: float, like):
+        """The group's channels from a name -> array store; None if none is there."""
+        names = [self.table.names[ch] for ch in g.channels]
+        if not any(n in store for n in names):
+            return None
+        shape = self.grid.shape
+        return jnp.stack([
+            jnp.broadcast_to(jnp.asarray(store[n], like.dtype), shape) if n in store
+            else jnp.full(shape, fill, like.dtype) for n in names
+        ])
+
+    def _face_bc(self, params, channels):
+        mask = self.table.dirichlet_mask(self.grid)[:, np.asarray(channels)]
+        bv = params["boundary_value"][:, np.asarray(channels)]
+        bf = params["boundary_flux"][:, np.asarray(channels)]
+        faces = [K.FaceBC(jnp.asarray(mask[k], bv.dtype), bv[k], bf[k]) for k in range(6)]
         return tuple(
-            self._advance_group(g, b, params, pinned) for g, b in zip(self.groups, blocks)
+            None if self.grid.periodic[a] else (faces[2 * a], faces[2 * a + 1]) for a in range(3)
         )
 
-    # -- reactions ---------------------------------------------------------
-    def react(self, c, params, h):
-        """Advance the pointwise reaction by h (exponential midpoint rule)."""
-        if self.reaction is None:
+    def _coefficient(self, g: Group, params, rates, c):
+        D = params["diffusion"][np.asarray(g.channels)]
+        if g.variable and rates is not None:
+            factor = self._stack(g, rates.mobility, 1.0, c)
+            if factor is not None:
+                return D[:, None, None, None] * factor
+        return D
+
+    def _transport_solutes(self, g: Group, c, params, rates, pinned):
+        """Diffusion, decay and the frozen reaction terms of one group over dt."""
+        sp = self.grid.spacing
+        D = self._coefficient(g, params, rates, c)
+        lam = params["decay"][np.asarray(g.channels)]
+        source = None
+        if rates is not None:
+            loss = self._stack(g, rates.loss, 0.0, c)
+            if loss is not None:
+                lam = lam[:, None, None, None] + loss
+            source = self._stack(g, rates.production, 0.0, c)
+        bc = self._face_bc(params, g.channels)
+        if g.method == "implicit":
+            return K.lod_step(c, self.dt, sp, D, lam, bc, pinned, source)
+        if g.method == "euler":
+            return K.explicit_step(c, self.dt, sp, D, lam, bc, pinned, source)
+        step = K.rkl1_step if g.method == "rkl1" else K.rkl2_step
+        return step(c, self.dt, sp, D, lam, bc, g.stages, pinned, source)
+
+    def _react_in_place(self, g: Group, c, rates, inflow):
+        """Exact update of ∂c/∂t = P − L·c (frozen) plus conversions into the group."""
+        if rates is None:
             return c
-        pinned = params.get("pinned")
-        solute = np.array([s.kind == "solute" for s in self.table])[:, None, None, None]
+        loss = self._stack(g, rates.loss, 0.0, c)
+        production = self._stack(g, rates.production, 0.0, c)
+        gained = self._stack(g, inflow, 0.0, c)
+        if loss is not None:
+            decay, gain = _decay_and_gain(loss, self.dt)
+            c = c * decay + (0.0 if production is None else production * gain)
+        elif production is not None:
+            c = c + self.dt * production
+        return c if gained is None else c + gained
 
-        def rates(x):
-            p, l = self.reaction(x, params)
-            if pinned is not None:
-                hold = jnp.logical_and(pinned, solute)
-                p, l = jnp.where(hold, 0.0, p), jnp.where(hold, 0.0, l)
-            return p, l
+    def _move_cells(self, g: Group, c, params, rates):
+        D = self._coefficient(Group("cell", g.channels, variable=True), params, rates, c)
+        phi = None if rates is None else self._stack(g, rates.potential, 0.0, c)
+        h = self.dt / g.stages
+        speed = self.cell_speed if phi is not None else None
+        for _ in range(g.stages):
+            room = 1.0 - jnp.sum(c, axis=0)
+            c = c + h * K.cell_transport_rate(
+                c, self.grid.spacing, D, phi, room, self.grid.periodic, speed
+            )
+        return c
 
-        p, l = rates(c)
-        mid = _exp_update(c, p, l, 0.5 * h)
-        p, l = rates(mid)
-        return _exp_update(c, p, l, h)
+    def _inflows(self, view, rates):
+        """Per destination, what each conversion carried over in this step."""
+        names = self.table.names
+        inflow: dict = {}
+        if rates is None:
+            return inflow
+        for src, dst, rate in rates.flows:
+            for n in (src, dst):
+                if self.table.species[names.index(n)].kind == "solute":
+                    raise ValueError(f"Rates.move({src!r}, {dst!r}): conversions are for cells "
+                                     f"and matrix; {n!r} is a solute (use produce/lose)")
+            _, gain = _decay_and_gain(rates.loss[src], self.dt)
+            Rates._add(inflow, dst, view[src] * rate * gain)
+        return inflow
 
     def step_blocks(self, blocks, params, t=0.0):
-        """One Strang step on the split layout."""
-        del t  # time-dependent forcing (dosing) enters here in later versions
+        """One step on the split layout (see the module docstring)."""
+        rates = None
+        view = FieldView(self, blocks)
         if self.reaction is not None:
-            blocks = self.split(self.react(self.merge(blocks), params, 0.5 * self.dt))
-        blocks = self.transport(blocks, params)
-        if self.reaction is not None:
-            blocks = self.split(self.react(self.merge(blocks), params, 0.5 * self.dt))
-        return blocks
+            rates = self.reaction(view, params, t)
+        inflow = self._inflows(view, rates)
+        pinned = params.get("pinned")
+        out = []
+        for g, c in zip(self.groups, blocks):
+            if g.method in ("static", "cell"):
+                c = self._react_in_place(g, c, rates, inflow)
+                if g.method == "cell":
+                    c = self._move_cells(g, c, params, rates)
+            else:
+                c = self._transport_solutes(g, c, params, rates, pinned)
+            out.append(c)
+        return tuple(out)
 
     def step(self, c, params, t=0.0):
-        """One Strang step: reaction(dt/2), transport(dt), reaction(dt/2)."""
+        """One step: reaction terms read at the start, then every group over dt."""
         return self.merge(self.step_blocks(self.split(c), params, t))
 
 
