@@ -30,6 +30,13 @@ def _spheroid(args) -> int:
     return 0
 
 
+def _model(args) -> int:
+    from ._model import describe_model
+
+    print(describe_model(args.geometry, args.markdown))
+    return 0
+
+
 def main(argv=None) -> int:
     from . import __version__
 
@@ -46,6 +53,12 @@ def main(argv=None) -> int:
     sp.add_argument("--dt", type=float, default=0.0025, help="time step, min")
     sp.add_argument("--float64", action="store_true", help="double precision")
     sp.set_defaults(run=_spheroid)
+    mp = sub.add_parser("model", help="print every field and process of the niche model, "
+                        "with parameter values, units and sources")
+    mp.add_argument("--geometry", choices=("organoid", "tissue"), default="organoid",
+                    help="which boundary conditions to show")
+    mp.add_argument("--markdown", action="store_true", help="print Markdown (docs/model.md)")
+    mp.set_defaults(run=_model)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -30,10 +30,13 @@ HYPOXIC = 15.0  # mmHg, PhysiCell o2_hypoxic_threshold
 NECROTIC = 5.0  # mmHg, PhysiCell o2_necrosis_threshold
 
 
-def sphere_fraction(grid: Grid, radius: float, sub: int = 4) -> np.ndarray:
-    """Volume fraction of each voxel inside a centred sphere (sub³ samples per voxel)."""
+def sphere_fraction(grid: Grid, radius: float, sub: int = 4, centre=None) -> np.ndarray:
+    """Volume fraction of each voxel inside a sphere (sub³ samples per voxel).
+
+    centre: (x, y, z) in um; the domain centre by default.
+    """
     offsets = (np.arange(sub) + 0.5) / sub - 0.5
-    centre = [e / 2 for e in grid.extent]
+    centre = [e / 2 for e in grid.extent] if centre is None else centre
     axes = [grid.centers(a) - centre[a] for a in range(3)]
     frac = np.zeros(grid.shape)
     for ox in offsets:

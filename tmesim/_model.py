@@ -1,0 +1,707 @@
+"""The cancer-stem-cell niche model of MODEL.md: fields, processes M1-M18, geometries.
+
+Every process is a small function ``process(f, p, d, r)`` that reads fields
+``f`` (by name), parameters ``p`` (``default_parameters``) and shared
+quantities ``d`` (total cell fraction, room, HIF activity, ...) and adds its
+terms to the ``Rates`` r. ``niche_reaction`` runs them all inside one traced
+function, so XLA fuses the whole model into one pass over the grid.
+
+Notation in the docstrings: φ = total cell volume fraction, room = the share of
+division (and recruitment) that crowding allows, clip((1 − φ)/(1 − φ_packed), 0, 1),
+T = progenitor/differentiated tumor cells, C = CSCs, H(x, K) = x/(x + K),
+HIF = hypoxia response in [0, 1]. Units: um, min, mmHg (oxygen), nM (other
+solutes), volume fraction (cells, vessels), relative density (ECM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._grid import Dirichlet, Grid, Neumann
+from ._parameters import PARAMETERS, default_parameters
+from ._species import Species, SpeciesTable
+from ._spheroid import sphere_fraction
+from ._stepper import Rates, Stepper
+
+MAX_CELL_SPEED = 2.0  # um/min: cap on drift speed (static: it sets the cell sub-steps)
+ORGANOID_MEDIUM_O2 = 160.0  # mmHg: 21% O2 incubator medium (= PhysiCell o2_reference)
+
+CYTOKINE_D = "assumed: 3e3 um^2/min (5e-7 cm^2/s), tissue value for 10-50 kDa proteins"
+CYTOKINE_DECAY = "assumed: 0.01/min (about 1 h half-life in tissue)"
+SMALL_D = "assumed: 1e4 um^2/min (1.7e-6 cm^2/s), small molecule hindered in tissue"
+SMALL_DECAY = "assumed: 0.005/min (about 2 h local half-life)"
+ANTIBODY = "assumed: 600 um^2/min (1e-7 cm^2/s) for a 150 kDa IgG in tissue; decay 1e-4/min (days)"
+TUMOR_MU = "assumed: 0.5 um^2/min random motility of tumor cells (pressure moves them)"
+IMMUNE_MU = "assumed: T cells crawl about 10 um/min with about 2 min persistence: mu = v^2 tau/3 ~ 60 um^2/min"
+
+# name, kind, diffusion (cells: motility), decay, units, source, variable mobility, group
+_FIELDS = [
+    ("csc", "cell", 0.5, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
+    ("tumor", "cell", 0.5, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
+    ("debris", "cell", 0.0, 0.0, "volume fraction", "necrotic/dead cells; moved only by pressure", False, "tumor cells"),
+    ("fibroblast", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
+    ("caf", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
+    ("msc", "cell", 10.0, 0.0, "volume fraction", "assumed: MSCs migrate (homing)", True, "stroma"),
+    ("msc_trail", "cell", 10.0, 0.0, "volume fraction", "engineered TRAIL-MSCs; as MSCs", True, "stroma"),
+    ("vessel", "matrix", 0.0, 0.0, "volume fraction", "endothelium; grows by angiogenesis", False, "stroma"),
+    ("m1", "cell", 30.0, 0.0, "volume fraction", "assumed: macrophages half as motile as T cells", True, "immune"),
+    ("m2", "cell", 30.0, 0.0, "volume fraction", "assumed: as M1", True, "immune"),
+    ("cd8", "cell", 60.0, 0.0, "volume fraction", IMMUNE_MU, True, "immune"),
+    ("treg", "cell", 60.0, 0.0, "volume fraction", IMMUNE_MU, True, "immune"),
+    ("car_t", "cell", 60.0, 0.0, "volume fraction", IMMUNE_MU, True, "immune"),
+    ("ecm", "matrix", 0.0, 0.0, "relative density", "does not diffuse; CAFs deposit, MMPs degrade", False, "matrix"),
+    ("oxygen", "solute", 1e5, 0.1, "mmHg", "PhysiCell default (oxygen_diffusion_coefficient, oxygen_decay_rate)", False, "solutes"),
+    ("vegf", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("tgfb", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("il6", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("cxcl12", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("il10", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("ccl2", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("lactate", "solute", 3e4, 0.0, "nM", "assumed: 3e4 um^2/min (5e-6 cm^2/s); cleared by vessels and medium", False, "solutes"),
+    ("trail", "solute", 3e3, 0.01, "nM", f"{CYTOKINE_D}; {CYTOKINE_DECAY}", False, "solutes"),
+    ("exosome", "solute", 60.0, 1e-3, "nM", "assumed: 100 nm vesicles, 1e-8 cm^2/s; about 12 h half-life", True, "exosomes"),
+    ("chemo", "solute", 1e4, 0.005, "nM", f"{SMALL_D}; {SMALL_DECAY}", True, "drugs"),
+    ("anti_pd1", "solute", 600.0, 1e-4, "nM", ANTIBODY, True, "drugs"),
+    ("anti_vegf", "solute", 600.0, 1e-4, "nM", ANTIBODY, True, "drugs"),
+    ("csc_inhibitor", "solute", 1e4, 0.005, "nM", f"{SMALL_D}; {SMALL_DECAY}", True, "drugs"),
+    ("exosome_inhibitor", "solute", 1e4, 0.005, "nM", f"{SMALL_D}; {SMALL_DECAY}", True, "drugs"),
+    ("hif_inhibitor", "solute", 1e4, 0.005, "nM", f"{SMALL_D}; {SMALL_DECAY}", True, "drugs"),
+    ("ferroptosis_inducer", "solute", 1e4, 0.005, "nM", f"{SMALL_D}; {SMALL_DECAY}", True, "drugs"),
+]
+FIELD_NAMES = tuple(row[0] for row in _FIELDS)
+FIELD_GROUP = {row[0]: row[7] for row in _FIELDS}
+CELLS = tuple(row[0] for row in _FIELDS if row[1] == "cell")
+TUMOR = ("csc", "tumor")
+STROMA = ("fibroblast", "caf", "msc", "msc_trail")
+IMMUNE = ("m1", "m2", "cd8", "treg", "car_t")
+DRUGS = tuple(row[0] for row in _FIELDS if row[7] == "drugs")
+SMALL_MOLECULES = ("chemo", "csc_inhibitor", "exosome_inhibitor", "hif_inhibitor", "ferroptosis_inducer")
+ANTIBODIES = ("anti_pd1", "anti_vegf")
+HINDERED = tuple(row[0] for row in _FIELDS if row[6])
+
+
+def _uptake_bound(name: str, p) -> float:
+    """Largest reaction loss rate (1/min) of a solute, for the step plan."""
+    v = p["vessel_max"]
+    bounds = {
+        "oxygen": p["o2_uptake"] + p["vessel_o2_exchange"] * v,
+        "exosome": p["exosome_uptake"],
+        "lactate": p["vessel_lactate_clearance"] * v,
+        "chemo": p["chemo_uptake"] + p["vessel_drug_exchange"] * v,
+    }
+    if name in SMALL_MOLECULES:
+        return float(bounds.get(name, p["vessel_drug_exchange"] * v))
+    if name in ANTIBODIES:
+        return float(p["vessel_antibody_exchange"] * v)
+    return float(bounds.get(name, 0.0))
+
+
+def niche_species(boundary=None, medium: dict | None = None, params=None) -> SpeciesTable:
+    """The species table of every MODEL.md field.
+
+    boundary: six faces (``Grid`` face order) or None. In the organoid
+    geometry the outer faces are the medium: solutes get Dirichlet values
+    there (``medium``: name -> value; oxygen 160 mmHg, everything else 0 by
+    default: fresh medium washes cytokines out), other faces stay no-flux.
+    params: parameter overrides; the solutes' uptake bounds (and so the step
+    plan) follow them, so a run with larger exchange or uptake rates stays stable.
+    """
+    p = {q.name: q.value for q in PARAMETERS} | {k: float(v) for k, v in (params or {}).items()}
+    medium = {"oxygen": ORGANOID_MEDIUM_O2} | (medium or {})
+    unknown = set(medium) - set(FIELD_NAMES)
+    if unknown:
+        raise KeyError(f"medium: unknown field(s) {sorted(unknown)}")
+    species = []
+    for name, kind, D, decay, units, source, variable, _ in _FIELDS:
+        faces = None
+        if boundary is not None and kind == "solute":
+            faces = tuple(Dirichlet(medium.get(name, 0.0)) if isinstance(b, Dirichlet) else b
+                          for b in boundary)
+        initial = ORGANOID_MEDIUM_O2 if name == "oxygen" else 0.0
+        species.append(Species(name, kind, D, decay, faces, units, initial,
+                               uptake=_uptake_bound(name, p) if kind == "solute" else 0.0,
+                               variable_diffusion=variable, source=source))
+    return SpeciesTable(tuple(species))
+
+
+# --------------------------------------------------------------------------
+# shared quantities
+def _hill(x, k):
+    x = jnp.maximum(x, 0.0)
+    return x / (x + k)
+
+
+def _ramp_down(x, start, full):
+    """0 above ``start``, 1 below ``full``, linear between (PhysiCell's oxygen ramps)."""
+    return jnp.clip((start - x) / (start - full), 0.0, 1.0)
+
+
+def shared_quantities(f, p) -> dict:
+    """φ, room, oxygen-dependent factors and HIF activity, computed once per evaluation."""
+    o2 = jnp.maximum(f["oxygen"], 0.0)
+    phi = sum(f[c] for c in CELLS)
+    d = {
+        "phi": phi,
+        "room": jnp.clip((1.0 - phi) / (1.0 - p["packing_fraction"]), 0.0, 1.0),
+        "o2": o2,
+        # PhysiCell: division rate scales linearly from the threshold to the reference pO2
+        "o2_growth": jnp.clip((o2 - p["o2_proliferation_threshold"])
+                              / (p["o2_reference"] - p["o2_proliferation_threshold"]), 0.0, 1.0),
+        "o2_necrosis": _ramp_down(o2, p["o2_necrosis_threshold"], p["o2_necrosis_max"]),
+        "lactate": _hill(f["lactate"], p["lactate_k"]),
+        "il6": _hill(f["il6"], p["il6_k"]),
+        "cxcl12": _hill(f["cxcl12"], p["cxcl12_k"]),
+        "tgfb": _hill(f["tgfb"], p["tgfb_k"]),
+        "exosome": _hill(f["exosome"], p["exosome_k"]),
+        "pathway_block": 1.0 - p["pathway_inhibitor_max"] * _hill(f["csc_inhibitor"], p["pathway_inhibitor_k"]),
+    }
+    d["hif"] = hif_activity(f, p, d)
+    d["suppression"] = immune_suppression(f, p, d)
+    return d
+
+
+def hif_activity(f, p, d):
+    """HIF = ramp(O2: 0 above 15 mmHg, 1 below 4 mmHg) / (1 + [HIF inhibitor]/K_hifi).
+
+    PhysiCell's hypoxic thresholds; the HIF inhibitor (a drug field) lowers every
+    HIF-driven term (self-renewal, dedifferentiation, VEGF, PD-L1, glycolysis).
+    """
+    ramp = _ramp_down(d["o2"], p["o2_hypoxic_threshold"], p["o2_hypoxic_saturation"])
+    return ramp / (1.0 + jnp.maximum(f["hif_inhibitor"], 0.0) / p["hif_inhibitor_k"])
+
+
+def immune_suppression(f, p, d):
+    """Effector function multiplier S = 1/((1 + IL10/K)(1 + TGFβ/K)(1 + lactate/K)(1 + Treg/K)).
+
+    M6 (IL-10, TGF-β from M2 TAMs), M12 (acidity) and Treg suppression, shared
+    by T-cell and CAR-T killing and expansion.
+    """
+    return 1.0 / ((1.0 + jnp.maximum(f["il10"], 0.0) / p["il10_k"])
+                  * (1.0 + jnp.maximum(f["tgfb"], 0.0) / p["tgfb_k"])
+                  * (1.0 + jnp.maximum(f["lactate"], 0.0) / p["lactate_k"])
+                  * (1.0 + f["treg"] / p["treg_k"]))
+
+
+# --------------------------------------------------------------------------
+# processes
+def oxygen_uptake(f, p, d, r):
+    """∂O2/∂t −= k_O2 · (φ − debris) · O2 (PhysiCell: uptake 10/min in packed tissue); solved with diffusion."""
+    r.lose("oxygen", p["o2_uptake"] * (d["phi"] - f["debris"]))
+
+
+def tumor_proliferation(f, p, d, r):
+    """∂T/∂t += r_T · clip((O2 − 5)/(160 − 5), 0, 1) · T · room (PhysiCell's oxygen-scaled cycle; M18: creates volume)."""
+    r.produce("tumor", p["tumor_division_rate"] * d["o2_growth"] * f["tumor"] * d["room"])
+
+
+def self_renewal_share(f, p, d):
+    """p_sr = min(p0 + a_HIF·HIF + a_IL6·H(IL6) + a_CXCL12·H(CXCL12) + a_lac·H(lac), p_max) · (1 − i·H(inhibitor))."""
+    share = (p["self_renewal_base"] + p["self_renewal_hif"] * d["hif"]
+             + p["self_renewal_il6"] * d["il6"] + p["self_renewal_cxcl12"] * d["cxcl12"]
+             + p["self_renewal_lactate"] * d["lactate"])
+    return jnp.minimum(share, p["self_renewal_max"]) * d["pathway_block"]
+
+
+def csc_division(f, p, d, r):
+    """d(CSC)/dt += k_sr(O2, IL6, CXCL12, lactate) · CSC · (1 − φ), k_sr = r_C·g(O2)·p_sr; ∂T/∂t += r_C·g(O2)·(1 − p_sr)·CSC·room.
+
+    M1 (HIF raises the self-renewal share), M4 (IL-6/CXCL12 via STAT3), M12
+    (lactate), M14 (a Notch/Wnt/Hedgehog inhibitor lowers it). A CSC division
+    creates volume r_C·g(O2)·C·room, split between CSC (share p_sr) and
+    progenitor cells.
+    """
+    division = p["csc_division_rate"] * d["o2_growth"] * f["csc"] * d["room"]
+    share = self_renewal_share(f, p, d)
+    r.produce("csc", share * division)
+    r.produce("tumor", (1.0 - share) * division)
+
+
+def dedifferentiation(f, p, d, r):
+    """T → CSC at (k_0 + k_HIF·HIF + k_TGFβ·H(TGFβ) + k_IL6·H(IL6)) · (1 − i·H(inhibitor)) (M1, M7, M4, M14)."""
+    rate = (p["dedifferentiation_basal"] + p["dedifferentiation_hif"] * d["hif"] + p["dedifferentiation_tgfb"] * d["tgfb"]
+            + p["dedifferentiation_il6"] * d["il6"])
+    r.move("tumor", "csc", rate * d["pathway_block"])
+
+
+def apoptosis(f, p, d, r):
+    """∂T/∂t −= r_apo·T; ∂C/∂t −= r_apo·(1 − s_IL6·H(IL6))(1 − s_lac·H(lac))·C (M4, M12: CSC survival)."""
+    r.lose("tumor", p["apoptosis_rate"])
+    r.lose("csc", p["apoptosis_rate"] * (1.0 - p["csc_survival_il6"] * d["il6"])
+           * (1.0 - p["csc_survival_lactate"] * d["lactate"]))
+
+
+def necrosis(f, p, d, r):
+    """every live cell → debris at r_nec · ramp(O2: 0 above 5, 1 below 2.5 mmHg) (M3, PhysiCell)."""
+    rate = p["necrosis_rate"] * d["o2_necrosis"]
+    for c in CELLS:
+        if c != "debris":
+            r.move(c, "debris", rate)
+
+
+def debris_clearance(f, p, d, r):
+    """∂debris/∂t −= (r_lysis + k_phago·(M1 + M2)) · debris (frees volume)."""
+    r.lose("debris", p["debris_lysis_rate"] + p["phagocytosis_rate"] * (f["m1"] + f["m2"]))
+
+
+def pressure_flux(f, p, d, r):
+    """Every cell population drifts with v = −κ∇P, P = (φ − φ_packed)⁺/(1 − φ_packed), |v| ≤ 2 um/min (M18).
+
+    Packed tissue (φ ≤ φ_packed) is at rest; volume made by division raises
+    φ above it and the drift moves cells down the pressure gradient into
+    voxels with room (the transport never fills a voxel past φ = 1). Nothing
+    pushes cells into empty space except pressure from behind, so the
+    organoid keeps a sharp front (a porous-medium law) instead of spreading.
+    """
+    pressure = jnp.maximum(d["phi"] - p["packing_fraction"], 0.0) / (1.0 - p["packing_fraction"])
+    for c in CELLS:
+        r.drift(c, p["tissue_mobility"] * pressure)
+
+
+def vascular_supply(f, p, d, r):
+    """∂c/∂t += k_c·vessel·(c_blood − c) for O2, every drug (c_blood = plasma_<drug>) and lactate (c_blood = 0) (M2)."""
+    v = jnp.maximum(f["vessel"], 0.0)
+    k = p["vessel_o2_exchange"] * v
+    r.produce("oxygen", k * p["blood_o2"]).lose("oxygen", k)
+    for drug in DRUGS:
+        k = (p["vessel_antibody_exchange"] if drug in ANTIBODIES else p["vessel_drug_exchange"]) * v
+        r.lose(drug, k).produce(drug, k * p[f"plasma_{drug}"])
+    r.lose("lactate", p["vessel_lactate_clearance"] * v)
+
+
+def vegf_secretion(f, p, d, r):
+    """∂VEGF/∂t += s_T·HIF·(T + C) + s_M2·M2 (M2)."""
+    r.produce("vegf", p["vegf_secretion"] * d["hif"] * (f["tumor"] + f["csc"])
+              + p["vegf_secretion_m2"] * f["m2"])
+
+
+def angiogenesis(f, p, d, r):
+    """∂v/∂t += r_a·H(VEGF_free)·(v + v_seed)·(1 − v/v_max)⁺ − r_reg·(1 − H(VEGF_free))·v, VEGF_free = VEGF/(1 + antiVEGF/K) (M2, M15)."""
+    vegf = jnp.maximum(f["vegf"], 0.0) / (1.0 + jnp.maximum(f["anti_vegf"], 0.0) / p["anti_vegf_k"])
+    signal = _hill(vegf, p["vegf_k"])
+    v = f["vessel"]
+    r.produce("vessel", p["angiogenesis_rate"] * signal * (v + p["vessel_seed"])
+              * jnp.maximum(1.0 - v / p["vessel_max"], 0.0))
+    r.lose("vessel", p["vessel_regression"] * (1.0 - signal))
+
+
+def stromal_secretion(f, p, d, r):
+    """∂IL6/∂t += s_IL6·(CAF + MSC); ∂CXCL12/∂t += s_CXCL12·(CAF + MSC) (M4, M13)."""
+    stroma = f["caf"] + f["msc"]
+    r.produce("il6", p["il6_secretion"] * stroma)
+    r.produce("cxcl12", p["cxcl12_secretion"] * stroma)
+
+
+def immunosuppressive_secretion(f, p, d, r):
+    """∂TGFβ/∂t += s·M2 + s·CAF + s·Treg; ∂IL10/∂t += s·M2 + s·Treg (M6)."""
+    r.produce("tgfb", p["tgfb_secretion_m2"] * f["m2"] + p["tgfb_secretion_caf"] * f["caf"]
+              + p["tgfb_secretion_treg"] * f["treg"])
+    r.produce("il10", p["il10_secretion_m2"] * f["m2"] + p["il10_secretion_treg"] * f["treg"])
+
+
+def chemokine_secretion(f, p, d, r):
+    """∂CCL2/∂t += s_T·(1 + HIF)·(T + C) + s_CAF·CAF (M8)."""
+    r.produce("ccl2", p["ccl2_secretion"] * (1.0 + d["hif"]) * (f["tumor"] + f["csc"])
+              + p["ccl2_secretion_caf"] * f["caf"])
+
+
+def lactate_secretion(f, p, d, r):
+    """∂lac/∂t += s_lac·(1 + HIF)·(T + C) (Warburg glycolysis, M12)."""
+    r.produce("lactate", p["lactate_secretion"] * (1.0 + d["hif"]) * (f["tumor"] + f["csc"]))
+
+
+def exosome_release(f, p, d, r):
+    """∂exo/∂t += s_exo·C·(1 − i·H(inhibitor)) − k_up·(stroma + immune)·exo (M5)."""
+    block = 1.0 - p["exosome_inhibitor_max"] * _hill(f["exosome_inhibitor"], p["exosome_inhibitor_k"])
+    r.produce("exosome", p["exosome_secretion"] * f["csc"] * block)
+    r.lose("exosome", p["exosome_uptake"] * sum(f[c] for c in STROMA + IMMUNE))
+
+
+def exosome_effects(f, p, d, r):
+    """fibroblast → CAF at k_exo·H(exo) + k_TGFβ·H(TGFβ); ∂Treg/∂t += r·H(exo)·Treg·room (M5)."""
+    r.move("fibroblast", "caf", p["caf_activation_exosome"] * d["exosome"]
+           + p["caf_activation_tgfb"] * d["tgfb"])
+    r.produce("treg", p["treg_expansion_exosome"] * d["exosome"] * f["treg"] * d["room"])
+
+
+def macrophage_polarisation(f, p, d, r):
+    """M1 → M2 at k_exo·H(exo) + k_IL10·H(IL10) + k_lac·H(lac); M2 → M1 at k_rep (M5, M6, M12)."""
+    r.move("m1", "m2", p["m2_polarisation_exosome"] * d["exosome"]
+           + p["m2_polarisation_il10"] * _hill(f["il10"], p["il10_k"])
+           + p["m2_polarisation_lactate"] * d["lactate"])
+    r.move("m2", "m1", p["m1_repolarisation"])
+
+
+def immune_recruitment(f, p, d, r):
+    """At vessels: ∂M1/∂t += r_mac·v·H(CCL2)·room; ∂Treg/∂t += r_treg·v·H(CCL2 + CXCL12)·room;
+    ∂CD8/∂t += r_T·v·room/(1 + exo/K_prime) (M8; M5: exosomes impair priming)."""
+    v, room = jnp.maximum(f["vessel"], 0.0), d["room"]
+    r.produce("m1", p["macrophage_recruitment"] * v * _hill(f["ccl2"], p["ccl2_k"]) * room)
+    r.produce("treg", p["treg_recruitment"] * v * _hill(f["ccl2"] + f["cxcl12"], p["ccl2_k"]) * room)
+    priming = 1.0 / (1.0 + jnp.maximum(f["exosome"], 0.0) / p["priming_exosome_k"])
+    r.produce("cd8", p["t_cell_recruitment"] * v * priming * room)
+
+
+def chemotaxis(f, p, d, r):
+    """Φ_mac −= χ·H(CCL2); Φ_Treg −= χ·(H(CCL2) + H(CXCL12)); Φ_MSC −= χ·H(CXCL12) (M8, M13): drift up the gradients."""
+    ccl2 = _hill(f["ccl2"], p["ccl2_k"])
+    for c in ("m1", "m2"):
+        r.drift(c, -p["chemotaxis_macrophage"] * ccl2)
+    r.drift("treg", -p["chemotaxis_treg"] * (ccl2 + d["cxcl12"]))
+    for c in ("msc", "msc_trail"):
+        r.drift(c, -p["chemotaxis_msc"] * d["cxcl12"])
+
+
+def immune_turnover(f, p, d, r):
+    """Macrophages die at r_mac; CD8, Treg and CAR-T at r_T (volume freed)."""
+    for c in ("m1", "m2"):
+        r.lose(c, p["macrophage_death"])
+    for c in ("cd8", "treg", "car_t"):
+        r.lose(c, p["t_cell_death"])
+
+
+def pd_l1(f, p, d):
+    """Effective PD-L1 signal of (T, C): PD-L1·(1 − b·H(antiPD1)), CSC PD-L1 raised by HIF (M9)."""
+    block = 1.0 - p["anti_pd1_max"] * _hill(f["anti_pd1"], p["anti_pd1_k"])
+    return p["pdl1_tumor"] * block, p["pdl1_csc"] * (1.0 + p["pdl1_hif"] * d["hif"]) * block
+
+
+def t_cell_killing(f, p, d, r):
+    """T, C → debris at k·CD8·S/(1 + PD-L1_eff); CD8 expands at r·S·(T + C)·room and exhausts at k_ex·PD-L1-weighted contact (M6, M9, M12)."""
+    pdl1_t, pdl1_c = pd_l1(f, p, d)
+    attack = p["t_cell_kill_rate"] * f["cd8"] * d["suppression"]
+    r.move("tumor", "debris", attack / (1.0 + pdl1_t))
+    r.move("csc", "debris", attack / (1.0 + pdl1_c))
+    contact = f["tumor"] + f["csc"]
+    r.produce("cd8", p["t_cell_expansion"] * d["suppression"] * contact * f["cd8"] * d["room"])
+    r.lose("cd8", p["t_cell_exhaustion"] * (pdl1_t * f["tumor"] + pdl1_c * f["csc"]))
+
+
+def chemotherapy(f, p, d, r):
+    """T → debris at ℓ·r_T·g(O2)·room·H(chemo); C at ℓ·r_C·g(O2)·room·H(chemo/(1 + e)); ∂chemo/∂t −= k_u·(T + C)·chemo (M10).
+
+    Kill scales with each population's division rate (ℓ = lethality per
+    division); CSCs cycle slower and pump the drug out (ABC transporters:
+    intracellular drug = chemo / (1 + efflux)).
+    """
+    chemo = jnp.maximum(f["chemo"], 0.0)
+    cycling = p["chemo_lethality"] * d["o2_growth"] * d["room"]
+    r.move("tumor", "debris", cycling * p["tumor_division_rate"] * _hill(chemo, p["chemo_k"]))
+    r.move("csc", "debris", cycling * p["csc_division_rate"]
+           * _hill(chemo / (1.0 + p["csc_efflux"]), p["chemo_k"]))
+    r.lose("chemo", p["chemo_uptake"] * (f["tumor"] + f["csc"]))
+
+
+def ferroptosis(f, p, d, r):
+    """C → debris at k·H(inducer); T at k·b·H(inducer) (stem-like states are ferroptosis-prone)."""
+    kill = p["ferroptosis_kill_rate"] * _hill(f["ferroptosis_inducer"], p["ferroptosis_k"])
+    r.move("csc", "debris", kill)
+    r.move("tumor", "debris", kill * p["ferroptosis_bulk"])
+
+
+def ecm_remodelling(f, p, d, r):
+    """∂ECM/∂t += s·CAF·(1 − ECM)⁺ − k_MMP·(CAF + M2 + T + C)·ECM (M11)."""
+    r.produce("ecm", p["ecm_deposition"] * f["caf"] * jnp.maximum(1.0 - f["ecm"], 0.0))
+    r.lose("ecm", p["ecm_degradation"] * (f["caf"] + f["m2"] + f["tumor"] + f["csc"]))
+
+
+def ecm_barrier(f, p, d, r):
+    """D_drug, D_exo and immune/MSC motility × 1/(1 + ECM/K_ECM) (M11)."""
+    factor = 1.0 / (1.0 + jnp.maximum(f["ecm"], 0.0) / p["ecm_k"])
+    for name in HINDERED:
+        r.scale_mobility(name, factor)
+
+
+def stroma_growth(f, p, d, r):
+    """∂Fib/∂t, ∂CAF/∂t += r_s·g(O2)·(·)·room; fibroblasts, CAFs, MSCs die at r_d."""
+    for c in ("fibroblast", "caf"):
+        r.produce(c, p["stroma_division_rate"] * d["o2_growth"] * f[c] * d["room"])
+    for c in STROMA:
+        r.lose(c, p["stroma_death"])
+
+
+def msc_dynamics(f, p, d, r):
+    """∂MSC/∂t += r·v·H(CXCL12)·room; MSC → CAF at k·H(TGFβ) (M13)."""
+    r.produce("msc", p["msc_recruitment"] * jnp.maximum(f["vessel"], 0.0) * d["cxcl12"] * d["room"])
+    r.move("msc", "caf", p["msc_to_caf"] * d["tgfb"])
+
+
+def engineered_msc(f, p, d, r):
+    """∂TRAIL/∂t += s·MSC_TRAIL; T, C → debris at k·H(TRAIL) (M13, therapy option)."""
+    r.produce("trail", p["trail_secretion"] * f["msc_trail"])
+    kill = p["trail_kill_rate"] * _hill(f["trail"], p["trail_k"])
+    r.move("tumor", "debris", kill)
+    r.move("csc", "debris", kill)
+
+
+def car_t_killing(f, p, d, r):
+    """C → debris at k·CAR·S; T at k·b·CAR·S (antigen-low); CAR-T expand at r·S·C·room (M17)."""
+    attack = p["car_t_kill_rate"] * f["car_t"] * d["suppression"]
+    r.move("csc", "debris", attack)
+    r.move("tumor", "debris", attack * p["car_t_bulk"])
+    r.produce("car_t", p["car_t_expansion"] * d["suppression"] * f["csc"] * f["car_t"] * d["room"])
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    mechanisms: tuple[str, ...]
+    fn: object
+
+    @property
+    def term(self) -> str:
+        return (self.fn.__doc__ or "").strip()
+
+
+PROCESSES = (
+    Process("oxygen_uptake", ("M3",), oxygen_uptake),
+    Process("tumor_proliferation", ("M18",), tumor_proliferation),
+    Process("csc_division", ("M1", "M4", "M12", "M14"), csc_division),
+    Process("dedifferentiation", ("M1", "M4", "M7", "M14"), dedifferentiation),
+    Process("apoptosis", ("M4", "M12"), apoptosis),
+    Process("necrosis", ("M3",), necrosis),
+    Process("debris_clearance", ("M3",), debris_clearance),
+    Process("pressure_flux", ("M18",), pressure_flux),
+    Process("vascular_supply", ("M2",), vascular_supply),
+    Process("vegf_secretion", ("M2",), vegf_secretion),
+    Process("angiogenesis", ("M2", "M15"), angiogenesis),
+    Process("stromal_secretion", ("M4", "M13"), stromal_secretion),
+    Process("immunosuppressive_secretion", ("M6",), immunosuppressive_secretion),
+    Process("chemokine_secretion", ("M8",), chemokine_secretion),
+    Process("lactate_secretion", ("M12",), lactate_secretion),
+    Process("exosome_release", ("M5",), exosome_release),
+    Process("exosome_effects", ("M5",), exosome_effects),
+    Process("macrophage_polarisation", ("M5", "M6", "M12"), macrophage_polarisation),
+    Process("immune_recruitment", ("M5", "M8"), immune_recruitment),
+    Process("chemotaxis", ("M8", "M13"), chemotaxis),
+    Process("immune_turnover", (), immune_turnover),
+    Process("t_cell_killing", ("M6", "M9", "M12"), t_cell_killing),
+    Process("chemotherapy", ("M10",), chemotherapy),
+    Process("ferroptosis", (), ferroptosis),
+    Process("ecm_remodelling", ("M11",), ecm_remodelling),
+    Process("ecm_barrier", ("M11",), ecm_barrier),
+    Process("stroma_growth", (), stroma_growth),
+    Process("msc_dynamics", ("M13",), msc_dynamics),
+    Process("engineered_msc", ("M13",), engineered_msc),
+    Process("car_t_killing", ("M17",), car_t_killing),
+)
+# Read by processes but documented apart (shared factors and the dose event):
+HELPERS = {"hif_activity": ("M1",), "immune_suppression": ("M6", "M12"), "pd_l1": ("M9",),
+           "self_renewal_share": ("M1", "M4", "M14"), "radiotherapy": ("M16",)}
+
+
+def niche_reaction(f, p, t=0.0):
+    """Every process of the model, in one traced function (one fused pass)."""
+    del t
+    d = shared_quantities(f, p)
+    r = Rates()
+    for proc in PROCESSES:
+        proc.fn(f, p, d, r)
+    return r
+
+
+# --------------------------------------------------------------------------
+def radiotherapy(fields, table: SpeciesTable, p, dose):
+    """A dose event (M16): survival S = exp(−α·D_e − β·D_e²), D_e = dose·OMF(O2).
+
+    OMF = (OER·pO2 + K)/(OER·(pO2 + K)) (Alper-Howard-Flanders): 1 when
+    well oxygenated, 1/OER when anoxic, so hypoxic cells are spared. CSCs
+    have α, β scaled by ``rt_csc_resistance``. Killed cells become debris.
+    fields: stacked (F, X, Y, Z); dose in Gy; returns the new stacked fields.
+    """
+    i = table.index
+    o2 = jnp.maximum(fields[i("oxygen")], 0.0)
+    omf = (p["rt_oer"] * o2 + p["rt_oer_k"]) / (p["rt_oer"] * (o2 + p["rt_oer_k"]))
+    de = dose * omf
+    out = fields
+    for name, scale in (("tumor", 1.0), ("csc", p["rt_csc_resistance"])):
+        surviving = jnp.exp(-scale * (p["rt_alpha"] * de + p["rt_beta"] * de**2))
+        killed = fields[i(name)] * (1.0 - surviving)
+        out = out.at[i(name)].add(-killed).at[i("debris")].add(killed)
+    return out
+
+
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs: grid, species, stepper, parameters and initial fields."""
+
+    grid: Grid
+    table: SpeciesTable
+    stepper: Stepper
+    params: dict
+    fields: jax.Array
+
+    def field(self, name):
+        return self.fields[self.table.index(name)]
+
+
+def _params(table, grid, dtype, overrides):
+    return table.default_params(grid, dtype) | default_parameters(dtype, **(overrides or {}))
+
+
+def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
+             medium=None, immune_medium=None, overrides=None, dtype=jnp.float32) -> Setup:
+    """An organoid (spheroid) in medium: no vessels; solutes and drugs from the medium.
+
+    octant: simulate one eighth (the organoid's centre at the x-, y-, z- corner,
+    those faces mirror planes); otherwise the organoid sits in the box centre.
+    The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
+    values for the rest). Initial cells: a ball of ``radius`` um at volume
+    fraction 0.8 (tumor) with a ``csc_fraction`` share of CSCs.
+    immune_medium: {"cd8": 0.02, ...} seeds immune cells uniformly in the
+    medium (co-culture).
+    """
+    if octant:
+        faces = (Neumann(), Dirichlet(0.0)) * 3
+        centre = (0.0, 0.0, 0.0)
+    else:
+        faces = (Dirichlet(0.0),) * 6
+        centre = None
+    grid = Grid((n, n, n), spacing, faces)
+    if radius >= (n * spacing if octant else n * spacing / 2):
+        raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
+    table = niche_species(faces, medium, overrides)
+    ball = sphere_fraction(grid, radius, centre=centre)
+    init = {name: np.zeros(grid.shape) for name in table.names}
+    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
+    init["csc"] = 0.8 * ball * csc_fraction
+    init["oxygen"] = np.full(grid.shape, (medium or {}).get("oxygen", ORGANOID_MEDIUM_O2))
+    for name, value in (immune_medium or {}).items():
+        if name not in CELLS:
+            raise KeyError(f"immune_medium: {name!r} is not a cell field")
+        init[name] = value * (1.0 - ball)
+    fields = jnp.asarray(np.stack([init[n_] for n_ in table.names]), dtype)
+    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
+    return Setup(grid, table, stepper, _params(table, grid, dtype, overrides), fields)
+
+
+def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_spacing=60.0,
+           vessel_density=0.03, stroma=0.3, seed=0, periodic=False, overrides=None,
+           dtype=jnp.float32) -> Setup:
+    """A tissue block (in vivo niche): vessels inside as sources, no-flux (or periodic) faces.
+
+    Vessels: a random set of voxels (one per ``vessel_spacing``³ on average),
+    smoothed over their neighbours and scaled to a mean ``vessel_density``; stroma: fibroblasts,
+    MSCs, M1 macrophages, CD8 and Tregs filling a ``stroma`` fraction outside
+    the tumor ball of ``radius`` (at the centre) with volume fraction 0.8.
+    """
+    from ._grid import Periodic
+
+    grid = Grid((n, n, n), spacing, Periodic() if periodic else Neumann())
+    table = niche_species(params=overrides)
+    rng = np.random.default_rng(seed)
+    p_vessel = (spacing / vessel_spacing) ** 3
+    vessels = (rng.random(grid.shape) < p_vessel).astype(float)
+    smooth = vessels.copy()
+    for ax in range(3):
+        smooth += 0.5 * (np.roll(vessels, 1, ax) + np.roll(vessels, -1, ax))
+    if smooth.mean() > 0:
+        smooth *= vessel_density / smooth.mean()
+    vessels = np.minimum(smooth, default_parameters()["vessel_max"].item())
+    ball = sphere_fraction(grid, radius)
+    outside = 1.0 - ball
+    init = {name: np.zeros(grid.shape) for name in table.names}
+    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
+    init["csc"] = 0.8 * ball * csc_fraction
+    init["vessel"] = vessels
+    shares = {"fibroblast": 0.6, "msc": 0.05, "m1": 0.15, "cd8": 0.15, "treg": 0.05}
+    for name, share in shares.items():
+        init[name] = stroma * share * outside
+    init["ecm"] = 0.3 * outside
+    init["oxygen"] = np.full(grid.shape, 38.0)
+    fields = jnp.asarray(np.stack([init[n_] for n_ in table.names]), dtype)
+    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
+    return Setup(grid, table, stepper, _params(table, grid, dtype, overrides), fields)
+
+
+def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=False) -> float:
+    """Equal-volume sphere radius (um) of the region with tumor-cell fraction (T + C + debris) > threshold."""
+    f = np.asarray(fields)
+    body = f[table.index("tumor")] + f[table.index("csc")] + f[table.index("debris")]
+    volume = float(np.sum(body > threshold)) * grid.voxel_volume * (8 if octant else 1)
+    return (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+# --------------------------------------------------------------------------
+def _boundary_text(faces) -> str:
+    from ._grid import FACES, Dirichlet, Neumann, Periodic
+
+    def one(b):
+        if isinstance(b, Dirichlet):
+            return f"Dirichlet {b.value:g}"
+        if isinstance(b, Periodic):
+            return "periodic"
+        return "no-flux" if isinstance(b, Neumann) and not b.flux else f"flux {b.flux:g}"
+
+    texts = [one(b) for b in faces]
+    if len(set(texts)) == 1:
+        return texts[0]
+    return ", ".join(f"{f} {t}" for f, t in zip(FACES, texts))
+
+
+def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
+    """The whole model as text: fields, processes with their terms and parameters, mechanisms."""
+    if geometry not in ("organoid", "tissue"):
+        raise ValueError(f"geometry must be 'organoid' or 'tissue', got {geometry!r}")
+    setup_faces = (Neumann(), Dirichlet(0.0)) * 3 if geometry == "organoid" else (Neumann(),) * 6
+    table = niche_species(setup_faces if geometry == "organoid" else None)
+    grid = Grid((4, 4, 4), 20.0, setup_faces)
+    bounds = table.boundaries(grid)
+    lines = []
+
+    def head(text):
+        lines.extend(["", f"## {text}" if markdown else text.upper(), ""])
+
+    lines.append("# The tmesim CSC-niche model" if markdown else "THE TMESIM CSC-NICHE MODEL")
+    lines.append("")
+    lines.append(f"Geometry: {geometry} ("
+                 + ("organoid in medium: x-, y-, z- are mirror planes of the simulated octant, "
+                    "x+, y+, z+ the medium" if geometry == "organoid"
+                    else "tissue block: vessels inside as sources, no-flux faces") + ").")
+    lines.append("Units: um, min, mmHg (oxygen), nM (other solutes), volume fraction (cells, "
+                 "vessels), relative density (ECM, 1 = dense stroma).")
+    head(f"Fields ({len(table)})")
+    if markdown:
+        lines.append("| field | group | kind | units | D (um²/min) | decay (1/min) | boundary | source |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+    for s, faces in zip(table, bounds):
+        bc = _boundary_text(faces) if s.kind == "solute" else "no-flux (does not cross)"
+        row = (s.name, FIELD_GROUP[s.name], s.kind, s.units, f"{s.diffusion:g}", f"{s.decay:g}", bc,
+               s.source)
+        if markdown:
+            lines.append("| " + " | ".join(row) + " |")
+        else:
+            lines.append(f"  {s.name:<20} {s.kind:<7} {s.units:<16} D {s.diffusion:<7g} "
+                         f"decay {s.decay:<6g} {bc}")
+            lines.append(f"  {'':<20} source: {s.source}")
+    by_process: dict = {}
+    for q in PARAMETERS:
+        by_process.setdefault(q.process, []).append(q)
+    entries = [(pr.name, pr.mechanisms, pr.term) for pr in PROCESSES]
+    entries += [(name, mech, (globals()[name].__doc__ or "").strip()) for name, mech in HELPERS.items()]
+    head(f"Processes ({len(PROCESSES)}) and shared factors ({len(HELPERS)})")
+    for name, mech, term in entries:
+        tag = f" [{', '.join(mech)}]" if mech else ""
+        lines.append(f"### {name}{tag}" if markdown else f"{name}{tag}")
+        body = " ".join(term.split()) if markdown else "\n".join("    " + t.strip() for t in term.splitlines())
+        lines.append(body)
+        if markdown:
+            lines.append("")
+        for q in by_process.get(name, []):
+            text = f"{q.name} = {q.value:g} {q.unit}: {q.meaning}. Source: {q.source}"
+            lines.append(f"- {text}" if markdown else f"      {text}")
+        lines.append("")
+    head("Mechanisms of MODEL.md")
+    for m in range(1, 19):
+        key = f"M{m}"
+        names = [n for n, mech, _ in entries if key in mech]
+        lines.append(f"{'- ' if markdown else '  '}{key}: {', '.join(names)}")
+    lines.append("")
+    lines.append(f"{len(PARAMETERS)} parameters; calibration may differentiate any of them "
+                 "(they form the pytree ``tmesim.default_parameters()``).")
+    return "\n".join(lines)

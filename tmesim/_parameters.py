@@ -1,0 +1,173 @@
+"""The model's parameter table: every value with its unit, meaning and source.
+
+One row per parameter. ``default_parameters()`` turns the table into the flat
+pytree (name -> scalar array) that the reaction reads and calibration
+differentiates. Sources: "PhysiCell" rows are the PhysiCell v1.14.2 defaults
+recorded in shared/data/physicell_default_parameters.csv (row name given);
+"assumed" rows give the reason for the value. Concentrations other than
+oxygen are in nM; cell and matrix densities are volume fractions (0..1 of a
+voxel); ECM density is relative (1 = dense CAF-made stroma).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+
+class Parameter(NamedTuple):
+    name: str
+    value: float
+    unit: str
+    process: str  # the process (or "fields"/"geometry") that reads it
+    meaning: str
+    source: str
+
+
+PC = "PhysiCell default ({})"
+HILL = "assumed: half-saturation at the concentration a few hours of secretion build up"
+
+_ROWS = [
+    # --- oxygen response (PhysiCell's standard oxygen model) -----------------
+    ("o2_uptake", 10.0, "1/min", "oxygen_uptake", "O2 uptake rate of packed cells (per unit volume fraction)", PC.format("cell_oxygen_uptake_rate")),
+    ("o2_proliferation_threshold", 5.0, "mmHg", "tumor_proliferation", "no proliferation below this pO2", PC.format("o2_proliferation_threshold")),
+    ("o2_reference", 160.0, "mmHg", "tumor_proliferation", "pO2 at which the reference division rate applies", PC.format("o2_reference")),
+    ("o2_hypoxic_threshold", 15.0, "mmHg", "hif_activity", "HIF response starts below this pO2", PC.format("o2_hypoxic_threshold")),
+    ("o2_hypoxic_saturation", 4.0, "mmHg", "hif_activity", "HIF response is full below this pO2", PC.format("o2_hypoxic_saturation")),
+    ("o2_necrosis_threshold", 5.0, "mmHg", "necrosis", "necrosis starts below this pO2", PC.format("o2_necrosis_threshold")),
+    ("o2_necrosis_max", 2.5, "mmHg", "necrosis", "necrosis rate is maximal below this pO2", PC.format("o2_necrosis_max")),
+    ("necrosis_rate", 0.0027777778, "1/min", "necrosis", "maximal necrotic death rate (1/6 h)", PC.format("max_necrosis_rate")),
+    ("hif_inhibitor_k", 50.0, "nM", "hif_activity", "HIF-inhibitor concentration halving HIF activity", "assumed: potent small molecule, IC50 tens of nM"),
+    # --- tumor growth ----------------------------------------------------------
+    ("tumor_division_rate", 0.00072, "1/min", "tumor_proliferation", "division rate of progenitor/differentiated cells at o2_reference (16 h doubling)", PC.format("live_cycle_entry_rate")),
+    ("apoptosis_rate", 5.31667e-05, "1/min", "apoptosis", "apoptotic death rate of tumor cells (bodies cleared at once)", PC.format("apoptosis_death_rate")),
+    ("csc_division_rate", 0.00036, "1/min", "csc_division", "CSC division rate at o2_reference (half the bulk rate: slow-cycling)", "assumed: CSCs cycle about half as fast as bulk cells (quiescence, MODEL.md)"),
+    ("self_renewal_base", 0.2, "1", "csc_division", "share of new CSC volume that stays CSC in normoxia without niche signals", "assumed: keeps CSCs a minority (<10%) in a normoxic organoid"),
+    ("self_renewal_max", 0.9, "1", "csc_division", "upper bound of the self-renewal share", "assumed"),
+    ("self_renewal_hif", 0.5, "1", "csc_division", "self-renewal gain at full HIF activity (M1)", "assumed: hypoxia roughly triples stemness-gene expression"),
+    ("self_renewal_il6", 0.2, "1", "csc_division", "self-renewal gain at saturating IL-6 (M4)", "assumed"),
+    ("self_renewal_cxcl12", 0.15, "1", "csc_division", "self-renewal gain at saturating CXCL12 (M4)", "assumed"),
+    ("self_renewal_lactate", 0.1, "1", "csc_division", "self-renewal gain at saturating lactate (M12)", "assumed"),
+    ("dedifferentiation_basal", 2e-5, "1/min", "dedifferentiation", "basal tumor -> CSC plasticity", "assumed: keeps a few-percent CSC equilibrium in normoxia"),
+    ("dedifferentiation_hif", 2e-4, "1/min", "dedifferentiation", "tumor -> CSC rate at full HIF activity (M1)", "assumed: about 1/(3 days)"),
+    ("dedifferentiation_tgfb", 1e-4, "1/min", "dedifferentiation", "tumor -> CSC rate at saturating TGF-beta (EMT, M7)", "assumed"),
+    ("dedifferentiation_il6", 5e-5, "1/min", "dedifferentiation", "tumor -> CSC rate at saturating IL-6 (STAT3, M4)", "assumed"),
+    ("csc_survival_il6", 0.5, "1", "apoptosis", "fraction of CSC apoptosis removed at saturating IL-6 (M4)", "assumed"),
+    ("csc_survival_lactate", 0.3, "1", "apoptosis", "fraction of CSC apoptosis removed at saturating lactate (M12)", "assumed"),
+    ("pathway_inhibitor_max", 0.9, "1", "csc_division", "largest fraction of self-renewal/dedifferentiation a Notch/Wnt/Hh inhibitor removes (M14)", "assumed"),
+    ("pathway_inhibitor_k", 100.0, "nM", "csc_division", "inhibitor concentration for half effect (M14)", "assumed: IC50 of gamma-secretase inhibitors is tens to hundreds of nM"),
+    # --- necrotic debris -------------------------------------------------------------
+    ("debris_lysis_rate", 1.1574e-05, "1/min", "debris_clearance", "lysis/clearance of necrotic debris (1/60 days)", PC.format("necrosis_phase_durations")),
+    ("phagocytosis_rate", 2e-3, "1/min", "debris_clearance", "debris cleared per unit macrophage fraction", "assumed: a macrophage-rich region clears debris in days"),
+    # --- mechanics (M18) --------------------------------------------------------------
+    ("tissue_mobility", 100.0, "um^2/min", "pressure_flux", "Darcy coefficient: cells drift with v = -k grad(p), p = (phi - packing)+/(1 - packing)", "assumed: lets the front keep pace with a 100-200 um proliferating rim"),
+    ("packing_fraction", 0.8, "volume fraction", "pressure_flux", "cell fraction of packed, unstressed tissue (the rest is interstitium)", "assumed: cells fill about 80% of a spheroid's volume"),
+    # --- oxygen supply, vessels and angiogenesis (M2, M15) -----------------------
+    ("blood_o2", 40.0, "mmHg", "vascular_supply", "capillary blood pO2", "assumed: mean capillary pO2 (about 5% O2, as PhysiCell's 38 mmHg physioxia)"),
+    ("vessel_o2_exchange", 300.0, "1/min", "vascular_supply", "O2 exchange rate per unit vessel fraction", "assumed: 3% vessels keep 30%-cellular stroma near 30 mmHg"),
+    ("vessel_drug_exchange", 0.5, "1/min", "vascular_supply", "small-molecule drug exchange per unit vessel fraction", "assumed"),
+    ("vessel_antibody_exchange", 0.02, "1/min", "vascular_supply", "antibody exchange per unit vessel fraction (slow extravasation)", "assumed: antibodies cross capillaries about 25 times slower than small molecules"),
+    ("vessel_lactate_clearance", 0.1, "1/min", "vascular_supply", "lactate washed out per unit vessel fraction", "assumed"),
+    ("vegf_secretion", 0.05, "nM/min", "vegf_secretion", "VEGF secretion of fully hypoxic tumor cells (M2)", "assumed: builds to about vegf_k in a hypoxic core"),
+    ("vegf_secretion_m2", 0.02, "nM/min", "vegf_secretion", "VEGF secretion of M2 TAMs (M2)", "assumed"),
+    ("vegf_k", 1.0, "nM", "angiogenesis", "VEGF for half-maximal sprouting", HILL),
+    ("angiogenesis_rate", 2e-4, "1/min", "angiogenesis", "vessel growth rate at saturating VEGF", "assumed: vessel density can double in about 3 days"),
+    ("vessel_seed", 0.005, "volume fraction", "angiogenesis", "sprout density that VEGF can grow where no vessel is yet (lumped sprouting from neighbours)", "assumed"),
+    ("vessel_max", 0.1, "volume fraction", "angiogenesis", "largest vessel volume fraction", "assumed: about 10% of tissue volume"),
+    ("vessel_regression", 2e-5, "1/min", "angiogenesis", "vessel regression rate without VEGF", "assumed: unsupported vessels regress over weeks"),
+    ("anti_vegf_k", 1.0, "nM", "angiogenesis", "anti-VEGF concentration halving free VEGF (M15)", "assumed: bevacizumab binds VEGF with sub-nM affinity"),
+    # --- plasma drug levels seen by vessels (scenario input; dosing sets them) ----------
+    *[(f"plasma_{d}", 0.0, "nM", "vascular_supply", f"plasma concentration of {d.replace('_', ' ')}",
+       "scenario input: 0 = no drug") for d in ("chemo", "anti_pd1", "anti_vegf", "csc_inhibitor",
+                                                "exosome_inhibitor", "hif_inhibitor", "ferroptosis_inducer")],
+    # --- cytokines (M4, M6, M8) ----------------------------------------------------
+    ("il6_secretion", 0.02, "nM/min", "stromal_secretion", "IL-6 secretion per unit CAF/MSC fraction (M4)", "assumed"),
+    ("cxcl12_secretion", 0.02, "nM/min", "stromal_secretion", "CXCL12 secretion per unit CAF/MSC fraction (M4)", "assumed"),
+    ("il6_k", 0.5, "nM", "csc_division", "IL-6 for half-maximal STAT3 effect", HILL),
+    ("cxcl12_k", 0.5, "nM", "csc_division", "CXCL12 for half-maximal effect", HILL),
+    ("tgfb_secretion_m2", 0.02, "nM/min", "immunosuppressive_secretion", "TGF-beta secretion of M2 TAMs (M6)", "assumed"),
+    ("tgfb_secretion_caf", 0.01, "nM/min", "immunosuppressive_secretion", "TGF-beta secretion of CAFs", "assumed"),
+    ("tgfb_secretion_treg", 0.02, "nM/min", "immunosuppressive_secretion", "TGF-beta secretion of Tregs", "assumed"),
+    ("il10_secretion_m2", 0.02, "nM/min", "immunosuppressive_secretion", "IL-10 secretion of M2 TAMs (M6)", "assumed"),
+    ("il10_secretion_treg", 0.02, "nM/min", "immunosuppressive_secretion", "IL-10 secretion of Tregs (M6)", "assumed"),
+    ("tgfb_k", 0.5, "nM", "t_cell_killing", "TGF-beta for half-maximal effect", HILL),
+    ("il10_k", 0.5, "nM", "t_cell_killing", "IL-10 for half-maximal effect", HILL),
+    ("ccl2_secretion", 0.01, "nM/min", "chemokine_secretion", "CCL2 secretion of tumor cells, doubled by HIF (M8)", "assumed"),
+    ("ccl2_secretion_caf", 0.01, "nM/min", "chemokine_secretion", "CCL2 secretion of CAFs (M8)", "assumed"),
+    ("ccl2_k", 0.5, "nM", "immune_recruitment", "CCL2 for half-maximal recruitment and chemotaxis", HILL),
+    # --- exosomes (M5) ------------------------------------------------------------------
+    ("exosome_secretion", 0.05, "nM/min", "exosome_release", "exosome cargo release per unit CSC fraction (M5)", "assumed"),
+    ("exosome_uptake", 0.01, "1/min", "exosome_release", "exosome uptake per unit stromal/immune fraction", "assumed"),
+    ("exosome_k", 0.5, "nM", "exosome_effects", "cargo for half-maximal effect on recipient cells", HILL),
+    ("exosome_inhibitor_max", 0.9, "1", "exosome_release", "largest fraction of release blocked (e.g. GW4869)", "assumed"),
+    ("exosome_inhibitor_k", 100.0, "nM", "exosome_release", "inhibitor concentration for half effect", "assumed"),
+    ("caf_activation_exosome", 2e-4, "1/min", "exosome_effects", "fibroblast -> CAF rate at saturating cargo (M5)", "assumed: a few days"),
+    ("caf_activation_tgfb", 1e-4, "1/min", "exosome_effects", "fibroblast -> CAF rate at saturating TGF-beta", "assumed"),
+    ("m2_polarisation_exosome", 3e-4, "1/min", "macrophage_polarisation", "M1 -> M2 rate at saturating cargo (M5)", "assumed: about a day"),
+    ("m2_polarisation_il10", 2e-4, "1/min", "macrophage_polarisation", "M1 -> M2 rate at saturating IL-10", "assumed"),
+    ("m2_polarisation_lactate", 1e-4, "1/min", "macrophage_polarisation", "M1 -> M2 rate at saturating lactate (M12)", "assumed"),
+    ("m1_repolarisation", 1e-4, "1/min", "macrophage_polarisation", "basal M2 -> M1 rate", "assumed"),
+    ("treg_expansion_exosome", 3e-4, "1/min", "exosome_effects", "Treg proliferation at saturating cargo (M5)", "assumed"),
+    ("priming_exosome_k", 0.5, "nM", "immune_recruitment", "cargo that halves effector T-cell priming (DC impairment, M5)", HILL),
+    # --- immune cells (M6, M8, M9) ------------------------------------------------
+    ("macrophage_recruitment", 5e-3, "1/min", "immune_recruitment", "monocyte influx per unit vessel fraction at saturating CCL2", "assumed"),
+    ("treg_recruitment", 2e-3, "1/min", "immune_recruitment", "Treg influx per unit vessel fraction at saturating CCL2/CXCL12", "assumed"),
+    ("t_cell_recruitment", 5e-3, "1/min", "immune_recruitment", "effector T-cell influx per unit vessel fraction", "assumed"),
+    ("msc_recruitment", 1e-3, "1/min", "msc_dynamics", "MSC influx per unit vessel fraction at saturating CXCL12 (M13)", "assumed"),
+    ("macrophage_death", 1.4e-4, "1/min", "immune_turnover", "macrophage death rate (5-day life)", "assumed: tissue macrophage life of days"),
+    ("t_cell_death", 2.3e-4, "1/min", "immune_turnover", "effector/regulatory T-cell death rate (3-day life)", "assumed"),
+    ("chemotaxis_macrophage", 1000.0, "um^2/min", "chemotaxis", "macrophage chemotactic sensitivity to CCL2 (M8)", "assumed: drift of about 1 um/min where H(CCL2) changes by 0.2 over 200 um"),
+    ("chemotaxis_treg", 1000.0, "um^2/min", "chemotaxis", "Treg chemotactic sensitivity to CCL2 and CXCL12 (M8)", "assumed"),
+    ("chemotaxis_msc", 1000.0, "um^2/min", "chemotaxis", "MSC chemotactic sensitivity to CXCL12 (M13)", "assumed"),
+    ("t_cell_kill_rate", 0.02, "1/min", "t_cell_killing", "tumor kill rate per unit effector T-cell fraction, unsuppressed", "assumed: one T cell kills a target in about an hour"),
+    ("t_cell_expansion", 5e-3, "1/min", "t_cell_killing", "T-cell proliferation per unit tumor contact", "assumed"),
+    ("t_cell_exhaustion", 2e-3, "1/min", "t_cell_killing", "T-cell exhaustion per unit PD-L1-weighted contact (M9)", "assumed"),
+    ("treg_k", 0.05, "volume fraction", "t_cell_killing", "Treg density halving effector function", "assumed"),
+    ("lactate_k", 5e6, "nM", "t_cell_killing", "lactate halving T-cell function, raising CSC effects (5 mM, M12)", "assumed: tumor lactate reaches 10-40 mM"),
+    ("pdl1_tumor", 0.5, "1", "t_cell_killing", "relative PD-L1 of bulk tumor cells (M9)", "assumed"),
+    ("pdl1_csc", 2.0, "1", "t_cell_killing", "relative PD-L1 of CSCs in normoxia (M9)", "assumed: CSCs express more PD-L1"),
+    ("pdl1_hif", 1.0, "1", "t_cell_killing", "PD-L1 gain at full HIF activity (M9)", "assumed"),
+    ("anti_pd1_k", 1.0, "nM", "t_cell_killing", "anti-PD-1 for half-maximal blockade", "assumed: nivolumab EC50 is sub-nM to nM"),
+    ("anti_pd1_max", 0.95, "1", "t_cell_killing", "largest fraction of PD-L1 signalling blocked", "assumed"),
+    # --- stroma (M11, M13) ----------------------------------------------------------------
+    ("stroma_division_rate", 2e-4, "1/min", "stroma_growth", "fibroblast/CAF proliferation (room-limited)", "assumed: about 2.5-day doubling"),
+    ("stroma_death", 2e-5, "1/min", "stroma_growth", "fibroblast/CAF/MSC turnover", "assumed"),
+    ("msc_to_caf", 1e-4, "1/min", "msc_dynamics", "MSC -> CAF rate at saturating TGF-beta (M13)", "assumed"),
+    ("ecm_deposition", 2e-4, "1/min", "ecm_remodelling", "ECM deposition per unit CAF fraction (relative density per min)", "assumed: dense stroma in about a week"),
+    ("ecm_degradation", 1e-4, "1/min", "ecm_remodelling", "MMP degradation per unit CAF/M2/tumor fraction", "assumed"),
+    ("ecm_k", 0.5, "1", "ecm_barrier", "ECM density halving drug diffusion and immune motility (M11)", "assumed"),
+    # --- lactate (M12) -----------------------------------------------------------------
+    ("lactate_secretion", 5e4, "nM/min", "lactate_secretion", "lactate secretion of tumor cells (Warburg), doubled by HIF", "assumed: builds 10-20 mM in a poorly perfused core"),
+    # --- therapies (M10, M13, M16, M17) --------------------------------------------------
+    ("chemo_lethality", 3.0, "1", "chemotherapy", "kill rate at saturating drug per unit division rate (M10: kill scales with cycling)", "assumed: most cycling bulk cells die within a day of exposure"),
+    ("chemo_k", 100.0, "nM", "chemotherapy", "intracellular drug for half-maximal kill", "assumed: gemcitabine acts at 10-1000 nM (shared/data/matthews2022)"),
+    ("chemo_uptake", 0.02, "1/min", "chemotherapy", "drug uptake per unit tumor fraction", "assumed"),
+    ("csc_efflux", 10.0, "1", "chemotherapy", "CSC intracellular drug is 1/(1+efflux) of bulk (ABC transporters, M10)", "assumed"),
+    ("ferroptosis_kill_rate", 1e-3, "1/min", "ferroptosis", "kill rate at saturating inducer (CSCs; bulk x ferroptosis_bulk)", "assumed"),
+    ("ferroptosis_k", 500.0, "nM", "ferroptosis", "inducer for half-maximal kill", "assumed: RSL3/erastin act at 0.1-10 uM"),
+    ("ferroptosis_bulk", 0.3, "1", "ferroptosis", "bulk-cell sensitivity relative to CSCs", "assumed: mesenchymal/stem-like states are more ferroptosis-prone"),
+    ("trail_secretion", 0.05, "nM/min", "engineered_msc", "TRAIL secretion per unit engineered-MSC fraction (M13)", "assumed"),
+    ("trail_kill_rate", 2e-3, "1/min", "engineered_msc", "kill rate at saturating TRAIL", "assumed"),
+    ("trail_k", 0.5, "nM", "engineered_msc", "TRAIL for half-maximal kill", HILL),
+    ("car_t_kill_rate", 0.05, "1/min", "car_t_killing", "CSC kill rate per unit CAR-T fraction (M17)", "assumed: faster than endogenous T cells (high-affinity CAR)"),
+    ("car_t_bulk", 0.1, "1", "car_t_killing", "antigen on bulk cells relative to CSCs (CD133/CD44 low)", "assumed"),
+    ("car_t_expansion", 0.01, "1/min", "car_t_killing", "CAR-T proliferation per unit CSC contact", "assumed"),
+    ("rt_alpha", 0.3, "1/Gy", "radiotherapy", "linear-quadratic alpha of bulk tumor cells (M16)", "assumed: typical tumor alpha/beta = 10 Gy"),
+    ("rt_beta", 0.03, "1/Gy^2", "radiotherapy", "linear-quadratic beta", "assumed: typical tumor alpha/beta = 10 Gy"),
+    ("rt_csc_resistance", 0.5, "1", "radiotherapy", "CSC alpha and beta relative to bulk (DNA-repair, ROS scavenging)", "assumed"),
+    ("rt_oer", 3.0, "1", "radiotherapy", "maximal oxygen enhancement ratio", "assumed: Alper-Howard-Flanders form, OER about 3 for X-rays"),
+    ("rt_oer_k", 3.0, "mmHg", "radiotherapy", "pO2 of half-maximal oxygen enhancement", "assumed: K about 3 mmHg in the Alper-Howard-Flanders form"),
+]
+
+PARAMETERS: tuple[Parameter, ...] = tuple(Parameter(*row) for row in _ROWS)
+_names = [p.name for p in PARAMETERS]
+assert len(set(_names)) == len(_names), "duplicate parameter names"
+
+
+def default_parameters(dtype=jnp.float32, **overrides) -> dict:
+    """The parameter pytree: {name: scalar array}; ``overrides`` replace values by name."""
+    unknown = set(overrides) - set(_names)
+    if unknown:
+        raise KeyError(f"unknown model parameter(s) {sorted(unknown)}")
+    return {p.name: jnp.asarray(overrides.get(p.name, p.value), dtype) for p in PARAMETERS}
