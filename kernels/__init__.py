@@ -6,16 +6,38 @@ knows about species, units or files. Fields are stacked ``c[channel, x, y, z]``.
 
 from ._diffusion import (
     FaceBC as FaceBC,
+)
+from ._diffusion import (
     diffusion_rate as diffusion_rate,
+)
+from ._diffusion import (
     diffusion_rate_reference as diffusion_rate_reference,
+)
+from ._diffusion import (
     euler_limit as euler_limit,
+)
+from ._diffusion import (
     explicit_step as explicit_step,
+)
+from ._diffusion import (
     rkl1_stages as rkl1_stages,
+)
+from ._diffusion import (
     rkl1_step as rkl1_step,
+)
+from ._diffusion import (
     rkl2_coefficients as rkl2_coefficients,
+)
+from ._diffusion import (
     rkl2_stages as rkl2_stages,
+)
+from ._diffusion import (
     rkl2_step as rkl2_step,
+)
+from ._diffusion import (
     rkl2_step_reference as rkl2_step_reference,
+)
+from ._diffusion import (
     spectral_radius as spectral_radius,
 )
 from ._implicit import lod_step as lod_step

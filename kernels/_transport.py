@@ -85,7 +85,7 @@ def cell_transport_rate(
 
         phi = None if potential is None else jnp.broadcast_to(potential, rho.shape)
         rm = 1.0 if room is None else jnp.broadcast_to(room, rho.shape[1:])[None]
-        room_of = (lambda a, b: 1.0) if room is None else (lambda a, b: cut(rm, a, b))
+        room_of = (lambda a, b: 1.0) if room is None else (lambda a, b, rm=rm: cut(rm, a, b))
         t = transfer(
             cut(rho, 0, n - 1),
             cut(rho, 1, n),

@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import face_bc
-
 import tmesim.kernels as K
+from helpers import face_bc
 
 SPACING = (20.0, 15.0, 10.0)
 BC_CASES = {
@@ -83,7 +82,6 @@ def test_rkl_stability_limits():
 
 
 def _dense_tridiag(a, b, c, periodic=False):
-    n = len(b)
     m = np.diag(b) + np.diag(a[1:], -1) + np.diag(c[:-1], 1)
     if periodic:
         m[0, -1], m[-1, 0] = a[0], c[-1]

@@ -108,7 +108,8 @@ def test_m3_severe_hypoxia_kills_into_debris():
 
 def test_m4_caf_cytokines_raise_stemness():
     rich = evolve(2, NORMOXIC, {"caf": 0.2, "msc": 0.05})
-    off = evolve(2, NORMOXIC | {"il6_secretion": 0.0, "cxcl12_secretion": 0.0}, {"caf": 0.2, "msc": 0.05})
+    off = evolve(2, NORMOXIC | {"il6_secretion": 0.0, "cxcl12_secretion": 0.0},
+                 {"caf": 0.2, "msc": 0.05})
     assert mean(rich, "il6") > 0.5 and mean(off, "il6") < 1e-6
     assert csc_share(rich) > 1.2 * csc_share(off)
 
@@ -251,7 +252,8 @@ def test_m16_radiotherapy_spares_hypoxic_cells_and_cscs():
     assert surv_t[1] > surv_t[0] + 0.2  # hypoxia protects (OER)
     assert surv_c[0] > surv_t[0] + 0.1  # CSCs resist
     omf = (3.0 * 40.0 + 3.0) / (3.0 * (40.0 + 3.0))  # OER 3, K 3 mmHg
-    np.testing.assert_allclose(surv_t[0], np.exp(-0.3 * 2 * omf - 0.03 * (2 * omf) ** 2), rtol=1e-12)
+    expected = np.exp(-0.3 * 2 * omf - 0.03 * (2 * omf) ** 2)
+    np.testing.assert_allclose(surv_t[0], expected, rtol=1e-12)
     killed = (0.5 - out[table.index("tumor")]) + (0.05 - out[table.index("csc")])
     np.testing.assert_allclose(out[table.index("debris")], killed, rtol=1e-12)
 
@@ -313,7 +315,7 @@ def test_extreme_parameters_keep_densities_non_negative_and_bounded():
 
 
 def test_conversions_conserve_cell_volume():
-    """With every creation and removal off, cells only convert: Σ cells is conserved to round-off."""
+    """With every creation and removal off, cells only convert: Σ cells conserved to round-off."""
     off = {q.name: 0.0 for q in tm.PARAMETERS if q.name in (
         "tumor_division_rate", "csc_division_rate", "apoptosis_rate", "debris_lysis_rate",
         "phagocytosis_rate", "macrophage_recruitment", "treg_recruitment", "t_cell_recruitment",

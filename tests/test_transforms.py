@@ -1,13 +1,13 @@
 """jit, vmap, dtypes, gradients and input validation."""
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
+import tmesim.kernels as K
 
 import tmesim as tm
-import tmesim.kernels as K
 
 
 def _problem():

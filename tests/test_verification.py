@@ -5,7 +5,6 @@ the stated setup with a factor of about 1.5 of headroom, so that a bug of
 the size of the error itself fails the test.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

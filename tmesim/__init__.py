@@ -16,17 +16,6 @@ from ._model import tumor_radius as tumor_radius
 from ._parameters import PARAMETERS as PARAMETERS
 from ._parameters import default_parameters as default_parameters
 from ._species import Species as Species
-from ._model import PROCESSES as PROCESSES
-from ._model import Setup as Setup
-from ._model import describe_model as describe_model
-from ._model import niche_reaction as niche_reaction
-from ._model import niche_species as niche_species
-from ._model import organoid as organoid
-from ._model import radiotherapy as radiotherapy
-from ._model import tissue as tissue
-from ._model import tumor_radius as tumor_radius
-from ._parameters import PARAMETERS as PARAMETERS
-from ._parameters import default_parameters as default_parameters
 from ._species import SpeciesTable as SpeciesTable
 from ._stepper import FieldView as FieldView
 from ._stepper import Rates as Rates

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     sp.add_argument("--grid", type=int, default=96, help="voxels per axis")
     sp.add_argument("--spacing", type=float, default=10.0, help="voxel size, um")
     sp.add_argument("--t-end", type=float, default=5.0, help="simulated time, min")
-    sp.add_argument("--dt", type=float, default=0.0025, help="time step, min")
+    sp.add_argument("--dt", type=float, default=0.01, help="time step, min")
     sp.add_argument("--float64", action="store_true", help="double precision")
     sp.set_defaults(run=_spheroid)
     mp = sub.add_parser("model", help="print every field and process of the niche model, "

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._grid import Dirichlet, Grid, Neumann
+from ._grid import FACES, Dirichlet, Grid, Neumann, Periodic
 from ._parameters import PARAMETERS, default_parameters
 from ._species import Species, SpeciesTable
 from ._spheroid import sphere_fraction
@@ -540,8 +540,19 @@ class Setup:
         return self.fields[self.table.index(name)]
 
 
-def _params(table, grid, dtype, overrides):
-    return table.default_params(grid, dtype) | default_parameters(dtype, **(overrides or {}))
+def _tumor_ball(table, grid, ball, csc_fraction) -> dict:
+    """Initial values: zeros, with a tumor ball at volume fraction 0.8, ``csc_fraction`` of it CSCs."""
+    init = {name: np.zeros(grid.shape) for name in table.names}
+    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
+    init["csc"] = 0.8 * ball * csc_fraction
+    return init
+
+
+def _setup(grid, table, init, dt, overrides, dtype) -> Setup:
+    fields = jnp.asarray(np.stack([init[name] for name in table.names]), dtype)
+    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
+    params = table.default_params(grid, dtype) | default_parameters(dtype, **(overrides or {}))
+    return Setup(grid, table, stepper, params, fields)
 
 
 def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
@@ -567,17 +578,13 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
         raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
     table = niche_species(faces, medium, overrides)
     ball = sphere_fraction(grid, radius, centre=centre)
-    init = {name: np.zeros(grid.shape) for name in table.names}
-    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
-    init["csc"] = 0.8 * ball * csc_fraction
+    init = _tumor_ball(table, grid, ball, csc_fraction)
     init["oxygen"] = np.full(grid.shape, (medium or {}).get("oxygen", ORGANOID_MEDIUM_O2))
     for name, value in (immune_medium or {}).items():
         if name not in CELLS:
             raise KeyError(f"immune_medium: {name!r} is not a cell field")
         init[name] = value * (1.0 - ball)
-    fields = jnp.asarray(np.stack([init[n_] for n_ in table.names]), dtype)
-    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
-    return Setup(grid, table, stepper, _params(table, grid, dtype, overrides), fields)
+    return _setup(grid, table, init, dt, overrides, dtype)
 
 
 def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_spacing=60.0,
@@ -590,8 +597,6 @@ def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_s
     MSCs, M1 macrophages, CD8 and Tregs filling a ``stroma`` fraction outside
     the tumor ball of ``radius`` (at the centre) with volume fraction 0.8.
     """
-    from ._grid import Periodic
-
     grid = Grid((n, n, n), spacing, Periodic() if periodic else Neumann())
     table = niche_species(params=overrides)
     rng = np.random.default_rng(seed)
@@ -605,18 +610,14 @@ def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_s
     vessels = np.minimum(smooth, default_parameters()["vessel_max"].item())
     ball = sphere_fraction(grid, radius)
     outside = 1.0 - ball
-    init = {name: np.zeros(grid.shape) for name in table.names}
-    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
-    init["csc"] = 0.8 * ball * csc_fraction
+    init = _tumor_ball(table, grid, ball, csc_fraction)
     init["vessel"] = vessels
     shares = {"fibroblast": 0.6, "msc": 0.05, "m1": 0.15, "cd8": 0.15, "treg": 0.05}
     for name, share in shares.items():
         init[name] = stroma * share * outside
     init["ecm"] = 0.3 * outside
     init["oxygen"] = np.full(grid.shape, 38.0)
-    fields = jnp.asarray(np.stack([init[n_] for n_ in table.names]), dtype)
-    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
-    return Setup(grid, table, stepper, _params(table, grid, dtype, overrides), fields)
+    return _setup(grid, table, init, dt, overrides, dtype)
 
 
 def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=False) -> float:
@@ -629,8 +630,6 @@ def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=
 
 # --------------------------------------------------------------------------
 def _boundary_text(faces) -> str:
-    from ._grid import FACES, Dirichlet, Neumann, Periodic
-
     def one(b):
         if isinstance(b, Dirichlet):
             return f"Dirichlet {b.value:g}"

@@ -61,7 +61,7 @@ def radius_below(oxygen: np.ndarray, grid: Grid, threshold: float) -> float:
 
 
 def run_oxygen_spheroid(
-    radius=250.0, n=96, spacing=10.0, t_end=5.0, dt=0.0025, save_every_min=0.5,
+    radius=250.0, n=96, spacing=10.0, t_end=5.0, dt=0.01, save_every_min=0.5,
     dtype=jnp.float32, progress=print,
 ):
     """Run the spheroid; returns a dict of arrays and numbers (see ``write_hdf5``)."""

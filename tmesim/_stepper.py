@@ -43,9 +43,9 @@ fields by name from the blocks (``FieldView``), so nothing is restacked.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -223,7 +223,8 @@ class Stepper:
         groups = plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed)
         object.__setattr__(self, "groups", groups)
         names = self.table.names
-        where = {names[ch]: (gi, j) for gi, g in enumerate(groups) for j, ch in enumerate(g.channels)}
+        where = {names[ch]: (gi, j)
+                 for gi, g in enumerate(groups) for j, ch in enumerate(g.channels)}
         object.__setattr__(self, "_where", where)
 
     def describe(self) -> list[str]:

@@ -1,0 +1,152 @@
+"""First contact with data: an untreated organoid with default parameters.
+
+Runs the default organoid (octant, 25 um voxels, dt = 2 min) from a radius of
+77 um at day 4 (the EMT6/Ro diameter at day 4.2, Freyer & Sutherland 1986) to
+day 23, records outer, hypoxic and necrotic radii every 12 h and the radial
+profiles at the end, and draws docs/organoid_first_contact.png against
+shared/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
+WM983b radii). Usage: python docs/organoid_first_contact.py [--days 23] [--n 40]
+Takes about 20 min on 2 CPU cores. Documentation, not calibration.
+"""
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+import tmesim as tm
+from tmesim import _model as M
+
+HERE = pathlib.Path(__file__).parent
+DATA = HERE.parent.parent / "shared" / "data"
+
+
+def equal_volume_radius(mask, grid):
+    return (3.0 * float(mask.sum()) * grid.voxel_volume * 8 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def measure(f, setup):
+    i = setup.table.index
+    live = f[i("tumor")] + f[i("csc")]
+    body = live + f[i("debris")]
+    inside = body > 0.1
+    return {
+        "outer": equal_volume_radius(inside, setup.grid),
+        "hypoxic": equal_volume_radius(inside & (f[i("oxygen")] < 15.0), setup.grid),
+        "necrotic": equal_volume_radius(inside & (f[i("debris")] > live), setup.grid),
+        "csc_share": float(f[i("csc")].sum() / max(live.sum(), 1e-12)),
+        "min_o2": float(f[i("oxygen")].min()),
+    }
+
+
+def radial_profile(f, setup, names, dr=25.0):
+    r = np.sqrt(sum(g**2 for g in setup.grid.mesh()))
+    bins = np.arange(0.0, r.max() + dr, dr)
+    which = np.digitize(r, bins) - 1
+    out = {"r": (bins[:-1] + dr / 2).tolist()}
+    for name in names:
+        v = f[setup.table.index(name)]
+        out[name] = [float(v[which == k].mean()) if (which == k).any() else float("nan")
+                     for k in range(len(bins) - 1)]
+    return out
+
+
+def read_csv(name):
+    with open(DATA / name) as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array(result["day"])
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
+    a = ax[0]
+    a.plot(t, result["outer"], "k-", label="model: outer radius")
+    a.plot(t, result["hypoxic"], "b--", label="model: hypoxic (O2 < 15 mmHg)")
+    a.plot(t, result["necrotic"], "r-.", label="model: necrotic (debris > live)")
+    emt = read_csv("freyer_sutherland1986_emt6ro_spheroid_growth.csv")
+    a.plot([float(r["time_day"]) for r in emt], [float(r["diameter_um"]) / 2 for r in emt], "ko",
+           mfc="none", label="EMT6/Ro radius (Freyer & Sutherland 1986)")
+    inc = read_csv("browning2021_incucyte_outer_radius.csv")
+    for line, mk in (("WM793b", "s"), ("WM983b", "^")):
+        rows = [r for r in inc if r["cell_line"] == line and r["outer_radius_um"]]
+        days = sorted({float(r["time_day"]) for r in rows})
+        med = [np.median([float(r["outer_radius_um"]) for r in rows if float(r["time_day"]) == d])
+               for d in days]
+        a.plot(days, med, mk, ms=3, alpha=0.5, label=f"{line} outer radius (Browning 2021, median)")
+    a.set_xlabel("day")
+    a.set_ylabel("radius (um)")
+    a.legend(fontsize=7)
+    a.set_title("growth")
+    a = ax[1]
+    conf = read_csv("browning2021_confocal_structure.csv")
+    for line, mk in (("WM793b", "s"), ("WM983b", "^")):
+        rows = [r for r in conf if r["cell_line"] == line and r["necrotic_radius_um"]]
+        a.plot([float(r["outer_radius_um"]) for r in rows],
+               [float(r["necrotic_radius_um"]) for r in rows], mk, ms=3, alpha=0.5,
+               label=f"{line} necrotic radius (Browning 2021)")
+    a.plot(result["outer"], result["necrotic"], "r-", label="model necrotic radius")
+    a.plot(result["outer"], result["hypoxic"], "b--", label="model hypoxic radius")
+    a.set_xlabel("outer radius (um)")
+    a.set_ylabel("inner radius (um)")
+    a.legend(fontsize=7)
+    a.set_title("structure")
+    a = ax[2]
+    prof = result["profile"]
+    r = np.array(prof["r"])
+    a.plot(r, np.array(prof["oxygen"]) / 160.0, "b-", label="O2 / 160 mmHg")
+    live = np.array(prof["tumor"]) + np.array(prof["csc"])
+    a.plot(r, live, "k-", label="live tumor fraction")
+    a.plot(r, prof["debris"], "r-", label="debris fraction")
+    a.plot(r, 10 * np.array(prof["csc"]), "g-", label="CSC fraction x 10")
+    a.set_xlabel("distance from centre (um)")
+    a.set_title(f"profiles at day {t[-1]:.0f}")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--days", type=float, default=23.0)
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--spacing", type=float, default=25.0)
+    ap.add_argument("--out", default=str(HERE / "organoid_first_contact"))
+    args = ap.parse_args()
+    setup = M.organoid(n=args.n, spacing=args.spacing, radius=77.0, dt=2.0)
+    per = 360  # 12 h
+    n_out = round((args.days - 4.0) * 2)
+    state = setup.fields
+    result = {"day": [4.0], "plan": setup.stepper.describe(), "jax": jax.__version__}
+    for k, v in measure(np.asarray(state), setup).items():
+        result[k] = [v]
+    t0 = time.perf_counter()
+    for k in range(n_out):
+        state, _ = tm.simulate(setup.stepper, state, setup.params, per)
+        f = np.asarray(state)
+        result["day"].append(4.0 + 0.5 * (k + 1))
+        for key, v in measure(f, setup).items():
+            result[key].append(v)
+        print(f"day {result['day'][-1]:5.1f} outer {result['outer'][-1]:6.1f} hypoxic "
+              f"{result['hypoxic'][-1]:6.1f} necrotic {result['necrotic'][-1]:6.1f} um, CSC share "
+              f"{result['csc_share'][-1]:.3f}, min O2 {result['min_o2'][-1]:.1f} "
+              f"[{time.perf_counter() - t0:.0f} s]", flush=True)
+    result["profile"] = radial_profile(np.asarray(state), setup,
+                                       ["oxygen", "tumor", "csc", "debris", "lactate", "vegf"])
+    result["wall_s"] = time.perf_counter() - t0
+    pathlib.Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    plot(result, args.out + ".png")
+    print(f"wrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()
