@@ -5,8 +5,13 @@ Runs the default organoid (octant, 25 um voxels, dt = 2 min) from a radius of
 day 23, records outer, hypoxic and necrotic radii every 12 h and the radial
 profiles at the end, and draws docs/organoid_first_contact.png against
 shared/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
-WM983b radii). Usage: python docs/organoid_first_contact.py [--days 23] [--n 40]
-Takes about 20 min on 2 CPU cores. Documentation, not calibration.
+WM983b radii). Usage:
+    python docs/organoid_first_contact.py --n 36                 # default parameters (~20 min)
+    python docs/organoid_first_contact.py --n 24 --spacing 30 --o2-uptake 40 \
+        --out docs/organoid_uptake40                             # a what-if (~7 min)
+    python docs/organoid_first_contact.py --plot-only docs/organoid_first_contact.json \
+        docs/organoid_uptake40.json
+Documentation, not calibration.
 """
 
 import argparse
@@ -61,7 +66,7 @@ def read_csv(name):
         return list(csv.DictReader(fh))
 
 
-def plot(result, path):
+def plot(result, path, variant=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +78,10 @@ def plot(result, path):
     a.plot(t, result["outer"], "k-", label="model: outer radius")
     a.plot(t, result["hypoxic"], "b--", label="model: hypoxic (O2 < 15 mmHg)")
     a.plot(t, result["necrotic"], "r-.", label="model: necrotic (debris > live)")
+    if variant is not None:
+        tv = np.array(variant["day"])
+        a.plot(tv, variant["outer"], "-", color="gray", label=f"{variant['label']}: outer")
+        a.plot(tv, variant["necrotic"], "-.", color="orange", label=f"{variant['label']}: necrotic")
     emt = read_csv("freyer_sutherland1986_emt6ro_spheroid_growth.csv")
     a.plot([float(r["time_day"]) for r in emt], [float(r["diameter_um"]) / 2 for r in emt], "ko",
            mfc="none", label="EMT6/Ro radius (Freyer & Sutherland 1986)")
@@ -96,6 +105,11 @@ def plot(result, path):
                label=f"{line} necrotic radius (Browning 2021)")
     a.plot(result["outer"], result["necrotic"], "r-", label="model necrotic radius")
     a.plot(result["outer"], result["hypoxic"], "b--", label="model hypoxic radius")
+    if variant is not None:
+        a.plot(variant["outer"], variant["necrotic"], "-", color="orange",
+               label=f"{variant['label']}: necrotic")
+        a.plot(variant["outer"], variant["hypoxic"], "--", color="gray",
+               label=f"{variant['label']}: hypoxic")
     a.set_xlabel("outer radius (um)")
     a.set_ylabel("inner radius (um)")
     a.legend(fontsize=7)
@@ -103,10 +117,13 @@ def plot(result, path):
     a = ax[2]
     prof = result["profile"]
     r = np.array(prof["r"])
+    keep = r <= result["grid"][0] * result["grid"][1]
+    r, prof = r[keep], {k: np.array(v)[keep] for k, v in prof.items() if k != "r"}
     a.plot(r, np.array(prof["oxygen"]) / 160.0, "b-", label="O2 / 160 mmHg")
     live = np.array(prof["tumor"]) + np.array(prof["csc"])
     a.plot(r, live, "k-", label="live tumor fraction")
     a.plot(r, prof["debris"], "r-", label="debris fraction")
+    a.plot(r, np.array(prof["lactate"]) / 1e7, "m:", label="lactate / 10 mM")
     a.plot(r, 10 * np.array(prof["csc"]), "g-", label="CSC fraction x 10")
     a.set_xlabel("distance from centre (um)")
     a.set_title(f"profiles at day {t[-1]:.0f}")
@@ -120,13 +137,26 @@ def main():
     ap.add_argument("--days", type=float, default=23.0)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--spacing", type=float, default=25.0)
+    ap.add_argument("--dt", type=float, default=2.0)
+    ap.add_argument("--o2-uptake", type=float, default=None,
+                    help="override o2_uptake (1/min): a what-if, not a fit")
     ap.add_argument("--out", default=str(HERE / "organoid_first_contact"))
+    ap.add_argument("--plot-only", nargs="+", metavar="JSON",
+                    help="redraw the figure from a default run's JSON (and a variant's)")
     args = ap.parse_args()
-    setup = M.organoid(n=args.n, spacing=args.spacing, radius=77.0, dt=2.0)
-    per = 360  # 12 h
+    if args.plot_only:
+        runs = [json.loads(pathlib.Path(p).read_text()) for p in args.plot_only]
+        plot(runs[0], args.out + ".png", runs[1] if len(runs) > 1 else None)
+        print(f"wrote {args.out}.png")
+        return
+    overrides = None if args.o2_uptake is None else {"o2_uptake": args.o2_uptake}
+    setup = M.organoid(n=args.n, spacing=args.spacing, radius=77.0, dt=args.dt, overrides=overrides)
+    per = round(720 / args.dt)  # 12 h
     n_out = round((args.days - 4.0) * 2)
     state = setup.fields
-    result = {"day": [4.0], "plan": setup.stepper.describe(), "jax": jax.__version__}
+    result = {"day": [4.0], "plan": setup.stepper.describe(), "jax": jax.__version__,
+              "grid": [args.n, args.spacing], "dt": args.dt,
+              "label": "default" if overrides is None else f"o2_uptake {args.o2_uptake:g}/min"}
     for k, v in measure(np.asarray(state), setup).items():
         result[k] = [v]
     t0 = time.perf_counter()

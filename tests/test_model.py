@@ -270,9 +270,9 @@ def test_m18_growth_pushes_a_compact_body_outwards():
     """Pressure keeps the body at its packing density and moves the front out, sharp.
 
     Without the pressure flux (κ = 0) the new volume packs the core towards
-    φ = 1 and the body only spreads by random motility: a smaller, diffuse
-    body (measured: R(φ > 0.4) 186 against 207 um after 2 days; front width
-    R(0.1) − R(0.7) 76 against 50 um).
+    φ = 1 and the body cannot grow (adhesive tumor cells have no random
+    motility): measured R(φ > 0.4) 158 against 213 um after 2 days, from 150.
+    The front, R(φ > 0.1) − R(φ > 0.7), is 15 um wide: under one voxel.
     """
     setup = _organoid_small()
     grown = evolve(2, None, None, setup)
@@ -288,8 +288,7 @@ def test_m18_growth_pushes_a_compact_body_outwards():
     phi_grown, phi_stuck = (sum(f[c] for c in M.CELLS) for f in (grown, stuck))
     assert phi_grown[0, 0, 0] < 0.85 < 0.9 < phi_stuck[0, 0, 0]
     assert max(phi_grown.max(), phi_stuck.max()) <= 1.0 + 1e-9
-    width = [radius(f, 0.1) - radius(f, 0.7) for f in (grown, stuck)]
-    assert width[0] < 3 * 25.0 and width[0] < 0.8 * width[1]
+    assert radius(grown, 0.1) - radius(grown, 0.7) < 25.0
 
 
 def test_extreme_parameters_keep_densities_non_negative_and_bounded():

@@ -36,13 +36,13 @@ CYTOKINE_DECAY = "assumed: 0.01/min (about 1 h half-life in tissue)"
 SMALL_D = "assumed: 1e4 um^2/min (1.7e-6 cm^2/s), small molecule hindered in tissue"
 SMALL_DECAY = "assumed: 0.005/min (about 2 h local half-life)"
 ANTIBODY = "assumed: 600 um^2/min (1e-7 cm^2/s) for a 150 kDa IgG in tissue; decay 1e-4/min (days)"
-TUMOR_MU = "assumed: 0.5 um^2/min random motility of tumor cells (pressure moves them)"
+TUMOR_MU = "assumed: 0: adhesive tumor cells move only when pushed (pressure_flux)"
 IMMUNE_MU = "assumed: T cells crawl about 10 um/min with about 2 min persistence: mu = v^2 tau/3 ~ 60 um^2/min"
 
 # name, kind, diffusion (cells: motility), decay, units, source, variable mobility, group
 _FIELDS = [
-    ("csc", "cell", 0.5, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
-    ("tumor", "cell", 0.5, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
+    ("csc", "cell", 0.0, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
+    ("tumor", "cell", 0.0, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
     ("debris", "cell", 0.0, 0.0, "volume fraction", "necrotic/dead cells; moved only by pressure", False, "tumor cells"),
     ("fibroblast", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
     ("caf", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
