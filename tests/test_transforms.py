@@ -90,7 +90,7 @@ def _central_difference(f, x, rel=1e-6):
 
 @pytest.mark.parametrize("leaf", ["diffusion", "decay"])
 def test_gradient_wrt_transport_coefficients(leaf):
-    """d(probe oxygen)/dD and d/dλ through 10 Strang steps vs central differences."""
+    """d(probe oxygen)/dD and d/dλ through 10 steps (uptake in the operator) vs central differences."""
     stepper, params, fields = _problem()
     probe = (0, 5, 4, 3)
     channel = 0
