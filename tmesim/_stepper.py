@@ -111,7 +111,7 @@ def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int =
     if cells:
         mu = max(table.species[i].diffusion for i in cells)
         limit = K.transport_limit(grid.spacing, mu, cell_speed) if mu or cell_speed else math.inf
-        groups.append(Group("cell", cells, max(1, math.ceil(dt / limit))))
+        groups.append(Group("cell", cells, max(1, math.ceil(dt / limit)), True))
     return tuple(sorted(groups, key=lambda g: g.channels[0]))
 
 
@@ -317,7 +317,7 @@ class Stepper:
         return c if gained is None else c + gained
 
     def _move_cells(self, g: Group, c, params, rates):
-        D = self._coefficient(Group("cell", g.channels, variable=True), params, rates, c)
+        D = self._coefficient(g, params, rates, c)
         phi = None if rates is None else self._stack(g, rates.potential, 0.0, c)
         h = self.dt / g.stages
         speed = self.cell_speed if phi is not None else None
