@@ -6,9 +6,9 @@ day 23, records outer, hypoxic and necrotic radii every 12 h and the radial
 profiles at the end, and draws docs/organoid_first_contact.png against
 shared/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
 WM983b radii). Usage:
-    python docs/organoid_first_contact.py --n 36                 # default parameters (~20 min)
+    python docs/organoid_first_contact.py --n 36                 # default parameters (15 min)
     python docs/organoid_first_contact.py --n 24 --spacing 30 --o2-uptake 40 \
-        --out docs/organoid_uptake40                             # a what-if (~7 min)
+        --out docs/organoid_uptake40                             # a what-if (4 min)
     python docs/organoid_first_contact.py --plot-only docs/organoid_first_contact.json \
         docs/organoid_uptake40.json
 Documentation, not calibration.
@@ -17,7 +17,6 @@ Documentation, not calibration.
 import argparse
 import csv
 import json
-import math
 import pathlib
 import time
 
@@ -26,13 +25,10 @@ import numpy as np
 
 import tmesim as tm
 from tmesim import _model as M
+from tmesim._spheroid import equal_volume_radius
 
 HERE = pathlib.Path(__file__).parent
 DATA = HERE.parent.parent / "shared" / "data"
-
-
-def equal_volume_radius(mask, grid):
-    return (3.0 * float(mask.sum()) * grid.voxel_volume * 8 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
 def measure(f, setup):
@@ -41,9 +37,9 @@ def measure(f, setup):
     body = live + f[i("debris")]
     inside = body > 0.1
     return {
-        "outer": equal_volume_radius(inside, setup.grid),
-        "hypoxic": equal_volume_radius(inside & (f[i("oxygen")] < 15.0), setup.grid),
-        "necrotic": equal_volume_radius(inside & (f[i("debris")] > live), setup.grid),
+        "outer": equal_volume_radius(inside, setup.grid, 8),
+        "hypoxic": equal_volume_radius(inside & (f[i("oxygen")] < 15.0), setup.grid, 8),
+        "necrotic": equal_volume_radius(inside & (f[i("debris")] > live), setup.grid, 8),
         "csc_share": float(f[i("csc")].sum() / max(live.sum(), 1e-12)),
         "min_o2": float(f[i("oxygen")].min()),
     }

@@ -15,7 +15,6 @@ solutes), volume fraction (cells, vessels), relative density (ECM).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 from ._grid import FACES, Dirichlet, Grid, Neumann, Periodic
 from ._parameters import PARAMETERS, default_parameters
 from ._species import Species, SpeciesTable
-from ._spheroid import sphere_fraction
+from ._spheroid import equal_volume_radius, sphere_fraction
 from ._stepper import Rates, Stepper
 
 MAX_CELL_SPEED = 2.0  # um/min: cap on drift speed (static: it sets the cell sub-steps)
@@ -624,8 +623,7 @@ def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=
     """Equal-volume sphere radius (um) of the region with tumor-cell fraction (T + C + debris) > threshold."""
     f = np.asarray(fields)
     body = f[table.index("tumor")] + f[table.index("csc")] + f[table.index("debris")]
-    volume = float(np.sum(body > threshold)) * grid.voxel_volume * (8 if octant else 1)
-    return (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
+    return equal_volume_radius(body > threshold, grid, 8 if octant else 1)
 
 
 # --------------------------------------------------------------------------

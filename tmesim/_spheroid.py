@@ -54,10 +54,18 @@ def _uptake(fields, params, t):
     return Rates().lose("oxygen", params["uptake"] * fields["tumor"])
 
 
+def equal_volume_radius(mask: np.ndarray, grid: Grid, copies: int = 1) -> float:
+    """Radius (um) of the sphere with the volume of the voxels in ``mask``.
+
+    copies: 8 when the grid holds one octant of a body centred on its corner.
+    """
+    volume = float(np.sum(mask)) * grid.voxel_volume * copies
+    return (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
 def radius_below(oxygen: np.ndarray, grid: Grid, threshold: float) -> float:
     """Equal-volume radius (um) of the region where oxygen < threshold."""
-    volume = float(np.sum(oxygen < threshold)) * grid.voxel_volume
-    return (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
+    return equal_volume_radius(oxygen < threshold, grid)
 
 
 def run_oxygen_spheroid(

@@ -192,9 +192,6 @@ class FieldView:
             raise KeyError(f"no field {name!r}; fields are {tuple(self._where)}") from None
         return self._blocks[g][j]
 
-    def __contains__(self, name):
-        return name in self._where
-
 
 @dataclass(frozen=True)
 class Stepper:
@@ -334,13 +331,15 @@ class Stepper:
         inflow: dict = {}
         if rates is None:
             return inflow
+        gains: dict = {}
         for src, dst, rate in rates.flows:
             for n in (src, dst):
                 if self.table.species[names.index(n)].kind == "solute":
                     raise ValueError(f"Rates.move({src!r}, {dst!r}): conversions are for cells "
                                      f"and matrix; {n!r} is a solute (use produce/lose)")
-            _, gain = _decay_and_gain(rates.loss[src], self.dt)
-            Rates._add(inflow, dst, view[src] * rate * gain)
+            if src not in gains:  # one source feeds several conversions
+                gains[src] = view[src] * _decay_and_gain(rates.loss[src], self.dt)[1]
+            Rates._add(inflow, dst, gains[src] * rate)
         return inflow
 
     def step_blocks(self, blocks, params, t=0.0):
