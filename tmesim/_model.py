@@ -88,7 +88,7 @@ def _uptake_bound(name: str, p) -> float:
     """Largest reaction loss rate (1/min) of a solute, for the step plan."""
     v = p["vessel_max"]
     bounds = {
-        "oxygen": p["o2_uptake"] + p["vessel_o2_exchange"] * v,
+        "oxygen": p["o2_uptake"] / p["o2_uptake_k"] + p["vessel_o2_exchange"] * v,
         "exosome": p["exosome_uptake"],
         "lactate": p["vessel_lactate_clearance"] * v,
         "chemo": p["chemo_uptake"] + p["vessel_drug_exchange"] * v,
@@ -100,7 +100,8 @@ def _uptake_bound(name: str, p) -> float:
     return float(bounds.get(name, 0.0))
 
 
-def niche_species(boundary=None, medium: dict | None = None, params=None) -> SpeciesTable:
+def niche_species(boundary=None, medium: dict | None = None, params=None,
+                  diffusion: dict | None = None) -> SpeciesTable:
     """The species table of every MODEL.md field.
 
     boundary: six faces (``Grid`` face order) or None. In the organoid
@@ -109,14 +110,22 @@ def niche_species(boundary=None, medium: dict | None = None, params=None) -> Spe
     default: fresh medium washes cytokines out), other faces stay no-flux.
     params: parameter overrides; the solutes' uptake bounds (and so the step
     plan) follow them, so a run with larger exchange or uptake rates stays stable.
+    diffusion: name -> diffusion coefficient (cells: motility), um²/min,
+    replacing the defaults (and so the design values of the step plan).
     """
     p = {q.name: q.value for q in PARAMETERS} | {k: float(v) for k, v in (params or {}).items()}
     medium = {"oxygen": ORGANOID_MEDIUM_O2} | (medium or {})
     unknown = set(medium) - set(FIELD_NAMES)
     if unknown:
         raise KeyError(f"medium: unknown field(s) {sorted(unknown)}")
+    diffusion = diffusion or {}
+    unknown = set(diffusion) - set(FIELD_NAMES)
+    if unknown:
+        raise KeyError(f"diffusion: unknown field(s) {sorted(unknown)}")
     species = []
     for name, kind, D, decay, units, source, variable, _ in _FIELDS:
+        if name in diffusion:
+            D, source = float(diffusion[name]), f"scenario override (default {D:g})"
         faces = None
         if boundary is not None and kind == "solute":
             faces = tuple(Dirichlet(medium.get(name, 0.0)) if isinstance(b, Dirichlet) else b
@@ -189,13 +198,28 @@ def immune_suppression(f, p, d):
 # --------------------------------------------------------------------------
 # processes
 def oxygen_uptake(f, p, d, r):
-    """∂O2/∂t −= k_O2 · (φ − debris) · O2 (PhysiCell: uptake 10/min in packed tissue); solved with diffusion."""
-    r.lose("oxygen", p["o2_uptake"] * (d["phi"] - f["debris"]))
+    """∂O2/∂t −= V · (φ − debris) · O2/(K + O2) (Michaelis-Menten; V = 1000 mmHg/min, K = 1 mmHg); solved with diffusion.
+
+    Nearly zero-order down to a few mmHg, as measured respiration is, so a
+    large enough organoid runs out of oxygen at its centre (PhysiCell's linear
+    uptake, 10/min · O2, only approaches zero exponentially). The loss rate
+    V·(φ − debris)/(K + O2) is frozen at the step's start with the diffusion solve.
+    """
+    r.lose("oxygen", p["o2_uptake"] * (d["phi"] - f["debris"]) / (p["o2_uptake_k"] + d["o2"]))
 
 
 def tumor_proliferation(f, p, d, r):
-    """∂T/∂t += r_T · clip((O2 − 5)/(160 − 5), 0, 1) · T · room (PhysiCell's oxygen-scaled cycle; M18: creates volume)."""
-    r.produce("tumor", p["tumor_division_rate"] * d["o2_growth"] * f["tumor"] * d["room"])
+    """∂T/∂t += r_T · g(O2) · T · room − 2q · r_T · g(O2) · room · T, g = clip((O2 − 5)/(160 − 5), 0, 1).
+
+    PhysiCell's oxygen-scaled cycle (M18: division creates volume). Progenitor
+    cells have a limited proliferative capacity (the CSC hierarchy): a share q
+    of the daughters of each division differentiate terminally and are lost
+    (removed as apoptotic cells are), so the progenitor pool grows at
+    (1 − 2q)·r_T·g on its own and the tumour's long-term growth relies on CSCs.
+    """
+    division = p["tumor_division_rate"] * d["o2_growth"] * d["room"]
+    r.produce("tumor", division * f["tumor"])
+    r.lose("tumor", 2.0 * p["progenitor_terminal"] * division)
 
 
 def self_renewal_share(f, p, d):
@@ -547,15 +571,16 @@ def _tumor_ball(table, grid, ball, csc_fraction) -> dict:
     return init
 
 
-def _setup(grid, table, init, dt, overrides, dtype) -> Setup:
+def _setup(grid, table, init, dt, overrides, dtype, forcing) -> Setup:
     fields = jnp.asarray(np.stack([init[name] for name in table.names]), dtype)
-    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED)
+    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED, forcing=forcing)
     params = table.default_params(grid, dtype) | default_parameters(dtype, **(overrides or {}))
     return Setup(grid, table, stepper, params, fields)
 
 
 def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
-             medium=None, immune_medium=None, overrides=None, dtype=jnp.float32) -> Setup:
+             medium=None, immune_medium=None, overrides=None, dtype=jnp.float32, diffusion=None,
+             forcing=None) -> Setup:
     """An organoid (spheroid) in medium: no vessels; solutes and drugs from the medium.
 
     octant: simulate one eighth (the organoid's centre at the x-, y-, z- corner,
@@ -565,6 +590,8 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     fraction 0.8 (tumor) with a ``csc_fraction`` share of CSCs.
     immune_medium: {"cd8": 0.02, ...} seeds immune cells uniformly in the
     medium (co-culture).
+    overrides: parameter values; diffusion: coefficients (``niche_species``);
+    forcing: time-dependent inputs (``Stepper``), e.g. ``tmesim.drug_levels``.
     """
     if octant:
         faces = (Neumann(), Dirichlet(0.0)) * 3
@@ -575,7 +602,7 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     grid = Grid((n, n, n), spacing, faces)
     if radius >= (n * spacing if octant else n * spacing / 2):
         raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
-    table = niche_species(faces, medium, overrides)
+    table = niche_species(faces, medium, overrides, diffusion)
     ball = sphere_fraction(grid, radius, centre=centre)
     init = _tumor_ball(table, grid, ball, csc_fraction)
     init["oxygen"] = np.full(grid.shape, (medium or {}).get("oxygen", ORGANOID_MEDIUM_O2))
@@ -583,21 +610,22 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
         if name not in CELLS:
             raise KeyError(f"immune_medium: {name!r} is not a cell field")
         init[name] = value * (1.0 - ball)
-    return _setup(grid, table, init, dt, overrides, dtype)
+    return _setup(grid, table, init, dt, overrides, dtype, forcing)
 
 
 def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_spacing=60.0,
            vessel_density=0.03, stroma=0.3, seed=0, periodic=False, overrides=None,
-           dtype=jnp.float32) -> Setup:
+           dtype=jnp.float32, diffusion=None, forcing=None) -> Setup:
     """A tissue block (in vivo niche): vessels inside as sources, no-flux (or periodic) faces.
 
     Vessels: a random set of voxels (one per ``vessel_spacing``³ on average),
     smoothed over their neighbours and scaled to a mean ``vessel_density``; stroma: fibroblasts,
     MSCs, M1 macrophages, CD8 and Tregs filling a ``stroma`` fraction outside
     the tumor ball of ``radius`` (at the centre) with volume fraction 0.8.
+    overrides, diffusion, forcing: as for ``organoid``.
     """
     grid = Grid((n, n, n), spacing, Periodic() if periodic else Neumann())
-    table = niche_species(params=overrides)
+    table = niche_species(params=overrides, diffusion=diffusion)
     rng = np.random.default_rng(seed)
     p_vessel = (spacing / vessel_spacing) ** 3
     vessels = (rng.random(grid.shape) < p_vessel).astype(float)
@@ -611,12 +639,12 @@ def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_s
     outside = 1.0 - ball
     init = _tumor_ball(table, grid, ball, csc_fraction)
     init["vessel"] = vessels
-    shares = {"fibroblast": 0.6, "msc": 0.05, "m1": 0.15, "cd8": 0.15, "treg": 0.05}
+    shares = {"fibroblast": 0.75, "msc": 0.05, "m1": 0.12, "cd8": 0.05, "treg": 0.03}
     for name, share in shares.items():
         init[name] = stroma * share * outside
     init["ecm"] = 0.3 * outside
     init["oxygen"] = np.full(grid.shape, 38.0)
-    return _setup(grid, table, init, dt, overrides, dtype)
+    return _setup(grid, table, init, dt, overrides, dtype, forcing)
 
 
 def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=False) -> float:

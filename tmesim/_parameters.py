@@ -30,7 +30,8 @@ HILL = "assumed: half-saturation at the concentration a few hours of secretion b
 
 _ROWS = [
     # --- oxygen response (PhysiCell's standard oxygen model) -----------------
-    ("o2_uptake", 10.0, "1/min", "oxygen_uptake", "O2 uptake rate of packed cells (per unit volume fraction)", PC.format("cell_oxygen_uptake_rate")),
+    ("o2_uptake", 1000.0, "mmHg/min", "oxygen_uptake", "maximal O2 consumption of packed cells (per unit volume fraction)", "assumed: 50 amol O2/cell/s (tumour-cell OCRs are 10-100) at PhysiCell's 2494 um^3 cells and 1.3 uM/mmHg solubility; = PhysiCell's linear 10/min (cell_oxygen_uptake_rate) at 100 mmHg"),
+    ("o2_uptake_k", 1.0, "mmHg", "oxygen_uptake", "pO2 of half-maximal O2 consumption (Michaelis constant)", "assumed: cellular respiration is half-maximal near 1 mmHg, so consumption is nearly zero-order down to a few mmHg"),
     ("o2_proliferation_threshold", 5.0, "mmHg", "tumor_proliferation", "no proliferation below this pO2", PC.format("o2_proliferation_threshold")),
     ("o2_reference", 160.0, "mmHg", "tumor_proliferation", "pO2 at which the reference division rate applies", PC.format("o2_reference")),
     ("o2_hypoxic_threshold", 15.0, "mmHg", "hif_activity", "HIF response starts below this pO2", PC.format("o2_hypoxic_threshold")),
@@ -41,6 +42,7 @@ _ROWS = [
     ("hif_inhibitor_k", 50.0, "nM", "hif_activity", "HIF-inhibitor concentration halving HIF activity", "assumed: potent small molecule, IC50 tens of nM"),
     # --- tumor growth ----------------------------------------------------------
     ("tumor_division_rate", 0.00072, "1/min", "tumor_proliferation", "division rate of progenitor/differentiated cells at o2_reference (16 h doubling)", PC.format("live_cycle_entry_rate")),
+    ("progenitor_terminal", 0.25, "1", "tumor_proliferation", "share of progenitor daughters that differentiate terminally (stop dividing and die)", "assumed: limited proliferative capacity of non-stem cells (CSC hierarchy); 0.5 would stop net progenitor growth"),
     ("apoptosis_rate", 5.31667e-05, "1/min", "apoptosis", "apoptotic death rate of tumor cells (bodies cleared at once)", PC.format("apoptosis_death_rate")),
     ("csc_division_rate", 0.00036, "1/min", "csc_division", "CSC division rate at o2_reference (half the bulk rate: slow-cycling)", "assumed: CSCs cycle about half as fast as bulk cells (quiescence, MODEL.md)"),
     ("self_renewal_base", 0.2, "1", "csc_division", "share of new CSC volume that stays CSC in normoxia without niche signals", "assumed: keeps CSCs a minority (<10%) in a normoxic organoid"),
@@ -65,7 +67,7 @@ _ROWS = [
     ("packing_fraction", 0.8, "volume fraction", "pressure_flux", "cell fraction of packed, unstressed tissue (the rest is interstitium)", "assumed: cells fill about 80% of a spheroid's volume"),
     # --- oxygen supply, vessels and angiogenesis (M2, M15) -----------------------
     ("blood_o2", 40.0, "mmHg", "vascular_supply", "capillary blood pO2", "assumed: mean capillary pO2 (about 5% O2, as PhysiCell's 38 mmHg physioxia)"),
-    ("vessel_o2_exchange", 300.0, "1/min", "vascular_supply", "O2 exchange rate per unit vessel fraction", "assumed: 3% vessels keep 30%-cellular stroma near 30 mmHg"),
+    ("vessel_o2_exchange", 1000.0, "1/min", "vascular_supply", "O2 exchange rate per unit vessel fraction", "assumed: 3% vessels keep 30%-cellular stroma near 30 mmHg"),
     ("vessel_drug_exchange", 0.5, "1/min", "vascular_supply", "small-molecule drug exchange per unit vessel fraction", "assumed"),
     ("vessel_antibody_exchange", 0.02, "1/min", "vascular_supply", "antibody exchange per unit vessel fraction (slow extravasation)", "assumed: antibodies cross capillaries about 25 times slower than small molecules"),
     ("vessel_lactate_clearance", 0.1, "1/min", "vascular_supply", "lactate washed out per unit vessel fraction", "assumed"),

@@ -204,6 +204,9 @@ class Stepper:
     its current value there (a medium or vessel region: BioFVM's Dirichlet
     nodes), exactly, in every method.
     cell_speed: cap on the cells' drift speed (um/min), see ``plan_transport``.
+    forcing: optional ``forcing(params, t, table) -> params``, applied at the
+    start of every step: time-dependent inputs such as dosing schedules
+    (``tmesim.drug_levels``) that set plasma levels and medium boundary values.
     """
 
     grid: Grid
@@ -212,6 +215,7 @@ class Stepper:
     reaction: Callable | None = None
     max_stages: int = 160
     cell_speed: float = 0.0
+    forcing: Callable | None = None
     groups: tuple = field(init=False)
     _where: dict = field(init=False, repr=False, compare=False, hash=False)
 
@@ -344,6 +348,8 @@ class Stepper:
 
     def step_blocks(self, blocks, params, t=0.0):
         """One step on the split layout (see the module docstring)."""
+        if self.forcing is not None:
+            params = self.forcing(params, t, self.table)
         rates = None
         view = FieldView(self, blocks)
         if self.reaction is not None:

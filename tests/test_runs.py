@@ -1,0 +1,176 @@
+"""Running scenarios: validation messages, the command line, HDF5 layout, XDMF read back
+by ParaView's reader, and kill -9 / resume reproducing the uninterrupted run bit for bit."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from tmesim._cli import main
+from tmesim._scenario import ScenarioError, scenario_from_text
+
+SCENARIOS = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
+UNTREATED = SCENARIOS / "untreated_niche.toml"
+TINY = ["grid.n=8", "grid.spacing_um=40", "geometry.radius_um=120", "run.dt_min=5"]
+
+GOOD = """
+name = "t"
+[run]
+days = 1.0
+[grid]
+n = 8
+spacing_um = 40.0
+[geometry]
+kind = "organoid"
+radius_um = 100.0
+"""
+
+
+def error_of(text, overrides=()):
+    with pytest.raises(ScenarioError) as info:
+        scenario_from_text(text, "bad.toml", overrides)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD.replace("[grid]", "[grdi]"), ["bad.toml", "grdi", "did you mean 'grid'"]),
+    (GOOD.replace("days = 1.0", "dyas = 1.0"), ["run.dyas", "did you mean 'days'"]),
+    (GOOD.replace("days = 1.0", "days = \"one\""), ["run.days", "expected a number", "'one'"]),
+    (GOOD.replace("n = 8", "n = 8.5"), ["grid.n", "expected an integer"]),
+    (GOOD.replace("n = 8", "n = 2"), ["grid.n", "2"]),
+    (GOOD.replace("spacing_um = 40.0", "spacing_um = -40.0"), ["grid.spacing_um", "> 0"]),
+    (GOOD.replace("days = 1.0\n", ""), ["run.days", "missing"]),
+    (GOOD.replace("radius_um = 100.0", "radius_um = 400.0"), ["geometry.radius_um", "fits the grid"]),
+    (GOOD.replace('kind = "organoid"', 'kind = "organiod"'), ["geometry.kind", "did you mean 'organoid'"]),
+    (GOOD + "[diffusion]\noxygen = -1.0\n", ["diffusion.oxygen", "non-negative diffusion"]),
+    (GOOD + "[diffusion]\noxygne = 1.0\n", ["diffusion.oxygne", "did you mean 'oxygen'"]),
+    (GOOD + "[parameters]\no2_uptak = 1.0\n", ["parameters.o2_uptak", "did you mean 'o2_uptake'"]),
+    (GOOD + "[[dose]]\ndrug = \"chemo\"\n", ["dose[0].level_nM", "missing"]),
+    (GOOD + "[[dose]]\ndrug = \"cisplatin\"\nlevel_nM = 1.0\n", ["dose[0].drug", "expected one of"]),
+    (GOOD + "[[radiotherapy]]\nday = 3.0\ndose_gy = 2.0\n", ["radiotherapy[0].day", "within the run"]),
+    (GOOD.replace("days = 1.0", "days = 1.0\ndt_min = 7.0"), ["run.output_every_days", "whole number of time steps"]),
+    (GOOD + "[[dose]\n", ["bad.toml", "not valid TOML"]),
+])
+def test_bad_scenarios_name_file_key_and_expectation(text, expected):
+    message = error_of(text)
+    for piece in expected:
+        assert piece in message, message
+
+
+def test_set_overrides_are_validated_too():
+    assert "grid.n" in error_of(GOOD, ["grid.n=zero"])
+    assert "expected key=value" in error_of(GOOD, ["grid.n"])
+    sc = scenario_from_text(GOOD, "ok.toml", ["grid.n=10", "geometry.co_culture.cd8=0.02"])
+    assert sc.data["grid"]["n"] == 10 and sc.data["geometry"]["co_culture"] == {"cd8": 0.02}
+
+
+def test_cli_bad_input_exits_2_with_one_paragraph(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("[grid]", "[grdi]"))
+    assert main(["run", str(bad), "-o", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bad.toml" in err and "did you mean 'grid'" in err
+    assert not (tmp_path / "x.h5").exists()
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["inspect", str(bad)]) == 2
+    assert main(["resume", str(tmp_path / "none.h5")]) == 2
+
+
+def test_run_inspect_plot_and_file_layout(tmp_path, capsys):
+    out = tmp_path / "u.h5"
+    args = ["run", str(UNTREATED), "-o", str(out), "-q"]
+    for s in TINY + ["run.days=1"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    for suffix in (".h5", ".xdmf", ".png"):
+        assert out.with_suffix(suffix).stat().st_size > 0
+    # an existing output is not overwritten
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    with h5py.File(out) as h5:
+        meta = h5["meta"].attrs
+        assert meta["status"] == "complete"
+        assert "untreated hypoxic niche" in meta["scenario"] and "grid.n=8" in list(meta["overrides"])
+        assert h5["time"].shape == (3,) and h5["time"][-1] == 1440.0
+        tumor = h5["fields/tumor"]
+        assert tumor.shape == (3, 8, 8, 8) and tumor.chunks == (1, 8, 8, 8)
+        assert tumor.compression == "gzip" and tumor.attrs["units"] == "volume fraction"
+        assert h5["observables/tumor_radius"].shape == (3,)
+        assert h5["params/o2_uptake"].attrs["unit"] == "mmHg/min"
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 snapshots, day 0 to 1" in text and "tumor_radius" in text
+    png = tmp_path / "p.png"
+    assert main(["plot", str(out), "-o", str(png), "--fields", "oxygen,csc", "--days", "0,1"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(out), "--fields", "oxgen"]) == 2
+
+
+def test_xdmf_sidecar_read_by_paraview_reader(tmp_path):
+    """ParaView's XDMF reader (VTK's vtkXdmfReader) sees the same values as h5py."""
+    xdmf2 = pytest.importorskip("vtkmodules.vtkIOXdmf2")
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    out = tmp_path / "x.h5"
+    assert main(["run", str(UNTREATED), "-o", str(out), "-q"]
+                + sum((["--set", s] for s in TINY + ["run.days=1"]), [])) == 0
+    reader = xdmf2.vtkXdmfReader()
+    reader.SetFileName(str(out.with_suffix(".xdmf")))
+    reader.UpdateInformation()
+    with h5py.File(out) as h5:
+        times = h5["time"][...]
+        for k, t in enumerate(times):
+            reader.UpdateTimeStep(float(t))
+            grid = reader.GetOutputDataObject(0)
+            assert grid.GetDimensions() == (9, 9, 9)
+            assert grid.GetSpacing() == (40.0, 40.0, 40.0)
+            for name in ("tumor", "oxygen", "csc"):
+                vtk_values = vtk_to_numpy(grid.GetCellData().GetArray(name))
+                # VTK's x index runs fastest: our C-order (x, y, z) ravel
+                np.testing.assert_array_equal(vtk_values, h5["fields"][name][k].ravel())
+        assert not np.array_equal(h5["fields/oxygen"][0], h5["fields/oxygen"][-1])
+
+
+def _tmesim(*args):
+    return [sys.executable, "-c", "import sys; from tmesim._cli import main; sys.exit(main())", *args]
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    sets = sum((["--set", s] for s in TINY + ["run.dt_min=2", "run.days=6",
+                                              "run.output_every_days=0.5",
+                                              "run.checkpoint_every_days=1"]), [])
+    full, killed = tmp_path / "full.h5", tmp_path / "killed.h5"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
+    assert subprocess.run(_tmesim("run", str(UNTREATED), "-o", str(full), *sets),
+                          capture_output=True, env=env).returncode == 0
+    proc = subprocess.Popen(_tmesim("run", str(UNTREATED), "-o", str(killed), *sets),
+                            stderr=subprocess.PIPE, text=True, env=env)
+    start = time.time()
+    for line in proc.stderr:  # progress lines: "  day   2.50 of 6 ..."
+        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 2.0:
+            break
+        assert time.time() - start < 300
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with h5py.File(killed) as h5:  # readable, with every completed snapshot
+        assert h5["meta"].attrs["status"] == "running"
+        n = h5["time"].shape[0]
+        assert 1 <= n < 13
+        assert np.isfinite(h5["fields/tumor"][n - 1]).all()
+    assert subprocess.run(_tmesim("resume", str(killed), "-q"), capture_output=True,
+                          env=env).returncode == 0
+    with h5py.File(full) as a, h5py.File(killed) as b:
+        assert b["meta"].attrs["status"] == "complete"
+        np.testing.assert_array_equal(a["time"][...], b["time"][...])
+        for name in a["fields"]:
+            assert np.array_equal(a["fields"][name][...], b["fields"][name][...]), name
+        for name in a["observables"]:
+            assert np.array_equal(a["observables"][name][...], b["observables"][name][...]), name
+
