@@ -6,11 +6,11 @@ day 23, records outer, hypoxic and necrotic radii every 12 h and the radial
 profiles at the end, and draws docs/organoid_first_contact.png against
 shared/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
 WM983b radii). Usage:
-    python docs/organoid_first_contact.py --n 36                 # default parameters (15 min)
-    python docs/organoid_first_contact.py --n 24 --spacing 30 --o2-uptake 40 \
-        --out docs/organoid_uptake40                             # a what-if (4 min)
+    python docs/organoid_first_contact.py --n 32                 # default parameters
+    python docs/organoid_first_contact.py --n 24 --spacing 30 --o2-uptake 500 \
+        --out docs/organoid_uptake500                            # a what-if
     python docs/organoid_first_contact.py --plot-only docs/organoid_first_contact.json \
-        docs/organoid_uptake40.json
+        [docs/organoid_uptake500.json]
 Documentation, not calibration.
 """
 
@@ -135,7 +135,7 @@ def main():
     ap.add_argument("--spacing", type=float, default=25.0)
     ap.add_argument("--dt", type=float, default=2.0)
     ap.add_argument("--o2-uptake", type=float, default=None,
-                    help="override o2_uptake (1/min): a what-if, not a fit")
+                    help="override o2_uptake (mmHg/min): a what-if, not a fit")
     ap.add_argument("--out", default=str(HERE / "organoid_first_contact"))
     ap.add_argument("--plot-only", nargs="+", metavar="JSON",
                     help="redraw the figure from a default run's JSON (and a variant's)")
@@ -152,7 +152,7 @@ def main():
     state = setup.fields
     result = {"day": [4.0], "plan": setup.stepper.describe(), "jax": jax.__version__,
               "grid": [args.n, args.spacing], "dt": args.dt,
-              "label": "default" if overrides is None else f"o2_uptake {args.o2_uptake:g}/min"}
+              "label": "default" if overrides is None else f"o2_uptake {args.o2_uptake:g} mmHg/min"}
     for k, v in measure(np.asarray(state), setup).items():
         result[k] = [v]
     t0 = time.perf_counter()
