@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ._model import DRUGS
+from ._model import CELLS, DRUGS
 
 
 def drug_levels(params, t, table):
@@ -33,11 +33,10 @@ def drug_levels(params, t, table):
     since_end = jnp.maximum(t - dosing["end"], 0.0)
     level = jnp.sum(jnp.where(on, dosing["level"] * jnp.exp(-dosing["rate"] * since_end), 0.0), axis=1)
     out = dict(params)
-    bv = params["boundary_value"]
     for j, drug in enumerate(DRUGS):
         out[f"plasma_{drug}"] = level[j]
-        bv = bv.at[:, table.index(drug)].set(level[j])
-    out["boundary_value"] = bv
+    channels = np.array([table.index(drug) for drug in DRUGS])
+    out["boundary_value"] = params["boundary_value"].at[:, channels].set(level)
     return out
 
 
@@ -51,8 +50,6 @@ def inject(fields, table, name: str, amount: float, where):
 
     The added volume is capped by the room left in each voxel (φ ≤ 1).
     """
-    from ._model import CELLS
-
     f = np.asarray(fields)
     phi = sum(f[table.index(c)] for c in CELLS)
     add = np.minimum(amount * where, np.maximum(1.0 - phi, 0.0))
