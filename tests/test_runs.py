@@ -107,6 +107,17 @@ def test_run_inspect_plot_and_file_layout(tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3 snapshots, day 0 to 1" in text and "tumor_radius" in text
+    # a file that a live run holds open for writing can still be inspected
+    hold = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
+            "print('open', flush=True); sys.stdin.read()")
+    writer = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "open\n"
+        assert main(["inspect", str(out)]) == 0
+        assert "3 snapshots, day 0 to 1" in capsys.readouterr().out
+    finally:
+        writer.communicate("")
     png = tmp_path / "p.png"
     assert main(["plot", str(out), "-o", str(png), "--fields", "oxygen,csc", "--days", "0,1"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"

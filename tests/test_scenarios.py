@@ -7,16 +7,13 @@ measured values are in the comments. Runs are cached, so a run shared by two
 tests (a baseline) runs once.
 """
 
-import copy
-import dataclasses
 import pathlib
 
 import h5py
 import numpy as np
 import pytest
 
-from tmesim._run import run_scenario
-from tmesim._scenario import load_scenario
+from tmesim import load_scenario, run_scenario
 
 SCENARIOS = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 SMALL = ("grid.n=8", "grid.spacing_um=40", "run.dt_min=5")
@@ -34,14 +31,10 @@ def run_small(tmp_path_factory, name, sets=(), drop=()):
         return _CACHE[key]
     path = SCENARIOS / f"{name}.toml"
     kind = load_scenario(path).data["geometry"]["kind"]
-    sc = load_scenario(path, SMALL + (RADIUS[kind],) + tuple(sets))
-    if drop:
-        data = copy.deepcopy(sc.data)
-        for k in drop:
-            data[k] = []
-        sc = dataclasses.replace(sc, data=data)
+    drops = tuple(f"{k}=[]" for k in drop)
+    sc = load_scenario(path, SMALL + (RADIUS[kind],) + tuple(sets) + drops)
     out = tmp_path_factory.mktemp("scenario") / f"{name}.h5"
-    run_scenario(sc, out, progress=None).close()
+    run_scenario(sc, out, progress=None)
     with h5py.File(out) as h5:
         obs = {k: v[...] for k, v in h5["observables"].items()}
         obs["day"] = h5["time"][...] / 1440.0

@@ -51,8 +51,7 @@ def _run(args) -> int:
                          f"'tmesim resume {output}' to continue it")
     print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
           f"{scenario.total_steps} steps of {scenario.dt:g} min -> {output}", file=sys.stderr)
-    out = run_scenario(scenario, output, shlex.join(sys.argv), _progress(args))
-    out.close()
+    run_scenario(scenario, output, shlex.join(sys.argv), _progress(args))
     _finish(output, xdmf_path(output), plot_file(output, _png_path(output)))
     return 0
 
@@ -62,8 +61,7 @@ def _resume(args) -> int:
     from ._output import xdmf_path
     from ._run import resume
 
-    out = resume(args.file, _progress(args))
-    out.close()
+    resume(args.file, _progress(args))
     _finish(args.file, xdmf_path(args.file), plot_file(args.file, _png_path(args.file)))
     return 0
 

@@ -12,8 +12,10 @@ DEFAULT_PLOT_OBSERVABLES = ("tumor_radius", "csc_fraction", "hypoxic_fraction", 
 
 
 def _open(path) -> h5py.File:
+    """Open a run file for reading, also while a live run holds it open for writing
+    (no file lock: every snapshot the run has flushed is there to read)."""
     try:
-        h5 = h5py.File(path, "r")
+        h5 = h5py.File(path, "r", locking=False)
     except OSError as err:
         raise ValueError(f"{path}: cannot open as HDF5 ({err})") from None
     for key in ("meta", "grid", "time", "fields", "observables"):

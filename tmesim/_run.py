@@ -137,8 +137,12 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stderr) -> Output:
-    """Run a scenario from the start, writing ``path`` (HDF5) and its XDMF sidecar."""
+def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stderr) -> str:
+    """Run a scenario from the start, writing ``path`` (HDF5) and its XDMF sidecar.
+
+    ``command`` is recorded in /meta; ``progress``: a stream for progress lines,
+    or None. Returns the path once the file is complete and closed.
+    """
     built = build(scenario)
     out = Output.create(path, scenario, built.setup, built.copies, command)
     fields = _apply_events(built, built.setup.fields,
@@ -147,8 +151,11 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
     return _loop(out, built, 0, fields, progress)
 
 
-def resume(path, progress=sys.stderr) -> Output:
-    """Continue the run in ``path`` from its newest checkpoint (a killed or finished run)."""
+def resume(path, progress=sys.stderr) -> str:
+    """Continue the run in ``path`` from its newest checkpoint (killed or finished).
+
+    Returns the path once the file is complete and closed.
+    """
     try:
         out = Output.open(path)
     except OSError as err:
@@ -188,7 +195,7 @@ def _write(out: Output, built: Built, step: int, f: np.ndarray, checkpoint: bool
         out.checkpoint(step, f)
 
 
-def _loop(out: Output, built: Built, step: int, fields, progress) -> Output:
+def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     sc = built.scenario
     names = list(built.setup.table.names)
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
@@ -218,4 +225,5 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> Output:
         out.close()
         raise
     out.set_status("complete")
-    return out
+    out.close()
+    return out.path
