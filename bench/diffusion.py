@@ -393,7 +393,7 @@ def git_commit(out_path: Path) -> str:
 
 def emit(result: dict, provenance: dict, out_file) -> dict:
     line = {**result, **provenance}
-    line["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    line["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     text = json.dumps(line)
     print(text, flush=True)
     out_file.write(text + "\n")

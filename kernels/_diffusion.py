@@ -111,8 +111,10 @@ def _boundary_planes(c: Array, spacing, D: Array, bc) -> list:
         lo, hi = bc[axis]
         w_lo, v_lo, q_lo = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in lo)
         w_hi, v_hi, q_hi = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in hi)
-        planes.append((ax, 0, w_lo * 2.0 * d_lo * (v_lo - lo_cell) / h**2 + (1.0 - w_lo) * q_lo / h))
-        planes.append((ax, n - 1, w_hi * 2.0 * d_hi * (v_hi - hi_cell) / h**2 + (1.0 - w_hi) * q_hi / h))
+        planes.append((ax, 0, w_lo * 2.0 * d_lo * (v_lo - lo_cell) / h**2
+                       + (1.0 - w_lo) * q_lo / h))
+        planes.append((ax, n - 1, w_hi * 2.0 * d_hi * (v_hi - hi_cell) / h**2
+                       + (1.0 - w_hi) * q_hi / h))
     return planes
 
 
@@ -261,7 +263,8 @@ def rkl1_coefficients(stages: int) -> tuple[np.ndarray, float]:
     """
     s = stages
     w1 = 2.0 / (s * s + s)
-    rows = [((2.0 * j - 1.0) / j, -(j - 1.0) / j, (2.0 * j - 1.0) / j * w1, 0.0) for j in range(2, s + 1)]
+    rows = [((2.0 * j - 1.0) / j, -(j - 1.0) / j, (2.0 * j - 1.0) / j * w1, 0.0)
+            for j in range(2, s + 1)]
     return np.array(rows).reshape(-1, 4), w1
 
 

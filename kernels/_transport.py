@@ -110,7 +110,8 @@ def cell_transport_rate(
             lo_face = hi_face = edge
         else:
             lo_face = hi_face = _zeros_face(rho, ax)
-        rate = rate + jnp.concatenate([lo_face, t], axis=ax) - jnp.concatenate([t, hi_face], axis=ax)
+        rate = (rate + jnp.concatenate([lo_face, t], axis=ax)
+                - jnp.concatenate([t, hi_face], axis=ax))
     return rate
 
 

@@ -46,15 +46,20 @@ def error_of(text, overrides=()):
     (GOOD.replace("n = 8", "n = 2"), ["grid.n", "2"]),
     (GOOD.replace("spacing_um = 40.0", "spacing_um = -40.0"), ["grid.spacing_um", "> 0"]),
     (GOOD.replace("days = 1.0\n", ""), ["run.days", "missing"]),
-    (GOOD.replace("radius_um = 100.0", "radius_um = 400.0"), ["geometry.radius_um", "fits the grid"]),
-    (GOOD.replace('kind = "organoid"', 'kind = "organiod"'), ["geometry.kind", "did you mean 'organoid'"]),
+    (GOOD.replace("radius_um = 100.0", "radius_um = 400.0"),
+     ["geometry.radius_um", "fits the grid"]),
+    (GOOD.replace('kind = "organoid"', 'kind = "organiod"'),
+     ["geometry.kind", "did you mean 'organoid'"]),
     (GOOD + "[diffusion]\noxygen = -1.0\n", ["diffusion.oxygen", "non-negative diffusion"]),
     (GOOD + "[diffusion]\noxygne = 1.0\n", ["diffusion.oxygne", "did you mean 'oxygen'"]),
     (GOOD + "[parameters]\no2_uptak = 1.0\n", ["parameters.o2_uptak", "did you mean 'o2_uptake'"]),
     (GOOD + "[[dose]]\ndrug = \"chemo\"\n", ["dose[0].level_nM", "missing"]),
-    (GOOD + "[[dose]]\ndrug = \"cisplatin\"\nlevel_nM = 1.0\n", ["dose[0].drug", "expected one of"]),
-    (GOOD + "[[radiotherapy]]\nday = 3.0\ndose_gy = 2.0\n", ["radiotherapy[0].day", "within the run"]),
-    (GOOD.replace("days = 1.0", "days = 1.0\ndt_min = 7.0"), ["run.output_every_days", "whole number of time steps"]),
+    (GOOD + "[[dose]]\ndrug = \"cisplatin\"\nlevel_nM = 1.0\n",
+     ["dose[0].drug", "expected one of"]),
+    (GOOD + "[[radiotherapy]]\nday = 3.0\ndose_gy = 2.0\n",
+     ["radiotherapy[0].day", "within the run"]),
+    (GOOD.replace("days = 1.0", "days = 1.0\ndt_min = 7.0"),
+     ["run.output_every_days", "whole number of time steps"]),
     (GOOD + "[[dose]\n", ["bad.toml", "not valid TOML"]),
 ])
 def test_bad_scenarios_name_file_key_and_expectation(text, expected):
@@ -97,7 +102,8 @@ def test_run_inspect_plot_and_file_layout(tmp_path, capsys):
     with h5py.File(out) as h5:
         meta = h5["meta"].attrs
         assert meta["status"] == "complete"
-        assert "untreated hypoxic niche" in meta["scenario"] and "grid.n=8" in list(meta["overrides"])
+        assert ("untreated hypoxic niche" in meta["scenario"]
+                and "grid.n=8" in list(meta["overrides"]))
         assert h5["time"].shape == (3,) and h5["time"][-1] == 1440.0
         tumor = h5["fields/tumor"]
         assert tumor.shape == (3, 8, 8, 8) and tumor.chunks == (1, 8, 8, 8)
@@ -151,7 +157,8 @@ def test_xdmf_sidecar_read_by_paraview_reader(tmp_path):
 
 
 def _tmesim(*args):
-    return [sys.executable, "-c", "import sys; from tmesim._cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from tmesim._cli import main; sys.exit(main())",
+            *args]
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):

@@ -90,7 +90,8 @@ def _central_difference(f, x, rel=1e-6):
 
 @pytest.mark.parametrize("leaf", ["diffusion", "decay"])
 def test_gradient_wrt_transport_coefficients(leaf):
-    """d(probe oxygen)/dD and d/dλ through 10 steps (uptake in the operator) vs central differences."""
+    """d(probe oxygen)/dD and d/dλ through 10 steps (uptake in the operator)
+    vs central differences."""
     stepper, params, fields = _problem()
     probe = (0, 5, 4, 3)
     channel = 0
@@ -128,7 +129,8 @@ def test_gradient_through_implicit_solver():
     fields = jnp.full((1,) + grid.shape, 10.0)
 
     def objective(D):
-        return tm.simulate(stepper, fields, params | {"diffusion": jnp.stack([D])}, 4)[0][0, 4, 3, 2]
+        return tm.simulate(stepper, fields, params | {"diffusion": jnp.stack([D])},
+                           4)[0][0, 4, 3, 2]
 
     D0 = jnp.asarray(5e4)
     np.testing.assert_allclose(jax.grad(objective)(D0), _central_difference(objective, D0),

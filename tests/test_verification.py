@@ -13,7 +13,8 @@ from helpers import fitted_order
 import tmesim as tm
 from tmesim._spheroid import sphere_fraction
 
-D_O2, DECAY = 1e5, 0.1  # PhysiCell/BioFVM oxygen defaults (shared/data/physicell_default_parameters.csv)
+# PhysiCell/BioFVM oxygen defaults (shared/data/physicell_default_parameters.csv)
+D_O2, DECAY = 1e5, 0.1
 
 
 def _run(grid, species, dt, n_steps, init, reaction=None, params_extra=None):
@@ -38,7 +39,8 @@ def _cosine_mode(n, h, axis, method, dt, t_end=1.0):
     out, stepper = _run(grid, [tm.Species("oxygen", diffusion=D_O2, decay=DECAY, method=method)],
                         dt, steps, init)
     exact = (1.0 + np.exp(-D_O2 * k**2 * t_end) * np.broadcast_to(
-        np.expand_dims(profile, [i for i in range(3) if i != axis]), shape)) * np.exp(-DECAY * t_end)
+        np.expand_dims(profile, [i for i in range(3) if i != axis]), shape)
+    ) * np.exp(-DECAY * t_end)
     amplitude = 0.5 * np.exp(-(D_O2 * k**2 + DECAY) * t_end)
     return float(np.max(np.abs(out[0] - exact)) / amplitude), stepper
 

@@ -4,6 +4,8 @@ from ._grid import Dirichlet as Dirichlet
 from ._grid import Grid as Grid
 from ._grid import Neumann as Neumann
 from ._grid import Periodic as Periodic
+from ._inspect import inspect_text as inspect_text
+from ._inspect import plot_file as plot_file
 from ._model import PROCESSES as PROCESSES
 from ._model import Setup as Setup
 from ._model import describe_model as describe_model
@@ -13,8 +15,6 @@ from ._model import organoid as organoid
 from ._model import radiotherapy as radiotherapy
 from ._model import tissue as tissue
 from ._model import tumor_radius as tumor_radius
-from ._inspect import inspect_text as inspect_text
-from ._inspect import plot_file as plot_file
 from ._parameters import PARAMETERS as PARAMETERS
 from ._parameters import default_parameters as default_parameters
 from ._run import RunError as RunError

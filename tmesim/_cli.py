@@ -128,16 +128,19 @@ def main(argv=None) -> int:
     mp.add_argument("--markdown", action="store_true", help="print Markdown (docs/model.md)")
     mp.set_defaults(run=_model)
 
-    rp = sub.add_parser("run", help="run a scenario file (TOML); writes HDF5, XDMF and a PNG summary")
+    rp = sub.add_parser("run",
+                        help="run a scenario file (TOML); writes HDF5, XDMF and a PNG summary")
     rp.add_argument("scenario", help="scenario file, e.g. scenarios/untreated_niche.toml")
-    rp.add_argument("-o", "--output", help="HDF5 file to write (default: the scenario's name + .h5)")
+    rp.add_argument("-o", "--output",
+                    help="HDF5 file to write (default: the scenario's name + .h5)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a scenario value, e.g. --set run.days=3 --set grid.n=16 "
                          "--set parameters.o2_uptake=800 --set dose.0.level_nM=500 (repeatable)")
     rp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     rp.set_defaults(run=_run)
-    sp = sub.add_parser("resume", help="continue a run (killed or finished) from its last checkpoint")
+    sp = sub.add_parser("resume",
+                        help="continue a run (killed or finished) from its last checkpoint")
     sp.add_argument("file", help="HDF5 run file")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sp.set_defaults(run=_resume)
@@ -147,7 +150,9 @@ def main(argv=None) -> int:
     pp = sub.add_parser("plot", help="PNG of mid-plane slices and observable time courses")
     pp.add_argument("file", help="HDF5 run file")
     pp.add_argument("-o", "--output", help="PNG file (default: next to the HDF5 file)")
-    pp.add_argument("--fields", help=f"comma-separated fields (default {','.join(('tumor', 'csc', 'debris', 'oxygen'))})")
+    pp.add_argument("--fields",
+                    help="comma-separated fields "
+                    f"(default {','.join(('tumor', 'csc', 'debris', 'oxygen'))})")
     pp.add_argument("--days", help="comma-separated days to show (default: start, middle, end)")
     pp.add_argument("--observables", help="comma-separated observables for the time courses")
     pp.set_defaults(run=_plot)

@@ -33,7 +33,8 @@ def inspect_text(path) -> str:
         m = h5["meta"].attrs
         g = h5["grid"].attrs
         t = h5["time"][...] / MIN_PER_DAY
-        lines = [f"{path}: {m['name']} ({m['status']}{': ' + m['message'] if m.get('message') else ''})",
+        lines = [f"{path}: {m['name']} "
+                 f"({m['status']}{': ' + m['message'] if m.get('message') else ''})",
                  f"  written by tmesim {m['tmesim_version']}, JAX {m['jax_version']}, "
                  f"on {m['device']}; seed {m['seed']}",
                  f"  scenario from {m['scenario_source']}"
@@ -62,7 +63,8 @@ def inspect_text(path) -> str:
 
 def plot_file(path, png, fields=DEFAULT_PLOT_FIELDS, days=None,
               series=DEFAULT_PLOT_OBSERVABLES) -> str:
-    """PNG: mid-plane slices of ``fields`` at ``days`` (default: 3 spread over the run) and time courses."""
+    """PNG: mid-plane slices of ``fields`` at ``days`` (default: 3 spread over the run)
+    and time courses."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -230,12 +230,15 @@ def write_xdmf(h5_path, h5: h5py.File | None = None) -> str:
                   f'    <Topology TopologyType="3DCoRectMesh" Dimensions="{points}" />',
                   '    <Geometry GeometryType="ORIGIN_DXDYDZ">',
                   '     <DataItem Format="XML" Dimensions="3">0 0 0</DataItem>',
-                  f'     <DataItem Format="XML" Dimensions="3">{" ".join(map(repr, spacing))}</DataItem>',
+                  '     <DataItem Format="XML" Dimensions="3">'
+                  f'{" ".join(map(repr, spacing))}</DataItem>',
                   "    </Geometry>"]
         for name, prec in precision.items():
-            lines += [f'    <Attribute Name={quoteattr(name)} AttributeType="Scalar" Center="Cell">',
+            lines += [f'    <Attribute Name={quoteattr(name)} '
+                      'AttributeType="Scalar" Center="Cell">',
                       f'     <DataItem ItemType="HyperSlab" Dimensions="{dims}" Type="HyperSlab">',
-                      f'      <DataItem Dimensions="3 4" Format="XML">{k} 0 0 0 1 1 1 1 1 {dims}</DataItem>',
+                      '      <DataItem Dimensions="3 4" Format="XML">'
+                      f'{k} 0 0 0 1 1 1 1 1 {dims}</DataItem>',
                       f'      <DataItem Dimensions="{len(times)} {dims}" NumberType="Float" '
                       f'Precision="{prec}" Format="HDF">{href}:/fields/{name}</DataItem>',
                       "     </DataItem>", "    </Attribute>"]

@@ -207,7 +207,8 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     show = Progress(total, step, progress)
     try:
         for stop in stops:
-            fields = _advance(stepper, fields, built.params, jnp.int32(step), jnp.int32(stop - step))
+            fields = _advance(stepper, fields, built.params, jnp.int32(step),
+                              jnp.int32(stop - step))
             step = stop
             fields = _apply_events(built, fields, [e for e in events if e[0] == step])
             if step % every == 0 or step == total:

@@ -83,7 +83,8 @@ GEOMETRY = {
     "csc_fraction": Key(NUMBER, False, 0.05, _fraction, help="CSC share of the initial tumour"),
     "octant": Key(BOOL, False, True, help="organoid: simulate one eighth (mirror faces)"),
     "medium": Key(TABLE, False, {}, help="organoid: medium levels (oxygen mmHg, solutes nM)"),
-    "co_culture": Key(TABLE, False, {}, help="organoid: cells seeded in the medium (volume fraction)"),
+    "co_culture": Key(TABLE, False, {},
+                      help="organoid: cells seeded in the medium (volume fraction)"),
     "vessel_spacing_um": Key(NUMBER, False, 60.0, _positive, help="tissue: mean vessel spacing"),
     "vessel_density": Key(NUMBER, False, 0.03, _fraction, help="tissue: mean vessel fraction"),
     "stroma": Key(NUMBER, False, 0.3, _fraction, help="tissue: stromal cell fraction"),
@@ -288,15 +289,18 @@ class Scenario:
                 start = (item["start_day"] + j * item["every_days"]) * MIN_PER_DAY
                 wash = next((c for c in changes if c > start), math.inf)
                 rows[item["drug"]].append(
-                    (start, start + item["duration_days"] * MIN_PER_DAY, item["level_nM"], rate, wash))
+                    (start, start + item["duration_days"] * MIN_PER_DAY, item["level_nM"], rate,
+                     wash))
         k = max(8, -(-max(len(r) for r in rows.values()) // 8) * 8)
         inert = (math.inf, math.inf, 0.0, 0.0, math.inf)
         table = np.array([r + [inert] * (k - len(r)) for r in rows.values()])
-        return {name: table[:, :, j] for j, name in enumerate(("start", "end", "level", "rate", "wash"))}
+        return {name: table[:, :, j]
+                for j, name in enumerate(("start", "end", "level", "rate", "wash"))}
 
 
 def parse_value(text: str):
-    """A ``--set`` value: a TOML value (number, bool, string, list, inline table) or a bare string."""
+    """A ``--set`` value: a TOML value (number, bool, string, list, inline table)
+    or a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -355,11 +359,13 @@ def _validate(raw: dict, source: str) -> dict:
         data[key] = check.table(key, top[key], schema)
     for key, schema in EVENT_LISTS.items():
         data[key] = [check.table(f"{key}[{j}]", item, schema) for j, item in enumerate(top[key])]
-    data["parameters"] = check.numbers("parameters", check.value("parameters", TOP["parameters"], top["parameters"]),
-                                       PARAMETER_NAMES, _non_negative, "a non-negative number")
-    data["diffusion"] = check.numbers("diffusion", check.value("diffusion", TOP["diffusion"], top["diffusion"]),
-                                      FIELD_NAMES, _non_negative,
-                                      "a non-negative diffusion coefficient (um^2/min)")
+    data["parameters"] = check.numbers(
+        "parameters", check.value("parameters", TOP["parameters"], top["parameters"]),
+        PARAMETER_NAMES, _non_negative, "a non-negative number")
+    data["diffusion"] = check.numbers(
+        "diffusion", check.value("diffusion", TOP["diffusion"], top["diffusion"]),
+        FIELD_NAMES, _non_negative,
+        "a non-negative diffusion coefficient (um^2/min)")
     geo = data["geometry"]
     geo["medium"] = check.numbers("geometry.medium", geo["medium"], FIELD_NAMES, _non_negative,
                                   "a non-negative level")
@@ -392,9 +398,10 @@ def _check_consistency(check: _Checker, data: dict) -> None:
     box = grid["n"] * grid["spacing_um"]
     room = box if geo["kind"] == "organoid" and geo["octant"] else box / 2
     if geo["radius_um"] >= room:
-        check.fail("geometry.radius_um", f"expected a tumour that fits the grid (radius < {room:g} um "
-                                         f"for {grid['n']} voxels of {grid['spacing_um']:g} um), "
-                                         f"got {geo['radius_um']:g}")
+        check.fail("geometry.radius_um",
+                   f"expected a tumour that fits the grid (radius < {room:g} um "
+                   f"for {grid['n']} voxels of {grid['spacing_um']:g} um), "
+                   f"got {geo['radius_um']:g}")
     if geo["kind"] == "tissue" and (geo["medium"] or geo["co_culture"]):
         which = "geometry.medium" if geo["medium"] else "geometry.co_culture"
         check.fail(which, "only an organoid has a medium; a tissue gets cells and drugs "

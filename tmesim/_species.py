@@ -136,7 +136,8 @@ class SpeciesTable:
         Which faces are Dirichlet is static (from the table and grid).
         """
         bnd = self.boundaries(grid)
-        value = [[b[k].value if isinstance(b[k], Dirichlet) else 0.0 for b in bnd] for k in range(6)]
+        value = [[b[k].value if isinstance(b[k], Dirichlet) else 0.0 for b in bnd]
+                 for k in range(6)]
         flux = [[b[k].flux if isinstance(b[k], Neumann) else 0.0 for b in bnd] for k in range(6)]
         return {
             "diffusion": jnp.asarray([s.diffusion for s in self.species], dtype),

@@ -31,7 +31,8 @@ def drug_levels(params, t, table):
     t = jnp.asarray(t, dosing["level"].dtype)
     on = (t >= dosing["start"]) & (t < dosing["wash"])
     since_end = jnp.maximum(t - dosing["end"], 0.0)
-    level = jnp.sum(jnp.where(on, dosing["level"] * jnp.exp(-dosing["rate"] * since_end), 0.0), axis=1)
+    level = jnp.sum(jnp.where(on, dosing["level"] * jnp.exp(-dosing["rate"] * since_end), 0.0),
+                    axis=1)
     out = dict(params)
     for j, drug in enumerate(DRUGS):
         out[f"plasma_{drug}"] = level[j]
@@ -46,7 +47,8 @@ def dosing_params(dosing: dict, dtype) -> dict:
 
 
 def inject(fields, table, name: str, amount: float, where):
-    """Add ``amount`` (volume fraction) of cells ``name`` with spatial weight ``where`` (mean 1 over its support).
+    """Add ``amount`` (volume fraction) of cells ``name`` with spatial weight ``where``
+    (mean 1 over its support).
 
     The added volume is capped by the room left in each voxel (φ ≤ 1).
     """
