@@ -91,12 +91,14 @@ def test_exosome_inhibitor_fewer_cafs_and_m2(tmp_path_factory):
 
 def test_anti_vegf_fewer_vessels_more_hypoxia_more_cscs(tmp_path_factory):
     treated, _ = run_small(tmp_path_factory, "anti_vegf")
-    untreated, _ = run_small(tmp_path_factory, "exosome_inhibitor", drop=("dose",))
-    # measured: vessels 0.030 against 0.034, hypoxic share 0.75 against 0.54,
-    # CSC share 0.769 against 0.744 (the run is deterministic; the CSC effect is small
-    # at this size because the tumour is already mostly hypoxic)
+    untreated, _ = run_small(tmp_path_factory, "anti_vegf", drop=("dose",))
+    # measured (21 days, tumour radius 100 um): vessels 0.0218 against 0.0248, hypoxic
+    # share 0.98 against 0.87 (nearly every live cell is hypoxic at this size, so the
+    # mean tumour pO2 shows the deeper hypoxia: 10.1 against 12.3 mmHg), CSC share
+    # 0.892 against 0.868 (the run is deterministic; both arms are CSC-rich by day 21)
     assert treated["vessel_density"][-1] < 0.93 * untreated["vessel_density"][-1]
-    assert treated["hypoxic_fraction"][-1] > 1.2 * untreated["hypoxic_fraction"][-1]
+    assert treated["hypoxic_fraction"][-1] > 1.08 * untreated["hypoxic_fraction"][-1]
+    assert treated["tumor_oxygen"][-1] < 0.9 * untreated["tumor_oxygen"][-1]
     assert treated["csc_fraction"][-1] > 1.02 * untreated["csc_fraction"][-1]
 
 

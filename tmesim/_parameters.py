@@ -113,9 +113,9 @@ _ROWS = [
     ("treg_expansion_exosome", 3e-4, "1/min", "exosome_effects", "Treg proliferation at saturating cargo (M5)", "assumed"),
     ("priming_exosome_k", 0.5, "nM", "immune_recruitment", "cargo that halves effector T-cell priming (DC impairment, M5)", HILL),
     # --- immune cells (M6, M8, M9) ------------------------------------------------
-    ("macrophage_recruitment", 5e-3, "1/min", "immune_recruitment", "monocyte influx per unit vessel fraction at saturating CCL2", "assumed"),
-    ("treg_recruitment", 2e-3, "1/min", "immune_recruitment", "Treg influx per unit vessel fraction at saturating CCL2/CXCL12", "assumed"),
-    ("t_cell_recruitment", 5e-3, "1/min", "immune_recruitment", "effector T-cell influx per unit vessel fraction", "assumed"),
+    ("macrophage_recruitment", 1.7e-4, "1/min", "immune_recruitment", "monocyte influx per unit vessel fraction at saturating CCL2", "assumed: r·v/death at 3% vessels equals the tissue's initial macrophage share (0.036); 5e-3 filled every voxel's room"),
+    ("treg_recruitment", 7e-5, "1/min", "immune_recruitment", "Treg influx per unit vessel fraction at saturating CCL2/CXCL12", "assumed: r·v/death at 3% vessels equals the tissue's initial Treg share (0.009)"),
+    ("t_cell_recruitment", 1.15e-4, "1/min", "immune_recruitment", "effector T-cell influx per unit vessel fraction", "assumed: r·v/death at 3% vessels equals the tissue's initial CD8 share (0.015); 5e-3 let CD8 fill 65% of the room"),
     ("msc_recruitment", 1e-3, "1/min", "msc_dynamics", "MSC influx per unit vessel fraction at saturating CXCL12 (M13)", "assumed"),
     ("macrophage_death", 1.4e-4, "1/min", "immune_turnover", "macrophage death rate (5-day life)", "assumed: tissue macrophage life of days"),
     ("t_cell_death", 2.3e-4, "1/min", "immune_turnover", "effector/regulatory T-cell death rate (3-day life)", "assumed"),
