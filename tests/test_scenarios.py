@@ -113,10 +113,14 @@ def test_anti_pd1_effect_grows_with_t_cells_and_shrinks_with_suppression(tmp_pat
     more_t = _pd1_effect(tmp_path_factory, ("geometry.co_culture.cd8=0.05",))
     suppressed = _pd1_effect(tmp_path_factory, ("geometry.co_culture.m2=0.1",
                                                 "geometry.co_culture.treg=0.05"))
-    # measured: effect 0.14 (base), 0.24 (more T cells), 0.115 (with M2 and Tregs)
+    cytokines = _pd1_effect(tmp_path_factory, ("geometry.medium.tgfb=2.0",
+                                               "geometry.medium.il10=2.0"))
+    # measured: effect 0.14 (base), 0.24 (more T cells), 0.110 (with M2 and Tregs),
+    # 0.003 (TGF-beta and IL-10 at 2 nM in the medium)
     assert base > 0.05
     assert more_t > base + 0.05
     assert suppressed < 0.9 * base
+    assert cytokines < 0.5 * base
 
 
 def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
@@ -126,7 +130,7 @@ def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
     none, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1", drop=("injection", "dose"))
     kill = {k: none["tumor_volume"][-1] - o["tumor_volume"][-1]
             for k, o in (("both", both), ("msc", msc), ("pd1", pd1))}
-    # measured kill (mm^3): both 0.0121, TRAIL-MSC 0.0094, anti-PD-1 0.0044
+    # measured kill (mm^3): both 0.0052, TRAIL-MSC 0.0010, anti-PD-1 0.0044
     assert kill["both"] > 1.15 * max(kill["msc"], kill["pd1"])
 
 
