@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from ._inspect import DEFAULT_PLOT_FIELDS, DEFAULT_PLOT_OBSERVABLES
+
 
 def _spheroid(args) -> int:
     import jax.numpy as jnp
@@ -85,7 +87,7 @@ def _inspect(args) -> int:
 
 
 def _plot(args) -> int:
-    from ._inspect import DEFAULT_PLOT_FIELDS, DEFAULT_PLOT_OBSERVABLES, plot_file
+    from ._inspect import plot_file
 
     def names(text, default):
         return tuple(x for x in text.split(",") if x) if text else default
@@ -151,10 +153,10 @@ def main(argv=None) -> int:
     pp.add_argument("file", help="HDF5 run file")
     pp.add_argument("-o", "--output", help="PNG file (default: next to the HDF5 file)")
     pp.add_argument("--fields",
-                    help="comma-separated fields "
-                    f"(default {','.join(('tumor', 'csc', 'debris', 'oxygen'))})")
+                    help=f"comma-separated fields (default {','.join(DEFAULT_PLOT_FIELDS)})")
     pp.add_argument("--days", help="comma-separated days to show (default: start, middle, end)")
-    pp.add_argument("--observables", help="comma-separated observables for the time courses")
+    pp.add_argument("--observables", help="comma-separated observables for the time courses "
+                    f"(default {','.join(DEFAULT_PLOT_OBSERVABLES)})")
     pp.set_defaults(run=_plot)
     args = parser.parse_args(argv)
     from ._run import RunError
