@@ -13,6 +13,8 @@ Boundary faces (``FaceBC``, per channel):
     Dirichlet  c = value on the face, half a cell outside the edge voxel centre:
                inward flux 2 D (value - c_edge) / h;
     Neumann    prescribed inward flux (amount um / min; 0 is no-flux);
+    closed     ``None`` in place of a face's FaceBC: no flux, known statically,
+               so no boundary plane is computed for it;
     periodic   the axis wraps (pass ``None`` for the axis).
 Dirichlet is imposed through the face flux, never by overwriting voxels, so
 explicit, super-time-stepping and implicit solvers share the same discrete
@@ -43,6 +45,12 @@ class FaceBC(NamedTuple):
     value: Array
     flux: Array
 
+
+
+def _closed(c: Array) -> FaceBC:
+    """A closed (no-flux) face as data: ``None`` in a ``bc`` tuple means the same, statically."""
+    zero = jnp.zeros(c.shape[0], c.dtype)
+    return FaceBC(zero, zero, zero)
 
 
 def _per_channel(a: Array, ndim: int) -> Array:
@@ -108,13 +116,12 @@ def _boundary_planes(c: Array, spacing, D: Array, bc) -> list:
             flux = wrap * (hi_cell - lo_cell) / h**2
             planes += [(ax, 0, flux), (ax, n - 1, -flux)]
             continue
-        lo, hi = bc[axis]
-        w_lo, v_lo, q_lo = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in lo)
-        w_hi, v_hi, q_hi = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in hi)
-        planes.append((ax, 0, w_lo * 2.0 * d_lo * (v_lo - lo_cell) / h**2
-                       + (1.0 - w_lo) * q_lo / h))
-        planes.append((ax, n - 1, w_hi * 2.0 * d_hi * (v_hi - hi_cell) / h**2
-                       + (1.0 - w_hi) * q_hi / h))
+        for face, edge, d_edge, cell in ((bc[axis][0], 0, d_lo, lo_cell),
+                                         (bc[axis][1], n - 1, d_hi, hi_cell)):
+            if face is None:  # closed: no flux, nothing to add
+                continue
+            w, v, q = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in face)
+            planes.append((ax, edge, w * 2.0 * d_edge * (v - cell) / h**2 + (1.0 - w) * q / h))
     return planes
 
 
@@ -187,6 +194,7 @@ def diffusion_rate_reference(c, spacing, D, decay, bc, pinned=None, source=None)
         else:
             ghosts = []
             for face, edge in zip(bc[axis], (0, n - 1)):
+                face = _closed(c) if face is None else face
                 w, v, q = (_per_channel(x, nd) for x in face)
                 ce = _slice(c, edge, edge + 1, ax)
                 ghosts.append(w * (2 * v - ce) + (1 - w) * (ce + q * h / D))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._diffusion import _per_channel
+from ._diffusion import _closed, _per_channel
 
 Array = jax.Array
 
@@ -152,7 +152,8 @@ def lod_step(
         bca = bc[axis]
         if bca is not None:
             bca = tuple(
-                tuple(jnp.moveaxis(_per_channel(x, nd), ax, 0)[0] for x in face) for face in bca
+                tuple(jnp.moveaxis(_per_channel(x, nd), ax, 0)[0]
+                      for x in (_closed(c) if face is None else face)) for face in bca
             )
         pm = None
         if pinned is not None:

@@ -115,9 +115,16 @@ def cell_transport_rate(
     return rate
 
 
-def transport_limit(spacing, motility: float, max_speed: float = 0.0) -> float:
-    """Largest forward-Euler step (min) that keeps ρ ≥ 0 and Σρ ≤ 1.
+def transport_limit(spacing, motility: float, max_speed: float = 0.0,
+                    pressure_stiffness: float = 0.0) -> float:
+    """Largest forward-Euler step (min) that keeps ρ ≥ 0 and Σρ ≤ 1, and is stable.
 
-    A voxel sends out at most Σ_faces (μ/h² + |v|/h) of its content per minute.
+    A voxel sends out at most Σ_faces (μ/h² + |v|/h) of its content per minute
+    (positivity: dt times that ≤ 1). A drift potential that depends on the
+    densities themselves, Φ(φ) with |dΦ/dφ| ≤ K (a crowding pressure), gives
+    the linearised step a rate of at most Σ_faces K/h² (a voxel just past
+    packing with empty neighbours on every face); forward Euler is stable for
+    dt times that ≤ 2, so K/h² enters once per axis where μ/h² enters twice.
     """
-    return 1.0 / sum(2.0 * motility / h**2 + 2.0 * max_speed / h for h in spacing)
+    return 1.0 / sum(2.0 * motility / h**2 + 2.0 * max_speed / h + pressure_stiffness / h**2
+                     for h in spacing)
