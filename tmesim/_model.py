@@ -1,4 +1,4 @@
-"""The cancer-stem-cell niche model of MODEL.md: fields, processes M1-M18, geometries.
+"""The cancer-stem-cell niche model: fields, processes M1-M18, their loss bounds.
 
 Every process is a small function ``process(f, p, d, r)`` that reads fields
 ``f`` (by name), parameters ``p`` (``default_parameters``) and shared
@@ -15,17 +15,14 @@ solutes), volume fraction (cells, vessels), relative density (ECM).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ._grid import FACES, Dirichlet, Grid, Neumann, Periodic
-from ._parameters import PARAMETERS, default_parameters
+from ._grid import Dirichlet
 from ._species import Species, SpeciesTable
-from ._spheroid import equal_volume_radius, sphere_fraction
-from ._stepper import Rates, Stepper
+from ._stepper import Rates
 
 MAX_CELL_SPEED = 2.0  # um/min: cap on drift speed (static: it sets the cell sub-steps)
 ORGANOID_MEDIUM_O2 = 160.0  # mmHg: 21% O2 incubator medium (= PhysiCell o2_reference)
@@ -84,56 +81,56 @@ ANTIBODIES = ("anti_pd1", "anti_vegf")
 HINDERED = tuple(row[0] for row in _FIELDS if row[6])
 
 
-def _uptake_bound(name: str, p) -> float:
-    """Largest reaction loss rate (1/min) of a solute, for the step plan."""
-    v = p["vessel_max"]
-    bounds = {
-        "oxygen": p["o2_uptake"] / p["o2_uptake_k"] + p["vessel_o2_exchange"] * v,
-        "exosome": p["exosome_uptake"],
-        "lactate": p["vessel_lactate_clearance"] * v,
-        "chemo": p["chemo_uptake"] + p["vessel_drug_exchange"] * v,
-    }
-    if name in SMALL_MOLECULES:
-        return float(bounds.get(name, p["vessel_drug_exchange"] * v))
-    if name in ANTIBODIES:
-        return float(p["vessel_antibody_exchange"] * v)
-    return float(bounds.get(name, 0.0))
+SOLUTES = tuple(row[0] for row in _FIELDS if row[1] == "solute")
+MOBILE = tuple(row[0] for row in _FIELDS if row[1] != "matrix")  # fields with a diffusion value
+DEFAULT_DIFFUSION = {row[0]: row[2] for row in _FIELDS if row[1] != "matrix"}
+DEFAULT_DECAY = {row[0]: row[3] for row in _FIELDS if row[1] == "solute"}
 
 
-def niche_species(boundary=None, medium: dict | None = None, params=None,
-                  diffusion: dict | None = None) -> SpeciesTable:
-    """The species table of every MODEL.md field.
+def transport_bounds() -> dict:
+    """Default bounds of the transport values: {path: (lower, upper, scale)}.
+
+    Solute diffusion: half to 1.5 times the default (log); cell motility
+    0 to twice the default, at least 10 um²/min (lin); solute decay a tenth to
+    ten times the default (log), or 0 to 0.01/min where the default is 0. The
+    upper bounds size the plan (RKL stages, cell sub-steps).
+    """
+    out = {}
+    for name, kind, D, decay, *_ in _FIELDS:
+        if kind == "solute":
+            out[f"diffusion.{name}"] = (D / 2.0, 1.5 * D, "log")
+            out[f"decay.{name}"] = (decay / 10.0, 10.0 * decay, "log") if decay else (0.0, 0.01, "lin")
+        elif kind == "cell":
+            out[f"diffusion.{name}"] = (0.0, max(2.0 * D, 10.0), "lin")
+    return out
+
+
+def niche_species(boundary=None, bounds=None) -> SpeciesTable:
+    """The species table of every field, sized for the value bounds.
 
     boundary: six faces (``Grid`` face order) or None. In the organoid
-    geometry the outer faces are the medium: solutes get Dirichlet values
-    there (``medium``: name -> value; oxygen 160 mmHg, everything else 0 by
-    default: fresh medium washes cytokines out), other faces stay no-flux.
-    params: parameter overrides; the solutes' uptake bounds (and so the step
-    plan) follow them, so a run with larger exchange or uptake rates stays stable.
-    diffusion: name -> diffusion coefficient (cells: motility), um²/min,
-    replacing the defaults (and so the design values of the step plan).
+    geometry the outer faces are the medium: solutes get Dirichlet faces
+    there (their values come from the medium levels at run time), other faces
+    stay no-flux. bounds: a ``Bounds`` (default: the parameter table's and
+    ``transport_bounds``); each species' design diffusion and decay are the
+    upper bounds of its values and its uptake the bound of the reaction's loss
+    rate (``loss_bounds``), so every value within the bounds runs on one plan.
     """
-    p = {q.name: q.value for q in PARAMETERS} | {k: float(v) for k, v in (params or {}).items()}
-    medium = {"oxygen": ORGANOID_MEDIUM_O2} | (medium or {})
-    unknown = set(medium) - set(FIELD_NAMES)
-    if unknown:
-        raise KeyError(f"medium: unknown field(s) {sorted(unknown)}")
-    diffusion = diffusion or {}
-    unknown = set(diffusion) - set(FIELD_NAMES)
-    if unknown:
-        raise KeyError(f"diffusion: unknown field(s) {sorted(unknown)}")
+    from ._parameters import Bounds
+
+    bounds = Bounds.default() if bounds is None else bounds
+    losses = loss_bounds(bounds)
     species = []
     for name, kind, D, decay, units, source, variable, _ in _FIELDS:
-        if name in diffusion:
-            D, source = float(diffusion[name]), f"scenario override (default {D:g})"
         faces = None
         if boundary is not None and kind == "solute":
-            faces = tuple(Dirichlet(medium.get(name, 0.0)) if isinstance(b, Dirichlet) else b
-                          for b in boundary)
-        initial = ORGANOID_MEDIUM_O2 if name == "oxygen" else 0.0
-        species.append(Species(name, kind, D, decay, faces, units, initial,
-                               uptake=_uptake_bound(name, p) if kind == "solute" else 0.0,
-                               variable_diffusion=variable, source=source))
+            faces = tuple(Dirichlet(0.0) if isinstance(b, Dirichlet) else b for b in boundary)
+        species.append(Species(
+            name, kind,
+            bounds.upper(f"diffusion.{name}") if kind != "matrix" else 0.0,
+            bounds.upper(f"decay.{name}") if kind == "solute" else 0.0,
+            faces, units, 0.0, uptake=losses.get(name, 0.0), variable_diffusion=variable,
+            source=source))
     return SpeciesTable(tuple(species))
 
 
@@ -145,8 +142,12 @@ def _hill(x, k):
 
 
 def _ramp_down(x, start, full):
-    """0 above ``start``, 1 below ``full``, linear between (PhysiCell's oxygen ramps)."""
-    return jnp.clip((start - x) / (start - full), 0.0, 1.0)
+    """0 above ``start``, 1 below ``full``, linear between (PhysiCell's oxygen ramps).
+
+    The parameter bounds keep start > full; the floor on the width only keeps
+    a value pushed outside them from dividing by zero.
+    """
+    return jnp.clip((start - x) / jnp.maximum(start - full, 1e-3), 0.0, 1.0)
 
 
 def shared_quantities(f, p) -> dict:
@@ -206,6 +207,10 @@ def oxygen_uptake(f, p, d, r):
     V·(φ − debris)/(K + O2) is frozen at the step's start with the diffusion solve.
     """
     r.lose("oxygen", p["o2_uptake"] * (d["phi"] - f["debris"]) / (p["o2_uptake_k"] + d["o2"]))
+
+
+def _oxygen_uptake_bound(b):
+    return {"oxygen": b.upper("o2_uptake") / b.lower("o2_uptake_k")}  # φ − debris ≤ 1, O2 ≥ 0
 
 
 def tumor_proliferation(f, p, d, r):
@@ -271,7 +276,7 @@ def debris_clearance(f, p, d, r):
     r.lose("debris", p["debris_lysis_rate"] + p["phagocytosis_rate"] * (f["m1"] + f["m2"]))
 
 
-def pressure_flux(f, p, d, r):
+def pressure_flux(phi, p):
     """Every cell population drifts with v = −κ∇P, P = (φ − φ_packed)⁺/(1 − φ_packed), |v| ≤ 2 um/min (M18).
 
     Packed tissue (φ ≤ φ_packed) is at rest; volume made by division raises
@@ -279,10 +284,17 @@ def pressure_flux(f, p, d, r):
     voxels with room (the transport never fills a voxel past φ = 1). Nothing
     pushes cells into empty space except pressure from behind, so the
     organoid keeps a sharp front (a porous-medium law) instead of spreading.
+    Returns the potential Φ = κ·P (um²/min) of the current total cell
+    fraction φ; the cell transport re-evaluates it at every sub-step
+    (``Stepper.pressure``), with sub-steps sized by ``pressure_stiffness``.
     """
-    pressure = jnp.maximum(d["phi"] - p["packing_fraction"], 0.0) / (1.0 - p["packing_fraction"])
-    for c in CELLS:
-        r.drift(c, p["tissue_mobility"] * pressure)
+    return p["tissue_mobility"] * jnp.maximum(phi - p["packing_fraction"], 0.0) / (
+        1.0 - p["packing_fraction"])
+
+
+def pressure_stiffness(b) -> float:
+    """Bound on dΦ/dφ of ``pressure_flux`` over the parameter bounds: κ_max / (1 − φ_packed,max)."""
+    return b.upper("tissue_mobility") / (1.0 - b.upper("packing_fraction"))
 
 
 def vascular_supply(f, p, d, r):
@@ -294,6 +306,16 @@ def vascular_supply(f, p, d, r):
         k = (p["vessel_antibody_exchange"] if drug in ANTIBODIES else p["vessel_drug_exchange"]) * v
         r.lose(drug, k).produce(drug, k * p[f"plasma_{drug}"])
     r.lose("lactate", p["vessel_lactate_clearance"] * v)
+
+
+def _vascular_supply_bound(b):
+    v = b.upper("vessel_max")  # angiogenesis keeps vessel ≤ vessel_max
+    out = {"oxygen": b.upper("vessel_o2_exchange") * v,
+           "lactate": b.upper("vessel_lactate_clearance") * v}
+    for drug in DRUGS:
+        key = "vessel_antibody_exchange" if drug in ANTIBODIES else "vessel_drug_exchange"
+        out[drug] = b.upper(key) * v
+    return out
 
 
 def vegf_secretion(f, p, d, r):
@@ -342,6 +364,10 @@ def exosome_release(f, p, d, r):
     block = 1.0 - p["exosome_inhibitor_max"] * _hill(f["exosome_inhibitor"], p["exosome_inhibitor_k"])
     r.produce("exosome", p["exosome_secretion"] * f["csc"] * block)
     r.lose("exosome", p["exosome_uptake"] * sum(f[c] for c in STROMA + IMMUNE))
+
+
+def _exosome_release_bound(b):
+    return {"exosome": b.upper("exosome_uptake")}  # stroma + immune ≤ 1
 
 
 def exosome_effects(f, p, d, r):
@@ -419,6 +445,10 @@ def chemotherapy(f, p, d, r):
     r.lose("chemo", p["chemo_uptake"] * (f["tumor"] + f["csc"]))
 
 
+def _chemotherapy_bound(b):
+    return {"chemo": b.upper("chemo_uptake")}  # T + C ≤ 1
+
+
 def ferroptosis(f, p, d, r):
     """C → debris at k·H(inducer); T at k·b·H(inducer) (stem-like states are ferroptosis-prone)."""
     kill = p["ferroptosis_kill_rate"] * _hill(f["ferroptosis_inducer"], p["ferroptosis_k"])
@@ -471,9 +501,16 @@ def car_t_killing(f, p, d, r):
 
 @dataclass(frozen=True)
 class Process:
+    """A documented process: its reaction terms (``fn(f, p, d, r)``) or, for
+    ``kind = "transport"``, the cell-transport law it supplies (pressure_flux);
+    ``loss_bound(bounds) -> {solute: 1/min}`` bounds the loss rate it adds to
+    solutes over the parameter bounds (the step plan allows for it)."""
+
     name: str
     mechanisms: tuple[str, ...]
-    fn: object
+    fn: Callable
+    loss_bound: Callable | None = None
+    kind: str = "reaction"
 
     @property
     def term(self) -> str:
@@ -481,29 +518,29 @@ class Process:
 
 
 PROCESSES = (
-    Process("oxygen_uptake", ("M3",), oxygen_uptake),
+    Process("oxygen_uptake", ("M3",), oxygen_uptake, _oxygen_uptake_bound),
     Process("tumor_proliferation", ("M18",), tumor_proliferation),
     Process("csc_division", ("M1", "M4", "M12", "M14"), csc_division),
     Process("dedifferentiation", ("M1", "M4", "M7", "M14"), dedifferentiation),
     Process("apoptosis", ("M4", "M12"), apoptosis),
     Process("necrosis", ("M3",), necrosis),
     Process("debris_clearance", ("M3",), debris_clearance),
-    Process("pressure_flux", ("M18",), pressure_flux),
-    Process("vascular_supply", ("M2",), vascular_supply),
+    Process("pressure_flux", ("M18",), pressure_flux, kind="transport"),
+    Process("vascular_supply", ("M2",), vascular_supply, _vascular_supply_bound),
     Process("vegf_secretion", ("M2",), vegf_secretion),
     Process("angiogenesis", ("M2", "M15"), angiogenesis),
     Process("stromal_secretion", ("M4", "M13"), stromal_secretion),
     Process("immunosuppressive_secretion", ("M6",), immunosuppressive_secretion),
     Process("chemokine_secretion", ("M8",), chemokine_secretion),
     Process("lactate_secretion", ("M12",), lactate_secretion),
-    Process("exosome_release", ("M5",), exosome_release),
+    Process("exosome_release", ("M5",), exosome_release, _exosome_release_bound),
     Process("exosome_effects", ("M5",), exosome_effects),
     Process("macrophage_polarisation", ("M5", "M6", "M12"), macrophage_polarisation),
     Process("immune_recruitment", ("M5", "M8"), immune_recruitment),
     Process("chemotaxis", ("M8", "M13"), chemotaxis),
     Process("immune_turnover", (), immune_turnover),
     Process("t_cell_killing", ("M6", "M9", "M12"), t_cell_killing),
-    Process("chemotherapy", ("M10",), chemotherapy),
+    Process("chemotherapy", ("M10",), chemotherapy, _chemotherapy_bound),
     Process("ferroptosis", (), ferroptosis),
     Process("ecm_remodelling", ("M11",), ecm_remodelling),
     Process("ecm_barrier", ("M11",), ecm_barrier),
@@ -518,13 +555,24 @@ HELPERS = {"hif_activity": ("M1",), "immune_suppression": ("M6", "M12"), "pd_l1"
 
 
 def niche_reaction(f, p, t=0.0):
-    """Every process of the model, in one traced function (one fused pass)."""
+    """Every reaction process of the model, in one traced function (one fused pass)."""
     del t
     d = shared_quantities(f, p)
     r = Rates()
     for proc in PROCESSES:
-        proc.fn(f, p, d, r)
+        if proc.kind == "reaction":
+            proc.fn(f, p, d, r)
     return r
+
+
+def loss_bounds(bounds) -> dict:
+    """Per solute, the largest loss rate (1/min) the reaction can add within ``bounds``."""
+    out: dict = {}
+    for proc in PROCESSES:
+        if proc.loss_bound is not None:
+            for name, rate in proc.loss_bound(bounds).items():
+                out[name] = out.get(name, 0.0) + float(rate)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -546,187 +594,3 @@ def radiotherapy(fields, table: SpeciesTable, p, dose):
         killed = fields[i(name)] * (1.0 - surviving)
         out = out.at[i(name)].add(-killed).at[i("debris")].add(killed)
     return out
-
-
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Setup:
-    """Everything a run needs: grid, species, stepper, parameters and initial fields."""
-
-    grid: Grid
-    table: SpeciesTable
-    stepper: Stepper
-    params: dict
-    fields: jax.Array
-
-    def field(self, name):
-        return self.fields[self.table.index(name)]
-
-
-def _tumor_ball(table, grid, ball, csc_fraction) -> dict:
-    """Initial values: zeros, with a tumor ball at volume fraction 0.8, ``csc_fraction`` of it CSCs."""
-    init = {name: np.zeros(grid.shape) for name in table.names}
-    init["tumor"] = 0.8 * ball * (1.0 - csc_fraction)
-    init["csc"] = 0.8 * ball * csc_fraction
-    return init
-
-
-def _setup(grid, table, init, dt, overrides, dtype, forcing) -> Setup:
-    fields = jnp.asarray(np.stack([init[name] for name in table.names]), dtype)
-    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED, forcing=forcing)
-    params = table.default_params(grid, dtype) | default_parameters(dtype, **(overrides or {}))
-    return Setup(grid, table, stepper, params, fields)
-
-
-def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
-             medium=None, immune_medium=None, overrides=None, dtype=jnp.float32, diffusion=None,
-             forcing=None) -> Setup:
-    """An organoid (spheroid) in medium: no vessels; solutes and drugs from the medium.
-
-    octant: simulate one eighth (the organoid's centre at the x-, y-, z- corner,
-    those faces mirror planes); otherwise the organoid sits in the box centre.
-    The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
-    values for the rest). Initial cells: a ball of ``radius`` um at volume
-    fraction 0.8 (tumor) with a ``csc_fraction`` share of CSCs.
-    immune_medium: {"cd8": 0.02, ...} seeds immune cells uniformly in the
-    medium (co-culture).
-    overrides: parameter values; diffusion: coefficients (``niche_species``);
-    forcing: time-dependent inputs (``Stepper``), e.g. ``tmesim.drug_levels``.
-    """
-    if octant:
-        faces = (Neumann(), Dirichlet(0.0)) * 3
-        centre = (0.0, 0.0, 0.0)
-    else:
-        faces = (Dirichlet(0.0),) * 6
-        centre = None
-    grid = Grid((n, n, n), spacing, faces)
-    if radius >= (n * spacing if octant else n * spacing / 2):
-        raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
-    table = niche_species(faces, medium, overrides, diffusion)
-    ball = sphere_fraction(grid, radius, centre=centre)
-    init = _tumor_ball(table, grid, ball, csc_fraction)
-    init["oxygen"] = np.full(grid.shape, (medium or {}).get("oxygen", ORGANOID_MEDIUM_O2))
-    for name, value in (immune_medium or {}).items():
-        if name not in CELLS:
-            raise KeyError(f"immune_medium: {name!r} is not a cell field")
-        init[name] = value * (1.0 - ball)
-    return _setup(grid, table, init, dt, overrides, dtype, forcing)
-
-
-def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_spacing=60.0,
-           vessel_density=0.03, stroma=0.3, seed=0, periodic=False, overrides=None,
-           dtype=jnp.float32, diffusion=None, forcing=None) -> Setup:
-    """A tissue block (in vivo niche): vessels inside as sources, no-flux (or periodic) faces.
-
-    Vessels: a random set of voxels (one per ``vessel_spacing``³ on average),
-    smoothed over their neighbours and scaled to a mean ``vessel_density``; stroma: fibroblasts,
-    MSCs, M1 macrophages, CD8 and Tregs filling a ``stroma`` fraction outside
-    the tumor ball of ``radius`` (at the centre) with volume fraction 0.8.
-    overrides, diffusion, forcing: as for ``organoid``.
-    """
-    grid = Grid((n, n, n), spacing, Periodic() if periodic else Neumann())
-    table = niche_species(params=overrides, diffusion=diffusion)
-    rng = np.random.default_rng(seed)
-    p_vessel = (spacing / vessel_spacing) ** 3
-    vessels = (rng.random(grid.shape) < p_vessel).astype(float)
-    smooth = vessels.copy()
-    for ax in range(3):
-        smooth += 0.5 * (np.roll(vessels, 1, ax) + np.roll(vessels, -1, ax))
-    if smooth.mean() > 0:
-        smooth *= vessel_density / smooth.mean()
-    vessels = np.minimum(smooth, default_parameters()["vessel_max"].item())
-    ball = sphere_fraction(grid, radius)
-    outside = 1.0 - ball
-    init = _tumor_ball(table, grid, ball, csc_fraction)
-    init["vessel"] = vessels
-    shares = {"fibroblast": 0.75, "msc": 0.05, "m1": 0.12, "cd8": 0.05, "treg": 0.03}
-    for name, share in shares.items():
-        init[name] = stroma * share * outside
-    init["ecm"] = 0.3 * outside
-    init["oxygen"] = np.full(grid.shape, 38.0)
-    return _setup(grid, table, init, dt, overrides, dtype, forcing)
-
-
-def tumor_radius(fields, table: SpeciesTable, grid: Grid, threshold=0.1, octant=False) -> float:
-    """Equal-volume sphere radius (um) of the region with tumor-cell fraction (T + C + debris) > threshold."""
-    f = np.asarray(fields)
-    body = f[table.index("tumor")] + f[table.index("csc")] + f[table.index("debris")]
-    return equal_volume_radius(body > threshold, grid, 8 if octant else 1)
-
-
-# --------------------------------------------------------------------------
-def _boundary_text(faces) -> str:
-    def one(b):
-        if isinstance(b, Dirichlet):
-            return f"Dirichlet {b.value:g}"
-        if isinstance(b, Periodic):
-            return "periodic"
-        return "no-flux" if isinstance(b, Neumann) and not b.flux else f"flux {b.flux:g}"
-
-    texts = [one(b) for b in faces]
-    if len(set(texts)) == 1:
-        return texts[0]
-    return ", ".join(f"{f} {t}" for f, t in zip(FACES, texts))
-
-
-def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
-    """The whole model as text: fields, processes with their terms and parameters, mechanisms."""
-    if geometry not in ("organoid", "tissue"):
-        raise ValueError(f"geometry must be 'organoid' or 'tissue', got {geometry!r}")
-    setup_faces = (Neumann(), Dirichlet(0.0)) * 3 if geometry == "organoid" else (Neumann(),) * 6
-    table = niche_species(setup_faces if geometry == "organoid" else None)
-    grid = Grid((4, 4, 4), 20.0, setup_faces)
-    bounds = table.boundaries(grid)
-    lines = []
-
-    def head(text):
-        lines.extend(["", f"## {text}" if markdown else text.upper(), ""])
-
-    lines.append("# The tmesim CSC-niche model" if markdown else "THE TMESIM CSC-NICHE MODEL")
-    lines.append("")
-    lines.append(f"Geometry: {geometry} ("
-                 + ("organoid in medium: x-, y-, z- are mirror planes of the simulated octant, "
-                    "x+, y+, z+ the medium" if geometry == "organoid"
-                    else "tissue block: vessels inside as sources, no-flux faces") + ").")
-    lines.append("Units: um, min, mmHg (oxygen), nM (other solutes), volume fraction (cells, "
-                 "vessels), relative density (ECM, 1 = dense stroma).")
-    head(f"Fields ({len(table)})")
-    if markdown:
-        lines.append("| field | group | kind | units | D (um²/min) | decay (1/min) | boundary | source |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-    for s, faces in zip(table, bounds):
-        bc = _boundary_text(faces) if s.kind == "solute" else "no-flux (does not cross)"
-        row = (s.name, FIELD_GROUP[s.name], s.kind, s.units, f"{s.diffusion:g}", f"{s.decay:g}", bc,
-               s.source)
-        if markdown:
-            lines.append("| " + " | ".join(row) + " |")
-        else:
-            lines.append(f"  {s.name:<20} {s.kind:<7} {s.units:<16} D {s.diffusion:<7g} "
-                         f"decay {s.decay:<6g} {bc}")
-            lines.append(f"  {'':<20} source: {s.source}")
-    by_process: dict = {}
-    for q in PARAMETERS:
-        by_process.setdefault(q.process, []).append(q)
-    entries = [(pr.name, pr.mechanisms, pr.term) for pr in PROCESSES]
-    entries += [(name, mech, (globals()[name].__doc__ or "").strip()) for name, mech in HELPERS.items()]
-    head(f"Processes ({len(PROCESSES)}) and shared factors ({len(HELPERS)})")
-    for name, mech, term in entries:
-        tag = f" [{', '.join(mech)}]" if mech else ""
-        lines.append(f"### {name}{tag}" if markdown else f"{name}{tag}")
-        body = " ".join(term.split()) if markdown else "\n".join("    " + t.strip() for t in term.splitlines())
-        lines.append(body)
-        if markdown:
-            lines.append("")
-        for q in by_process.get(name, []):
-            text = f"{q.name} = {q.value:g} {q.unit}: {q.meaning}. Source: {q.source}"
-            lines.append(f"- {text}" if markdown else f"      {text}")
-        lines.append("")
-    head("Mechanisms of MODEL.md")
-    for m in range(1, 19):
-        key = f"M{m}"
-        names = [n for n, mech, _ in entries if key in mech]
-        lines.append(f"{'- ' if markdown else '  '}{key}: {', '.join(names)}")
-    lines.append("")
-    lines.append(f"{len(PARAMETERS)} parameters; calibration may differentiate any of them "
-                 "(they form the pytree ``tmesim.default_parameters()``).")
-    return "\n".join(lines)

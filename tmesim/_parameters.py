@@ -1,19 +1,37 @@
-"""The model's parameter table: every value with its unit, meaning and source.
+"""The model's parameter table: every value with its unit, meaning, source and bounds.
 
 One row per parameter. ``default_parameters()`` turns the table into the flat
 pytree (name -> scalar array) that the reaction reads and calibration
 differentiates. Sources: "PhysiCell" rows are the PhysiCell v1.14.2 defaults
-recorded in shared/data/physicell_default_parameters.csv (row name given);
+(recorded in docs/data/physicell_default_parameters.csv, row name given);
 "assumed" rows give the reason for the value. Concentrations other than
 oxygen are in nM; cell and matrix densities are volume fractions (0..1 of a
 voxel); ECM density is relative (1 = dense CAF-made stroma).
+
+Bounds. Every row has a lower and an upper bound, the range a run may use,
+and a natural scale for fitting: "log" for rates and constants, "logit" for
+shares in [0, 1], "lin" for levels and thresholds. Rates may be 0 (a
+process switched off; a fit on the log scale sets positive bounds of its
+own); constants that divide (half-saturation levels) stay positive. The
+time-stepping plan is sized from the bounds (``_model.loss_bounds``,
+``_model.pressure_stiffness``), never from the current value, so any value
+within them runs on the same compiled program; a value outside them is
+refused (``check_bounds``). Most rows go up to 10 times the default; the
+rows that size the plan (oxygen uptake, vessel exchange, tissue mobility and
+packing) have narrower bounds: widening them costs RKL stages or cell
+sub-steps (``Bounds.override``, or a scenario's [bounds] table).
 """
 
 from __future__ import annotations
 
+import difflib
+import math
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Parameter(NamedTuple):
@@ -23,6 +41,9 @@ class Parameter(NamedTuple):
     process: str  # the process (or "fields"/"geometry") that reads it
     meaning: str
     source: str
+    lower: float = 0.0
+    upper: float = math.inf
+    scale: str = "lin"  # "log" | "logit" | "lin": the natural scale for fitting
 
 
 PC = "PhysiCell default ({})"
@@ -143,7 +164,7 @@ _ROWS = [
     ("lactate_secretion", 5e4, "nM/min", "lactate_secretion", "lactate secretion of tumor cells (Warburg), doubled by HIF", "assumed: builds 10-20 mM in a poorly perfused core"),
     # --- therapies (M10, M13, M16, M17) --------------------------------------------------
     ("chemo_lethality", 3.0, "1", "chemotherapy", "kill rate at saturating drug per unit division rate (M10: kill scales with cycling)", "assumed: most cycling bulk cells die within a day of exposure"),
-    ("chemo_k", 100.0, "nM", "chemotherapy", "intracellular drug for half-maximal kill", "assumed: gemcitabine acts at 10-1000 nM (shared/data/matthews2022)"),
+    ("chemo_k", 100.0, "nM", "chemotherapy", "intracellular drug for half-maximal kill", "assumed: gemcitabine acts at 10-1000 nM (Matthews et al. 2022, docs/data/matthews2022_pdac_organoid_gemcitabine_per_well.csv)"),
     ("chemo_uptake", 0.02, "1/min", "chemotherapy", "drug uptake per unit tumor fraction", "assumed"),
     ("csc_efflux", 10.0, "1", "chemotherapy", "CSC intracellular drug is 1/(1+efflux) of bulk (ABC transporters, M10)", "assumed"),
     ("ferroptosis_kill_rate", 1e-3, "1/min", "ferroptosis", "kill rate at saturating inducer (CSCs; bulk x ferroptosis_bulk)", "assumed"),
@@ -162,9 +183,62 @@ _ROWS = [
     ("rt_oer_k", 3.0, "mmHg", "radiotherapy", "pO2 of half-maximal oxygen enhancement", "assumed: K about 3 mmHg in the Alper-Howard-Flanders form"),
 ]
 
-PARAMETERS: tuple[Parameter, ...] = tuple(Parameter(*row) for row in _ROWS)
+
+# Explicit bounds (lower, upper, scale); the other rows follow ``_default_bounds``.
+_BOUNDS = {
+    # plan-sizing rows: the oxygen loss bound is o2_uptake/o2_uptake_k + vessel exchange · vessel_max
+    "o2_uptake": (0.0, 1500.0, "log"),
+    "o2_uptake_k": (1.0, 10.0, "log"),
+    "vessel_o2_exchange": (0.0, 2000.0, "log"),
+    "vessel_max": (0.05, 0.2, "log"),
+    # cell sub-steps follow tissue_mobility / (1 - packing_fraction) (``_model.pressure_stiffness``)
+    "tissue_mobility": (0.0, 120.0, "log"),
+    "packing_fraction": (0.6, 0.82, "lin"),
+    # oxygen thresholds (mmHg): ramps need start > full, so the ranges do not overlap
+    "o2_proliferation_threshold": (0.0, 20.0, "lin"),
+    "o2_reference": (50.0, 200.0, "lin"),
+    "o2_hypoxic_threshold": (8.0, 30.0, "lin"),
+    "o2_hypoxic_saturation": (0.5, 7.0, "lin"),
+    "o2_necrosis_threshold": (3.0, 10.0, "lin"),
+    "o2_necrosis_max": (0.0, 2.9, "lin"),
+    "blood_o2": (0.5, 100.0, "lin"),
+    "rt_oer_k": (0.5, 10.0, "lin"),
+    "rt_oer": (1.0, 5.0, "lin"),
+    # relative levels and ratios that may exceed 1 or be 0
+    "pdl1_tumor": (0.0, 5.0, "lin"),
+    "pdl1_csc": (0.0, 10.0, "lin"),
+    "pdl1_hif": (0.0, 5.0, "lin"),
+    "csc_efflux": (0.0, 100.0, "lin"),
+    "chemo_lethality": (0.0, 30.0, "log"),
+    "rt_csc_resistance": (0.0, 1.0, "logit"),
+}
+SHARES = ("progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+          "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate", "csc_survival_il6",
+          "csc_survival_lactate", "pathway_inhibitor_max", "exosome_inhibitor_max",
+          "anti_pd1_max", "ferroptosis_bulk", "car_t_bulk")
+RATE_UNITS = ("1/min", "nM/min", "mmHg/min", "um^2/min", "1/Gy", "1/Gy^2")
+
+
+def _default_bounds(name: str, value: float, unit: str) -> tuple[float, float, str]:
+    """Shares: [0, 1], logit. Levels whose default is 0 (plasma): [0, 1e5] nM, lin.
+    Rates: 0 (the process switched off) to 10 times the default, log. Constants
+    that divide (half-saturation levels): a tenth to 10 times the default, log."""
+    if name in SHARES:
+        return 0.0, 1.0, "logit"
+    if value == 0.0:
+        return 0.0, 1e5, "lin"
+    if unit in RATE_UNITS:
+        return 0.0, value * 10.0, "log"
+    return value / 10.0, value * 10.0, "log"
+
+
+PARAMETERS: tuple[Parameter, ...] = tuple(
+    Parameter(*row, *_BOUNDS.get(row[0], _default_bounds(row[0], row[1], row[2]))) for row in _ROWS)
 _names = [p.name for p in PARAMETERS]
 assert len(set(_names)) == len(_names), "duplicate parameter names"
+assert set(_BOUNDS) <= set(_names), set(_BOUNDS) - set(_names)
+for _q in PARAMETERS:
+    assert _q.lower <= _q.value <= _q.upper, _q.name
 
 
 def default_parameters(dtype=jnp.float32, **overrides) -> dict:
@@ -173,3 +247,140 @@ def default_parameters(dtype=jnp.float32, **overrides) -> dict:
     if unknown:
         raise KeyError(f"unknown model parameter(s) {sorted(unknown)}")
     return {p.name: jnp.asarray(overrides.get(p.name, p.value), dtype) for p in PARAMETERS}
+
+
+# --------------------------------------------------------------------------
+# values: the float pytree a run reads, addressed by path
+GROUPS = ("diffusion", "decay", "medium", "initial")
+
+
+def _split(path: str) -> tuple[str, str]:
+    """'o2_uptake' -> ('params', 'o2_uptake'); 'diffusion.oxygen' -> ('diffusion', 'oxygen')."""
+    group, _, key = path.rpartition(".")
+    return (group or "params"), key
+
+
+def get_value(values: dict, path: str):
+    """The leaf at ``path``: a parameter name ('o2_uptake') or 'group.name' with group one of
+    diffusion, decay, medium, initial ('diffusion.oxygen', 'initial.radius_um')."""
+    group, key = _split(path)
+    try:
+        return values[group][key]
+    except KeyError:
+        raise KeyError(f"no value {path!r}; values are {', '.join(value_paths(values))}") from None
+
+
+def set_values(values: dict, changes: dict) -> dict:
+    """A copy of ``values`` with ``changes`` ({path: value}) applied; works on traced values.
+
+    The leaf keeps its dtype, so a Python float does not change the pytree's types.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for path, value in changes.items():
+        old = get_value(values, path)
+        group, key = _split(path)
+        out[group][key] = jnp.asarray(value, jnp.result_type(old))
+    return out
+
+
+def value_paths(values: dict) -> tuple[str, ...]:
+    """Every bounded value's path: the parameters, then diffusion, decay, medium, initial."""
+    out = list(values.get("params", {}))
+    for group in GROUPS:
+        out += [f"{group}.{k}" for k in values.get(group, {})]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Lower and upper bound and natural scale of every value, by path (static, hashable).
+
+    The time-stepping plan is sized from the upper (and some lower) bounds,
+    so every set of values within them runs on one compiled program;
+    ``check_bounds`` refuses values outside them. ``Bounds.default`` holds the
+    parameter table's rows and the transport values' bounds
+    (``_model.transport_bounds``); geometry builders add the medium and the
+    initial state's, and ``override`` widens or narrows any of them.
+    """
+
+    entries: tuple[tuple[str, float, float, str], ...]
+    _index: dict = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "entries", tuple(sorted(self.entries)))
+        object.__setattr__(self, "_index", {e[0]: e[1:] for e in self.entries})
+
+    @classmethod
+    def default(cls, extra: dict | None = None) -> Bounds:
+        from ._model import transport_bounds
+
+        table = {q.name: (q.lower, q.upper, q.scale) for q in PARAMETERS}
+        merged = table | transport_bounds() | (extra or {})
+        return cls(tuple((k, float(lo), float(hi), sc) for k, (lo, hi, sc) in merged.items()))
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._index
+
+    def get(self, path: str) -> tuple[float, float, str]:
+        try:
+            return self._index[path]
+        except KeyError:
+            close = difflib.get_close_matches(path, list(self._index), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"no bounds for {path!r}{hint}") from None
+
+    def lower(self, path: str) -> float:
+        return self.get(path)[0]
+
+    def upper(self, path: str) -> float:
+        return self.get(path)[1]
+
+    def override(self, changes: dict) -> Bounds:
+        """New bounds with ``changes`` ({path: (lower, upper)}) applied; the scale stays."""
+        merged = dict(self._index)
+        for path, pair in changes.items():
+            lo, hi = (float(x) for x in pair)
+            _, _, scale = self.get(path)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"bounds of {path!r}: expected finite lower <= upper, "
+                                 f"got [{lo:g}, {hi:g}]")
+            if scale in ("log",) and lo <= 0:
+                scale = "lin"  # a log scale needs a positive lower bound
+            merged[path] = (lo, hi, scale)
+        return Bounds(tuple((k, *v) for k, v in merged.items()))
+
+
+def check_bounds(values: dict, bounds: Bounds, where: str = "values") -> None:
+    """Refuse (ValueError) values outside their bounds, naming each path, value and bounds.
+
+    Traced values (inside jit or grad) are not checked here; the solve loop
+    flags them in its status instead (``Status.OUT_OF_BOUNDS``).
+    """
+    bad = []
+    for path in value_paths(values):
+        if path not in bounds:
+            continue
+        leaf = get_value(values, path)
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        v = np.asarray(leaf, dtype=float)
+        lo, hi, _ = bounds.get(path)
+        outside = ~((v >= lo) & (v <= hi))
+        if outside.any():
+            shown = v[outside].ravel()[0]
+            bad.append(f"{path} = {shown:g} (bounds [{lo:g}, {hi:g}])")
+    if bad:
+        raise ValueError(f"{where}: outside the bounds the run was built for: "
+                         + "; ".join(bad) + ". Widen them (scenario [bounds] table, or the "
+                         "bounds argument of organoid/tissue): the plan is sized from them")
+
+
+def within_bounds(values: dict, bounds: Bounds):
+    """Traced: True when every bounded value lies within its bounds."""
+    ok = jnp.asarray(True)
+    for path in value_paths(values):
+        if path in bounds:
+            lo, hi, _ = bounds.get(path)
+            v = get_value(values, path)
+            ok = ok & (v >= lo) & (v <= hi)
+    return ok

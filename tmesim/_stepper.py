@@ -19,7 +19,8 @@ that keeps the step stable, positive and (where mass only moves) conservative:
 First order in dt for the coupling between fields (measured in tests); the
 stiff solute operator itself keeps the order of its solver. Transport advances
 each species with the cheapest stable method for dt, chosen once, at build
-time, from the species' design diffusion coefficient, decay and uptake bound:
+time, from the species' design (upper-bound) diffusion coefficient, decay and
+uptake bound, so any value within the bounds runs on the same plan:
 
     euler     forward Euler, when dt ≤ 2/ρ (ρ = Σ 4D/h² + λ + uptake): one pass;
     rkl2      Runge-Kutta-Legendre super-time-stepping with the fewest stages
@@ -32,7 +33,14 @@ time, from the species' design diffusion coefficient, decay and uptake bound:
               chosen when more than ``max_stages`` RKL2 stages would be needed;
     static    species with neither diffusion nor decay: only their reaction;
     cell      the upwind volume-filling transport of all "cell" species
-              together, forward Euler sub-steps within its positivity limit.
+              together, forward Euler sub-steps within its positivity limit;
+              a crowding pressure Φ(φ) (``Stepper.pressure``) is re-evaluated
+              from the current densities at every sub-step, and its stiffness
+              bound enters the sub-step count: frozen over a whole step of
+              minutes, the pressure-driven flux is an explicit step far beyond
+              its stability limit and its linearisation grows by 1.6 per step
+              (measured on a 12³ organoid at dt = 2 min), which is what made
+              reverse-mode gradients of long runs wrong.
 
 Species sharing a method (and stage count) are advanced together as one
 block, so that XLA fuses them into one pass per stage; the time loop carries
@@ -45,7 +53,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +75,14 @@ class Group:
     variable: bool = False  # coefficient scaled per voxel by the reaction's factors
 
 
-def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = 160,
-                   cell_speed: float = 0.0):
+def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = 256,
+                   cell_speed: float = 0.0, pressure_stiffness: float = 0.0):
     """Choose each species' transport method for step dt; returns a tuple of Groups.
 
-    cell_speed: cap (um/min) on the drift speed of cells, from which, with the
-    largest motility, the number of cell-transport sub-steps follows.
+    cell_speed: cap (um/min) on the drift speed of cells; pressure_stiffness:
+    bound on dΦ/dφ of the crowding pressure (um²/min). With the largest
+    motility they give the number of cell-transport sub-steps
+    (``kernels.transport_limit``).
     """
     if not (dt > 0 and math.isfinite(dt)):
         raise ValueError(f"time step must be a positive number of minutes, got {dt!r}")
@@ -110,7 +119,8 @@ def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int =
     groups = [Group(m, tuple(ch), st, v) for (m, st, v), ch in keyed.items()]
     if cells:
         mu = max(table.species[i].diffusion for i in cells)
-        limit = K.transport_limit(grid.spacing, mu, cell_speed) if mu or cell_speed else math.inf
+        limit = (K.transport_limit(grid.spacing, mu, cell_speed, pressure_stiffness)
+                 if mu or cell_speed or pressure_stiffness else math.inf)
         groups.append(Group("cell", cells, max(1, math.ceil(dt / limit)), True))
     return tuple(sorted(groups, key=lambda g: g.channels[0]))
 
@@ -193,35 +203,65 @@ class FieldView:
         return self._blocks[g][j]
 
 
+class StaticMask:
+    """A boolean (X, Y, Z) array usable inside a static, hashable object (hash of its bytes)."""
+
+    def __init__(self, mask):
+        self.array = np.asarray(mask, dtype=bool)
+        self.array.setflags(write=False)
+        self._hash = hash((self.array.shape, self.array.tobytes()))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return (isinstance(other, StaticMask) and self._hash == other._hash
+                and np.array_equal(self.array, other.array))
+
+
 @dataclass(frozen=True)
 class Stepper:
     """Pure single-step map for a grid, a species table and a step dt (min).
 
     reaction: optional ``reaction(fields, params, t) -> Rates``, pointwise,
     reading fields by name (``FieldView``). ``params`` is the pytree from
-    ``SpeciesTable.default_params`` plus whatever the reaction reads; an
-    optional ``params["pinned"]`` (X, Y, Z) bool mask holds every solute at
-    its current value there (a medium or vessel region: BioFVM's Dirichlet
-    nodes), exactly, in every method.
+    ``SpeciesTable.default_params`` plus whatever the reaction reads.
     cell_speed: cap on the cells' drift speed (um/min), see ``plan_transport``.
-    forcing: optional ``forcing(params, t, table) -> params``, applied at the
-    start of every step: time-dependent inputs such as dosing schedules
-    (``tmesim.drug_levels``) that set plasma levels and medium boundary values.
+    pressure: optional ``pressure(phi, params) -> Φ`` (um²/min) of the total
+    cell fraction φ (X, Y, Z): every cell species drifts down its gradient,
+    v = −∇Φ, on top of the reaction's drift potentials; it is re-evaluated at
+    every cell sub-step, and ``pressure_stiffness`` (a bound on dΦ/dφ over the
+    parameter bounds) sizes the sub-steps.
+    pinned: optional (X, Y, Z) bool mask (static) of voxels where every solute
+    is held at its current value (a medium or vessel region: BioFVM's
+    Dirichlet nodes), exactly, in every method.
+    Faces declared no-flux (``Neumann(0)``) for every species of a group are
+    closed statically: no boundary plane is computed for them (fewer kernels
+    per RKL stage), so ``params["boundary_flux"]`` is not read there; declare
+    a nonzero ``Neumann`` flux for a face whose flux a run should set.
     """
 
     grid: Grid
     table: SpeciesTable
     dt: float
     reaction: Callable | None = None
-    max_stages: int = 160
+    max_stages: int = 256
     cell_speed: float = 0.0
-    forcing: Callable | None = None
+    pressure: Callable | None = None
+    pressure_stiffness: float = 0.0
+    pinned: StaticMask | None = None
     groups: tuple = field(init=False)
     _where: dict = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "dt", float(self.dt))
-        groups = plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed)
+        if self.pinned is not None and not isinstance(self.pinned, StaticMask):
+            object.__setattr__(self, "pinned", StaticMask(self.pinned))
+        if self.pinned is not None and self.pinned.array.shape != self.grid.shape:
+            raise ValueError(f"Stepper.pinned: expected shape {self.grid.shape}, "
+                             f"got {self.pinned.array.shape}")
+        groups = plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed,
+                                self.pressure_stiffness)
         object.__setattr__(self, "groups", groups)
         names = self.table.names
         where = {names[ch]: (gi, j)
@@ -268,13 +308,23 @@ class Stepper:
         ])
 
     def _face_bc(self, params, channels):
+        """Per-axis face data; a face declared no-flux for every channel is closed statically
+        (None: no boundary plane), so its ``params["boundary_flux"]`` is not read."""
         mask = self.table.dirichlet_mask(self.grid)[:, np.asarray(channels)]
+        closed = self._closed_faces()[:, np.asarray(channels)].all(axis=1)
         bv = params["boundary_value"][:, np.asarray(channels)]
         bf = params["boundary_flux"][:, np.asarray(channels)]
-        faces = [K.FaceBC(jnp.asarray(mask[k], bv.dtype), bv[k], bf[k]) for k in range(6)]
+        faces = [None if closed[k] else K.FaceBC(jnp.asarray(mask[k], bv.dtype), bv[k], bf[k])
+                 for k in range(6)]
         return tuple(
             None if self.grid.periodic[a] else (faces[2 * a], faces[2 * a + 1]) for a in range(3)
         )
+
+    def _closed_faces(self) -> np.ndarray:
+        """(6, F): True where a species' face is declared Neumann with zero flux."""
+        bnd = self.table.boundaries(self.grid)
+        return np.array([[isinstance(b[k], Neumann) and not b[k].flux for b in bnd]
+                         for k in range(6)])
 
     def _coefficient(self, g: Group, params, rates, c):
         D = params["diffusion"][np.asarray(g.channels)]
@@ -319,15 +369,24 @@ class Stepper:
 
     def _move_cells(self, g: Group, c, params, rates):
         D = self._coefficient(g, params, rates, c)
-        phi = None if rates is None else self._stack(g, rates.potential, 0.0, c)
+        frozen = None if rates is None else self._stack(g, rates.potential, 0.0, c)
         h = self.dt / g.stages
-        speed = self.cell_speed if phi is not None else None
-        for _ in range(g.stages):
-            room = 1.0 - jnp.sum(c, axis=0)
-            c = c + h * K.cell_transport_rate(
-                c, self.grid.spacing, D, phi, room, self.grid.periodic, speed
-            )
-        return c
+        moved = frozen is not None or self.pressure is not None
+        speed = self.cell_speed if moved else None
+
+        def substep(c, _):
+            phi = jnp.sum(c, axis=0)
+            potential = frozen
+            if self.pressure is not None:
+                push = self.pressure(phi, params)[None]
+                potential = push if frozen is None else frozen + push
+            return c + h * K.cell_transport_rate(
+                c, self.grid.spacing, D, potential, 1.0 - phi, self.grid.periodic, speed
+            ), None
+
+        # a scan, not an unrolled loop: one copy of the pass in the program
+        # (unrolled, 17 sub-steps made a gradient take minutes to compile)
+        return jax.lax.scan(substep, c, None, length=g.stages)[0]
 
     def _inflows(self, view, rates):
         """Per destination, what each conversion carried over in this step."""
@@ -348,14 +407,12 @@ class Stepper:
 
     def step_blocks(self, blocks, params, t=0.0):
         """One step on the split layout (see the module docstring)."""
-        if self.forcing is not None:
-            params = self.forcing(params, t, self.table)
         rates = None
         view = FieldView(self, blocks)
         if self.reaction is not None:
             rates = self.reaction(view, params, t)
         inflow = self._inflows(view, rates)
-        pinned = params.get("pinned")
+        pinned = None if self.pinned is None else jnp.asarray(self.pinned.array)
         out = []
         for g, c in zip(self.groups, blocks):
             if g.method in ("static", "cell"):
@@ -370,58 +427,3 @@ class Stepper:
     def step(self, c, params, t=0.0):
         """One step: reaction terms read at the start, then every group over dt."""
         return self.merge(self.step_blocks(self.split(c), params, t))
-
-
-def check_params(stepper: Stepper, params) -> None:
-    """Host-side check that run-time coefficients do not exceed the plan's design values."""
-    try:
-        D = np.asarray(params["diffusion"])
-    except jax.errors.TracerArrayConversionError:
-        return
-    design = np.array([s.diffusion for s in stepper.table])
-    over = D > design * (1 + 1e-6) + 1e-12
-    if over.any():
-        names = [stepper.table.names[i] for i in np.flatnonzero(over)]
-        raise ValueError(
-            f"diffusion of {names} exceeds the design value the time-stepping plan was "
-            f"built for ({design[over]} um^2/min); build the Stepper with the larger value"
-        )
-
-
-@partial(jax.jit, static_argnames=("stepper", "n_steps", "save_every"))
-def _simulate(stepper, fields, params, n_steps, save_every, t0):
-    n_saves = n_steps // save_every
-    step_times = jnp.arange(save_every, dtype=fields.dtype) * stepper.dt
-    chunk_starts = t0 + jnp.arange(n_saves, dtype=fields.dtype) * (save_every * stepper.dt)
-
-    @jax.checkpoint
-    def chunk(blocks, t_start):
-        def body(b, t):
-            return stepper.step_blocks(b, params, t_start + t), None
-
-        blocks, _ = jax.lax.scan(body, blocks, step_times)
-        return blocks
-
-    def outer(blocks, t_start):
-        blocks = chunk(blocks, t_start)
-        return blocks, stepper.merge(blocks)
-
-    blocks, snapshots = jax.lax.scan(outer, stepper.split(fields), chunk_starts)
-    return stepper.merge(blocks), snapshots
-
-
-def simulate(stepper: Stepper, fields, params, n_steps: int, save_every: int | None = None, t0=0.0):
-    """Advance ``fields`` by ``n_steps`` steps; one jit-compiled call.
-
-    Returns ``(final, snapshots)`` with snapshots of shape
-    (n_steps // save_every, F, X, Y, Z), the state after every ``save_every``
-    steps. The inner scan over steps is checkpointed, so reverse-mode
-    gradients store one state per save point, not one per step.
-    """
-    save_every = n_steps if save_every is None else save_every
-    if n_steps < 1 or save_every < 1 or n_steps % save_every:
-        raise ValueError(
-            f"n_steps ({n_steps}) must be a positive multiple of save_every ({save_every})"
-        )
-    check_params(stepper, params)
-    return _simulate(stepper, fields, params, n_steps, save_every, t0)
