@@ -1,22 +1,36 @@
 """tmesim: differentiable GPU reaction-diffusion simulator of the cancer-stem-cell niche."""
 
+from ._cli import main as main
+from ._describe import describe_model as describe_model
+from ._geometry import NicheProblem as NicheProblem
+from ._geometry import Setup as Setup
+from ._geometry import ball_fraction as ball_fraction
+from ._geometry import equal_volume_radius as equal_volume_radius
+from ._geometry import organoid as organoid
+from ._geometry import tissue as tissue
 from ._grid import Dirichlet as Dirichlet
 from ._grid import Grid as Grid
 from ._grid import Neumann as Neumann
 from ._grid import Periodic as Periodic
 from ._inspect import inspect_text as inspect_text
 from ._inspect import plot_file as plot_file
+from ._model import CELLS as CELLS
+from ._model import DRUGS as DRUGS
+from ._model import FIELD_NAMES as FIELD_NAMES
 from ._model import PROCESSES as PROCESSES
-from ._model import Setup as Setup
-from ._model import describe_model as describe_model
+from ._model import SOLUTES as SOLUTES
 from ._model import niche_reaction as niche_reaction
 from ._model import niche_species as niche_species
-from ._model import organoid as organoid
 from ._model import radiotherapy as radiotherapy
-from ._model import tissue as tissue
-from ._model import tumor_radius as tumor_radius
+from ._observables import OBSERVABLES as OBSERVABLES
+from ._observables import observables as observables
 from ._parameters import PARAMETERS as PARAMETERS
+from ._parameters import Bounds as Bounds
+from ._parameters import check_bounds as check_bounds
 from ._parameters import default_parameters as default_parameters
+from ._parameters import get_value as get_value
+from ._parameters import set_values as set_values
+from ._parameters import value_paths as value_paths
 from ._run import RunError as RunError
 from ._run import resume as resume
 from ._run import run_scenario as run_scenario
@@ -24,12 +38,20 @@ from ._scenario import Scenario as Scenario
 from ._scenario import ScenarioError as ScenarioError
 from ._scenario import load_scenario as load_scenario
 from ._scenario import scenario_from_text as scenario_from_text
+from ._solve import Problem as Problem
+from ._solve import SaveAt as SaveAt
+from ._solve import Solution as Solution
+from ._solve import Status as Status
+from ._solve import StepperProblem as StepperProblem
+from ._solve import simulate as simulate
+from ._solve import solve as solve
+from ._solve import start_state as start_state
 from ._species import Species as Species
 from ._species import SpeciesTable as SpeciesTable
 from ._stepper import FieldView as FieldView
 from ._stepper import Rates as Rates
 from ._stepper import Stepper as Stepper
 from ._stepper import plan_transport as plan_transport
-from ._stepper import simulate as simulate
+from ._treatment import schedule as schedule
 
 __version__ = "0.1.0"

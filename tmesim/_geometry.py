@@ -1,0 +1,353 @@
+"""Geometries of the niche model: an organoid in medium and a tissue block.
+
+A geometry splits into a static ``NicheProblem`` (grid, boundary kinds,
+species, the transport plan sized from the value bounds, the vessel pattern
+of a tissue) and a float pytree of values (``Setup.values``): the model
+parameters, transport coefficients, medium levels, the initial state's
+scalars and the treatment schedule. The initial fields are built from the
+values inside the compiled program (``NicheProblem.initial_state``), so the
+initial radius and CSC share are differentiable and batchable like any rate.
+
+values = {
+    "params":    {name: scalar}  every row of ``tmesim.PARAMETERS``
+    "diffusion": {field: scalar} um²/min (cells: motility); solutes and cells
+    "decay":     {solute: scalar} 1/min
+    "medium":    {solute: scalar} organoid: the first medium's levels
+                 (oxygen mmHg, others nM); empty for a tissue
+    "initial":   {"radius_um", "csc_fraction", ...} organoid: plus the
+                 co-culture cells seeded in the medium (volume fraction);
+                 tissue: plus "vessel_density" and "stroma"
+    "schedule":  treatments (``tmesim._treatment``)
+}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._grid import Dirichlet, Grid, Neumann, Periodic
+from ._model import (
+    CELLS,
+    DEFAULT_DECAY,
+    DEFAULT_DIFFUSION,
+    DRUGS,
+    IMMUNE,
+    MAX_CELL_SPEED,
+    ORGANOID_MEDIUM_O2,
+    SOLUTES,
+    STROMA,
+    niche_reaction,
+    niche_species,
+    pressure_flux,
+    pressure_stiffness,
+    radiotherapy,
+)
+from ._parameters import Bounds, check_bounds, default_parameters, within_bounds
+from ._solve import Problem
+from ._species import SpeciesTable
+from ._stepper import Stepper
+from ._treatment import drug_levels, events_at, inject, medium_levels, schedule
+
+TISSUE_O2 = 38.0  # mmHg: PhysiCell's physioxic tissue level, the tissue's initial oxygen
+STROMA_SHARES = {"fibroblast": 0.75, "msc": 0.05, "m1": 0.12, "cd8": 0.05, "treg": 0.03}
+TISSUE_ECM = 0.3  # relative ECM density of the stroma around the tumour
+CO_CULTURE = STROMA + IMMUNE  # cells that can be seeded in an organoid's medium
+
+
+def ball_fraction(grid: Grid, radius, centre=None, sub: int = 4):
+    """Volume fraction (X, Y, Z) of each voxel inside a sphere, continuous in the radius.
+
+    sub³ samples per voxel; each counts min(1, max(0, (R − r)/δ + 1/2)),
+    δ = h/sub, so the fraction (and the ball's volume, within 1% of 4πR³/3
+    once R spans a few voxels) changes smoothly with R and ``jax.grad``
+    through it is exact. centre: (x, y, z) in um, the domain centre by default.
+    Works on a traced radius.
+    """
+    centre = [e / 2 for e in grid.extent] if centre is None else centre
+    offsets = (np.arange(sub) + 0.5) / sub - 0.5
+    delta = min(grid.spacing) / sub
+    axes = [(grid.centers(a)[:, None] + offsets[None, :] * grid.spacing[a] - centre[a]) ** 2
+            for a in range(3)]  # (n_a, sub) squared distances per axis
+    radius = jnp.asarray(radius)
+    dtype = radius.dtype if jnp.issubdtype(radius.dtype, jnp.floating) else jnp.float32
+    total = 0.0
+    for i in range(sub):
+        for j in range(sub):
+            r2 = (axes[0][:, i, None, None, None] + axes[1][None, :, j, None, None]
+                  + axes[2][None, None, :, :])
+            r = jnp.asarray(np.sqrt(r2), dtype)
+            inside = jnp.clip((radius - r) / delta + 0.5, 0.0, 1.0)
+            total = total + jnp.sum(inside, axis=-1)
+    return total / sub**3
+
+
+def equal_volume_radius(volume):
+    """Radius (um) of the sphere of ``volume`` (um³): (3V/4π)^(1/3), finite gradient at V → 0."""
+    v = jnp.maximum(jnp.asarray(volume), 1e-30)
+    return (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+class StaticArray:
+    """A NumPy array inside a static, hashable object (hash of its bytes)."""
+
+    def __init__(self, array):
+        self.array = np.array(array)
+        self.array.setflags(write=False)
+        self._hash = hash((self.array.shape, self.array.dtype.str, self.array.tobytes()))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return (isinstance(other, StaticArray) and self._hash == other._hash
+                and np.array_equal(self.array, other.array))
+
+
+@dataclass(frozen=True)
+class NicheProblem(Problem):
+    """The static structure of a niche-model run (hashable: a jit static argument).
+
+    geometry: "organoid" or "tissue"; octant: the organoid's centre sits at
+    the x-, y-, z- corner (mirror faces) and the grid holds one eighth;
+    bounds: the value bounds the plan was sized from; vessel_pattern: the
+    tissue's vessel map with mean 1 (scaled by ``initial.vessel_density``).
+    """
+
+    grid: Grid
+    table: SpeciesTable
+    stepper: Stepper
+    bounds: Bounds
+    geometry: str = "organoid"
+    octant: bool = True
+    vessel_pattern: StaticArray | None = None
+    _channels: dict = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_channels", {n: i for i, n in enumerate(self.table.names)})
+
+    @property
+    def copies(self) -> int:
+        """Copies of the grid in the whole body: 8 for an organoid octant."""
+        return 8 if self.geometry == "organoid" and self.octant else 1
+
+    @property
+    def centre(self):
+        return (0.0, 0.0, 0.0) if self.copies == 8 else None
+
+    # -- values -------------------------------------------------------------
+    def check_values(self, values, where: str = "values") -> None:
+        check_bounds(values, self.bounds, where)
+
+    def values_ok(self, values):
+        return within_bounds(values, self.bounds)
+
+    def initial_state(self, values):
+        """The initial fields (F, X, Y, Z) from the values (traced; differentiable in them)."""
+        init, p = values["initial"], values["params"]
+        dtype = jnp.result_type(init["radius_um"])
+        ball = ball_fraction(self.grid, init["radius_um"], self.centre).astype(dtype)
+        out = {"tumor": p["packing_fraction"] * ball * (1.0 - init["csc_fraction"]),
+               "csc": p["packing_fraction"] * ball * init["csc_fraction"]}
+        outside = 1.0 - ball
+        if self.geometry == "organoid":
+            out["oxygen"] = jnp.full(self.grid.shape, values["medium"]["oxygen"], dtype)
+            for name in CO_CULTURE:
+                out[name] = init[name] * outside
+        else:
+            pattern = jnp.asarray(self.vessel_pattern.array, dtype)
+            out["vessel"] = jnp.minimum(pattern * init["vessel_density"], p["vessel_max"])
+            for name, share in STROMA_SHARES.items():
+                out[name] = init["stroma"] * share * outside
+            out["ecm"] = TISSUE_ECM * outside
+            out["oxygen"] = jnp.full(self.grid.shape, TISSUE_O2, dtype)
+        zero = jnp.zeros(self.grid.shape, dtype)
+        return jnp.stack([jnp.broadcast_to(out.get(n, zero), self.grid.shape).astype(dtype)
+                          for n in self.table.names])
+
+    def inputs(self, values, k):
+        """The stepper's parameters at step k: transport arrays, boundary levels, plasma levels."""
+        dtype = jnp.result_type(values["params"]["o2_uptake"])
+        t = jnp.asarray(k).astype(dtype) * self.stepper.dt
+        p = dict(values["params"])
+        sched = values["schedule"]
+        dosed = drug_levels(sched["dose"], t)
+        for j, drug in enumerate(DRUGS):
+            p[f"plasma_{drug}"] = p[f"plasma_{drug}"] + dosed[j]
+        names = self.table.names
+        zero = jnp.zeros((), dtype)
+        diffusion = jnp.stack([values["diffusion"].get(n, zero) for n in names])
+        decay = jnp.stack([values["decay"].get(n, zero) for n in names])
+        level = jnp.zeros(len(names), dtype)
+        if values["medium"]:
+            initial = jnp.stack([values["medium"][n] for n in SOLUTES])
+            medium = medium_levels(initial, sched["medium"], k)
+            solutes = np.array([self._channels[n] for n in SOLUTES])
+            drugs = np.array([self._channels[d] for d in DRUGS])
+            level = level.at[solutes].set(medium).at[drugs].add(dosed)
+        return {"diffusion": diffusion, "decay": decay,
+                "boundary_value": jnp.broadcast_to(level, (6, len(names))),
+                "boundary_flux": jnp.zeros((6, len(names)), dtype), **p}
+
+    def event_aux(self, values):
+        """Where injected cells go (mean 1 over its support): an organoid's medium, a tissue's vessels."""
+        f = self.initial_state(values)
+        i = self._channels
+        if self.geometry == "organoid":
+            site = (f[i["tumor"]] + f[i["csc"]] < 0.1).astype(f.dtype)
+        else:
+            site = f[i["vessel"]]
+        return site / jnp.maximum(jnp.mean(site), 1e-30)
+
+    def has_event(self, values, k):
+        dose, amount = events_at(values["schedule"], k)
+        return (dose != 0) | jnp.any(amount != 0)  # NaN counts: the guard must see it
+
+    def apply_events(self, fields, values, k, aux):
+        """Radiotherapy fractions, then injections, scheduled for step k."""
+        dose, amount = events_at(values["schedule"], k)
+        fields = radiotherapy(fields, self.table, values["params"], dose)
+        return inject(fields, self.table, amount, aux)
+
+    def describe(self) -> list[str]:
+        return self.stepper.describe()
+
+
+@partial(jax.jit, static_argnums=0)
+def initial_fields(problem: Problem, values):
+    """``problem.initial_state(values)``, compiled once per problem."""
+    return problem.initial_state(values)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A problem and its values: ``tmesim.solve(setup.problem, setup.values, ...)``."""
+
+    problem: NicheProblem
+    values: dict
+
+    @property
+    def grid(self) -> Grid:
+        return self.problem.grid
+
+    @property
+    def table(self) -> SpeciesTable:
+        return self.problem.table
+
+    @property
+    def stepper(self) -> Stepper:
+        return self.problem.stepper
+
+    @property
+    def fields(self):
+        """The initial fields (F, X, Y, Z), before any event of step 0."""
+        return initial_fields(self.problem, self.values)
+
+    def field(self, name):
+        return self.fields[self.table.index(name)]
+
+
+def _checked(mapping, known, what: str) -> dict:
+    unknown = set(mapping or {}) - set(known)
+    if unknown:
+        raise KeyError(f"{what}: unknown field(s) {sorted(unknown)}; expected some of "
+                       f"{', '.join(known)}")
+    return dict(mapping or {})
+
+
+def _build(grid, geometry, octant, values, bounds, dt, dtype, pattern=None) -> Setup:
+    table = niche_species(grid.boundary if geometry == "organoid" else None, bounds)
+    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED,
+                      pressure=pressure_flux, pressure_stiffness=pressure_stiffness(bounds))
+    problem = NicheProblem(grid, table, stepper, bounds, geometry, octant,
+                           None if pattern is None else StaticArray(pattern))
+    values = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), values)
+    problem.check_values(values, f"{geometry}(...)")
+    return Setup(problem, values)
+
+
+def _common_values(overrides, diffusion, dtype) -> dict:
+    diffusion = _checked(diffusion, DEFAULT_DIFFUSION, "diffusion")
+    return {
+        "params": default_parameters(dtype, **(overrides or {})),
+        "diffusion": DEFAULT_DIFFUSION | diffusion,
+        "decay": dict(DEFAULT_DECAY),
+        "schedule": schedule(),
+    }
+
+
+def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
+             medium=None, immune_medium=None, overrides=None, dtype=jnp.float32, diffusion=None,
+             bounds=None, schedule_values=None) -> Setup:
+    """An organoid (spheroid) in medium: no vessels; solutes and drugs from the medium.
+
+    octant: simulate one eighth (the organoid's centre at the x-, y-, z- corner,
+    those faces mirror planes); otherwise the organoid sits in the box centre.
+    The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
+    values for the rest). Initial cells: a ball of ``radius`` um at the packing
+    fraction (0.8) with a ``csc_fraction`` share of CSCs.
+    immune_medium: {"cd8": 0.02, ...} seeds cells uniformly in the medium
+    (co-culture). overrides: parameter values; diffusion: coefficients;
+    bounds: {path: (lower, upper)} overriding the default bounds (the plan is
+    sized from them); schedule_values: treatments (``_treatment.schedule``).
+    """
+    faces = (Neumann(), Dirichlet(0.0)) * 3 if octant else (Dirichlet(0.0),) * 6
+    grid = Grid((n, n, n), spacing, faces)
+    fits = n * spacing if octant else n * spacing / 2
+    if not 0 < radius < fits:
+        raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
+    medium = _checked(medium, SOLUTES, "medium")
+    seeded = _checked(immune_medium, CO_CULTURE, "immune_medium")
+    values = _common_values(overrides, diffusion, dtype)
+    values["medium"] = {s: 0.0 for s in SOLUTES} | {"oxygen": ORGANOID_MEDIUM_O2} | medium
+    values["initial"] = {"radius_um": radius, "csc_fraction": csc_fraction} | {
+        c: seeded.get(c, 0.0) for c in CO_CULTURE}
+    if schedule_values is not None:
+        values["schedule"] = schedule_values
+    extra = {"medium.oxygen": (0.0, 200.0, "lin"),
+             **{f"medium.{s}": (0.0, 1e5, "lin") for s in SOLUTES if s != "oxygen"},
+             "initial.radius_um": (min(grid.spacing) / 2, fits, "lin"),
+             "initial.csc_fraction": (0.0, 1.0, "logit"),
+             **{f"initial.{c}": (0.0, 1.0, "lin") for c in CO_CULTURE}}
+    b = Bounds.default(extra).override(bounds or {})
+    return _build(grid, "organoid", octant, values, b, dt, dtype)
+
+
+def tissue(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, vessel_spacing=60.0,
+           vessel_density=0.03, stroma=0.3, seed=0, periodic=False, overrides=None,
+           dtype=jnp.float32, diffusion=None, bounds=None, schedule_values=None) -> Setup:
+    """A tissue block (in vivo niche): vessels inside as sources, no-flux (or periodic) faces.
+
+    Vessels: a random set of voxels (one per ``vessel_spacing``³ on average,
+    from ``seed``), smoothed over their neighbours, scaled to a mean
+    ``vessel_density`` and capped at ``vessel_max``; stroma: fibroblasts, MSCs,
+    M1 macrophages, CD8 and Tregs filling a ``stroma`` fraction outside the
+    tumour ball of ``radius`` (at the centre), ECM 0.3 there.
+    overrides, diffusion, bounds, schedule_values: as for ``organoid``.
+    """
+    grid = Grid((n, n, n), spacing, Periodic() if periodic else Neumann())
+    if not 0 < radius < n * spacing / 2:
+        raise ValueError(f"tumour radius {radius} um does not fit in the {n * spacing} um box")
+    rng = np.random.default_rng(seed)
+    vessels = (rng.random(grid.shape) < (spacing / vessel_spacing) ** 3).astype(float)
+    smooth = vessels.copy()
+    for ax in range(3):
+        smooth += 0.5 * (np.roll(vessels, 1, ax) + np.roll(vessels, -1, ax))
+    pattern = smooth / smooth.mean() if smooth.mean() > 0 else smooth
+    values = _common_values(overrides, diffusion, dtype)
+    values["medium"] = {}
+    values["initial"] = {"radius_um": radius, "csc_fraction": csc_fraction,
+                         "vessel_density": vessel_density, "stroma": stroma}
+    if schedule_values is not None:
+        values["schedule"] = schedule_values
+    extra = {"initial.radius_um": (min(grid.spacing) / 2, n * spacing / 2, "lin"),
+             "initial.csc_fraction": (0.0, 1.0, "logit"),
+             "initial.vessel_density": (0.0, 0.2, "lin"),
+             "initial.stroma": (0.0, 1.0, "lin")}
+    b = Bounds.default(extra).override(bounds or {})
+    return _build(grid, "tissue", False, values, b, dt, dtype, pattern)
