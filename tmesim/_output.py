@@ -1,11 +1,12 @@
 """HDF5 trajectories with checkpoints, their XDMF sidecar, and observables.
 
-Layout (DESIGN.md):
+Layout:
     /meta         attrs: tmesim and JAX versions, device, seed, scenario text and
                   overrides, command line, status ("running", "complete", "failed")
     /grid         attrs: shape, spacing (um), copies (8 for a simulated octant);
                   datasets x, y, z: voxel centres (um)
-    /params       one scalar dataset per model parameter (attr unit)
+    /params       one scalar dataset per model parameter (attrs unit, meaning,
+                  source, and lower, upper, scale: the bounds the run was built for)
     /time         (T,) snapshot times in min
     /fields/NAME  (T, X, Y, Z), one chunk per snapshot, gzip; attrs units, kind
     /observables/NAME  (T,) time series; attr units, meaning
@@ -27,50 +28,8 @@ from xml.sax.saxutils import quoteattr
 import h5py
 import numpy as np
 
-from ._model import DRUGS, IMMUNE, STROMA
+from ._observables import OBSERVABLES
 from ._parameters import PARAMETERS
-from ._spheroid import equal_volume_radius
-
-UM3_PER_MM3 = 1e9
-
-OBSERVABLES = {
-    "tumor_volume": ("mm^3", "live tumour cell volume (CSC + progenitor), whole organoid"),
-    "tumor_radius": ("um", "radius of the equal-volume sphere of the tumour body (cells > 0.1)"),
-    "csc_fraction": ("1", "CSC share of live tumour cells"),
-    "hypoxic_fraction": ("1", "share of live tumour cells below o2_hypoxic_threshold"),
-    "necrotic_fraction": ("1", "share of debris in the tumour body (debris / (live + debris))"),
-    "min_oxygen": ("mmHg", "lowest pO2 in the domain"),
-    "tumor_oxygen": ("mmHg", "mean pO2 seen by live tumour cells"),
-    "vessel_density": ("volume fraction", "mean vessel fraction over the domain"),
-    **{f"{c}_total": ("mm^3", f"total {c} cell volume") for c in STROMA + IMMUNE},
-    **{f"{d}_exposure": ("nM", f"mean {d} level seen by live tumour cells") for d in DRUGS},
-}
-
-
-def observables(f: np.ndarray, names, grid, copies: int, params) -> dict:
-    """The observables of one state f (F, X, Y, Z) as floats."""
-    i = {n: k for k, n in enumerate(names)}
-    vv = grid.voxel_volume * copies / UM3_PER_MM3
-    live = f[i["tumor"]] + f[i["csc"]]
-    debris = f[i["debris"]]
-    o2 = f[i["oxygen"]]
-    live_sum = max(float(live.sum()), 1e-30)
-    hyp = float(params["o2_hypoxic_threshold"])
-    out = {
-        "tumor_volume": float(live.sum()) * vv,
-        "tumor_radius": equal_volume_radius(live + debris > 0.1, grid, copies),
-        "csc_fraction": float(f[i["csc"]].sum()) / live_sum,
-        "hypoxic_fraction": float(live[o2 < hyp].sum()) / live_sum,
-        "necrotic_fraction": float(debris.sum()) / max(float((live + debris).sum()), 1e-30),
-        "min_oxygen": float(o2.min()),
-        "tumor_oxygen": float((o2 * live).sum()) / live_sum,
-        "vessel_density": float(f[i["vessel"]].mean()),
-    }
-    for c in STROMA + IMMUNE:
-        out[f"{c}_total"] = float(f[i[c]].sum()) * vv
-    for d in DRUGS:
-        out[f"{d}_exposure"] = float((f[i[d]] * live).sum()) / live_sum
-    return out
 
 
 def device_text() -> str:
@@ -89,7 +48,7 @@ class Output:
 
     # -- creation -----------------------------------------------------------
     @classmethod
-    def create(cls, path, scenario, setup, copies: int, command: str) -> Output:
+    def create(cls, path, scenario, setup, command: str) -> Output:
         import jax
 
         from . import __version__
@@ -105,14 +64,17 @@ class Output:
         })
         grid = setup.grid
         g = h5.create_group("grid")
-        g.attrs.update({"shape": grid.shape, "spacing": grid.spacing, "copies": copies,
-                        "units": "um", "dt_min": scenario.dt})
+        g.attrs.update({"shape": grid.shape, "spacing": grid.spacing,
+                        "copies": setup.problem.copies, "units": "um", "dt_min": scenario.dt})
         for a, name in enumerate("xyz"):
             g.create_dataset(name, data=grid.centers(a))
         p = h5.create_group("params")
+        bounds = setup.problem.bounds
         for q in PARAMETERS:
-            ds = p.create_dataset(q.name, data=float(setup.params[q.name]))
-            ds.attrs.update({"unit": q.unit, "meaning": q.meaning, "source": q.source})
+            ds = p.create_dataset(q.name, data=float(setup.values["params"][q.name]))
+            lower, upper, scale = bounds.get(q.name)
+            ds.attrs.update({"unit": q.unit, "meaning": q.meaning, "source": q.source,
+                             "lower": lower, "upper": upper, "scale": scale})
         t = h5.create_dataset("time", shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
         t.attrs["units"] = "min"
         fields = h5.create_group("fields")
@@ -120,11 +82,12 @@ class Output:
         for name in scenario.stored_fields:
             s = setup.table.species[setup.table.index(name)]
             ds = fields.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape,
-                                       dtype=np.dtype(setup.fields.dtype.name),
+                                       dtype=np.dtype(setup.values["params"]["o2_uptake"].dtype),
                                        chunks=(1,) + shape, compression="gzip",
                                        compression_opts=4, shuffle=True)
-            ds.attrs.update({"units": s.units, "kind": s.kind, "diffusion": s.diffusion,
-                             "decay": s.decay})
+            ds.attrs.update({"units": s.units, "kind": s.kind,
+                             "diffusion": float(setup.values["diffusion"].get(name, 0.0)),
+                             "decay": float(setup.values["decay"].get(name, 0.0))})
         obs = h5.create_group("observables")
         for name, (unit, meaning) in OBSERVABLES.items():
             ds = obs.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))

@@ -1,12 +1,16 @@
-"""Running a scenario: build it, step it, write snapshots and checkpoints, resume it.
+"""Running a scenario: build it, solve it in chunks, write snapshots and checkpoints, resume it.
 
-The run is a sequence of jit-compiled advances between breakpoints (snapshot
-times and dose events). Step k always starts at t = k·dt computed from the
-integer k, and every advance runs the same compiled loop body, so a run
-resumed from a checkpoint repeats the uninterrupted run bit for bit.
-Convention: the state stored for step k (snapshot or checkpoint) is the
-state after the events of step k (a radiotherapy fraction at day 3 shows in
-the day-3 snapshot).
+The run is a sequence of calls of the one compiled loop (``tmesim.solve``),
+one per snapshot interval; doses, medium changes, radiotherapy and injections
+are schedule values applied inside it. Step k always starts at t = k·dt
+computed from the integer k, and every chunk runs the same compiled loop
+with the same values, so a run resumed from a checkpoint repeats the
+uninterrupted run bit for bit. The state stored for step k (snapshot or
+checkpoint) is the state after the events of step k (a radiotherapy
+fraction at day 3 shows in the day-3 snapshot). Between chunks the host
+writes the file and the progress line, and reads the loop's status: a
+non-finite value or a negative density stops the run with the field, the
+place and the time, keeping every snapshot and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._model import CELLS, organoid, radiotherapy, tissue
-from ._output import Output, latest_checkpoint, observables, write_xdmf
+from ._geometry import Setup, organoid, tissue
+from ._observables import observables
+from ._output import Output, latest_checkpoint, write_xdmf
 from ._scenario import MIN_PER_DAY, Scenario, ScenarioError, scenario_from_text
-from ._treatment import dosing_params, drug_levels, inject
+from ._solve import solve, start_state
 
 
 class RunError(RuntimeError):
@@ -35,14 +40,11 @@ class RunError(RuntimeError):
 @dataclass
 class Built:
     scenario: Scenario
-    setup: object  # tmesim.Setup
-    params: dict
-    copies: int
-    injection_site: np.ndarray  # where injected cells go (mean 1 over its support)
+    setup: Setup
 
 
 def build(scenario: Scenario) -> Built:
-    """The Setup (grid, species, stepper with dosing, parameters, initial fields) of a scenario."""
+    """The Setup (problem and values, treatments included) of a scenario."""
     d = scenario.data
     geo, grid = d["geometry"], d["grid"]
     dtype = jnp.float64 if d["run"]["dtype"] == "float64" else jnp.float32
@@ -50,61 +52,24 @@ def build(scenario: Scenario) -> Built:
         jax.config.update("jax_enable_x64", True)
     common = dict(n=grid["n"], spacing=grid["spacing_um"], radius=geo["radius_um"],
                   csc_fraction=geo["csc_fraction"], dt=scenario.dt, overrides=d["parameters"],
-                  dtype=dtype, diffusion=d["diffusion"], forcing=drug_levels)
+                  dtype=dtype, diffusion=d["diffusion"], bounds=scenario.bounds,
+                  schedule_values=scenario.schedule())
     try:
         if geo["kind"] == "organoid":
             setup = organoid(octant=geo["octant"], medium=geo["medium"],
                              immune_medium=geo["co_culture"], **common)
-            copies = 8 if geo["octant"] else 1
         else:
             setup = tissue(vessel_spacing=geo["vessel_spacing_um"],
                            vessel_density=geo["vessel_density"], stroma=geo["stroma"],
                            seed=d["run"]["seed"], periodic=geo["periodic"], **common)
-            copies = 1
     except (ValueError, KeyError) as err:
         raise ScenarioError(f"{scenario.source}: cannot build the {geo['kind']}: {err}") from None
-    params = dict(setup.params)
-    params["dosing"] = dosing_params(scenario.dosing(), dtype)
-    f = np.asarray(setup.fields)
-    i = setup.table.index
-    if geo["kind"] == "organoid":
-        site = (f[i("tumor")] + f[i("csc")] < 0.1).astype(float)  # the medium
-    else:
-        site = f[i("vessel")]
-    site = site / max(site.mean(), 1e-30)
-    return Built(scenario, setup, params, copies, site)
+    return Built(scenario, setup)
 
 
-@partial(jax.jit, static_argnames=("stepper",))
-def _advance(stepper, fields, params, k0, n):
-    """n steps from step k0 (traced integers: one compiled loop for every advance)."""
-    def body(j, blocks):
-        t = (k0 + j).astype(fields.dtype) * stepper.dt
-        return stepper.step_blocks(blocks, params, t)
-
-    return stepper.merge(jax.lax.fori_loop(0, n, body, stepper.split(fields)))
-
-
-def _apply_events(built: Built, fields, events) -> jax.Array:
-    table = built.setup.table
-    for _, kind, item in events:
-        if kind == "radiotherapy":
-            fields = radiotherapy(fields, table, built.params, item["dose_gy"])
-        else:
-            fields = inject(fields, table, item["field"], item["amount"], built.injection_site)
-    return fields
-
-
-def _check_state(fields: np.ndarray, names, day: float) -> None:
-    bad = ~np.isfinite(fields)
-    if bad.any():
-        which = sorted({names[c] for c in np.nonzero(bad)[0]})
-        raise RunError(f"non-finite values (NaN or inf) in {', '.join(which)} at day {day:g}")
-    cells = [names.index(c) for c in CELLS]
-    low = fields[cells].min()
-    if low < -1e-6:
-        c = cells[int(np.argmin(fields[cells].min(axis=(1, 2, 3))))]
-        raise RunError(f"negative density {low:.3g} in {names[c]} at day {day:g}")
+@partial(jax.jit, static_argnums=0)
+def _observe(problem, fields, values):
+    return observables(problem, fields, values)
 
 
 class Progress:
@@ -144,10 +109,9 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
     or None. Returns the path once the file is complete and closed.
     """
     built = build(scenario)
-    out = Output.create(path, scenario, built.setup, built.copies, command)
-    fields = _apply_events(built, built.setup.fields,
-                           [e for e in scenario.events() if e[0] == 0])
-    _write(out, built, 0, np.asarray(fields), checkpoint=True)
+    out = Output.create(path, scenario, built.setup, command)
+    fields = start_state(built.setup.problem, built.setup.values)
+    _write(out, built, 0, fields, checkpoint=True)
     return _loop(out, built, 0, fields, progress)
 
 
@@ -175,46 +139,39 @@ def resume(path, progress=sys.stderr) -> str:
         raise
     step, n_outputs, fields = state
     built = build(scenario)
-    if fields.shape != built.setup.fields.shape or fields.dtype != built.setup.fields.dtype:
+    shape = (len(built.setup.table),) + built.setup.grid.shape
+    dtype = np.dtype(jnp.result_type(built.setup.values["params"]["o2_uptake"]))
+    if fields.shape != shape or fields.dtype != dtype:
         out.close()
         raise RunError(f"{path}: /checkpoint: state of shape {fields.shape} {fields.dtype} does "
-                       f"not match the scenario's {built.setup.fields.shape} "
-                       f"{built.setup.fields.dtype}")
+                       f"not match the scenario's {shape} {dtype}")
     out.truncate(n_outputs)
     out.set_status("running")
     write_xdmf(out.path, out.h5)
     return _loop(out, built, step, jnp.asarray(fields), progress)
 
 
-def _write(out: Output, built: Built, step: int, f: np.ndarray, checkpoint: bool) -> None:
-    sc = built.scenario
-    names = list(built.setup.table.names)
-    out.snapshot(step * sc.dt, f, names,
-                 observables(f, names, built.setup.grid, built.copies, built.params))
+def _write(out: Output, built: Built, step: int, fields, checkpoint: bool) -> None:
+    problem, values = built.setup.problem, built.setup.values
+    obs = {k: float(v) for k, v in _observe(problem, fields, values).items()}
+    f = np.asarray(fields)
+    out.snapshot(step * built.scenario.dt, f, list(built.setup.table.names), obs)
     if checkpoint:
         out.checkpoint(step, f)
 
 
 def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     sc = built.scenario
-    names = list(built.setup.table.names)
+    problem, values = built.setup.problem, built.setup.values
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
-    events = sc.events()
-    stops = sorted({s for s in range(every, total + 1, every)}
-                   | {e[0] for e in events if step < e[0] <= total})
-    stops = [s for s in stops if s > step]
-    stepper = built.setup.stepper
     show = Progress(total, step, progress)
     try:
-        for stop in stops:
-            fields = _advance(stepper, fields, built.params, jnp.int32(step),
-                              jnp.int32(stop - step))
-            step = stop
-            fields = _apply_events(built, fields, [e for e in events if e[0] == step])
-            if step % every == 0 or step == total:
-                f = np.asarray(fields)
-                _check_state(f, names, step * sc.dt / MIN_PER_DAY)
-                _write(out, built, step, f, checkpoint=step % ckpt == 0 or step == total)
+        while step < total:
+            sol = solve(problem, values, fields, n_steps=every, start=step)
+            if not bool(sol.ok):
+                raise RunError(sol.message(problem))
+            fields, step = sol.fields, step + every
+            _write(out, built, step, fields, checkpoint=step % ckpt == 0 or step == total)
             show(step, sc.dt, final=step == total)
     except RunError as err:
         out.set_status("failed", str(err))

@@ -18,10 +18,8 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ._model import CELLS, DRUGS, FIELD_NAMES
-from ._parameters import PARAMETERS
+from ._model import CELLS, DRUGS, FIELD_NAMES, MOBILE, ORGANOID_MEDIUM_O2, SOLUTES
+from ._parameters import GROUPS, PARAMETERS
 
 MIN_PER_DAY = 1440.0
 PARAMETER_NAMES = tuple(q.name for q in PARAMETERS)
@@ -106,6 +104,8 @@ MEDIUM_CHANGE = {
     "day": Key(NUMBER, True, check=_non_negative, help="medium replaced: drug levels drop to 0"),
     "count": Key(INTEGER, False, 1, lambda v: 1 <= v <= 1000),
     "every_days": Key(NUMBER, False, 0.0, _non_negative),
+    "medium": Key(TABLE, False, {}, help="organoid: the new medium's levels (oxygen mmHg, "
+                                         "solutes nM); unlisted solutes keep their level"),
 }
 RADIOTHERAPY = {
     "day": Key(NUMBER, True, check=_non_negative),
@@ -129,6 +129,7 @@ TOP = {
     "geometry": Key(TABLE, True),
     "parameters": Key(TABLE, False, {}),
     "diffusion": Key(TABLE, False, {}),
+    "bounds": Key(TABLE, False, {}),
     "dose": Key(TABLES, False, []),
     "medium_change": Key(TABLES, False, []),
     "radiotherapy": Key(TABLES, False, []),
@@ -261,41 +262,43 @@ class Scenario:
     def stored_fields(self) -> tuple[str, ...]:
         return tuple(self.data["run"]["fields"] or FIELD_NAMES)
 
-    def events(self) -> list[tuple[int, str, dict]]:
-        """Discrete events as (step, kind, item), in time order: radiotherapy and injections."""
-        out = []
-        for kind in ("radiotherapy", "injection"):
-            for item in self.data[kind]:
-                for j in range(item["count"]):
-                    out.append((self.steps(item["day"] + j * item["every_days"]), kind, item))
-        return sorted(out, key=lambda e: e[0])
+    def _times(self, kind: str):
+        """(day, item) of every repetition of every [[kind]] entry, in time order."""
+        key = "start_day" if kind == "dose" else "day"
+        return sorted(((item[key] + j * item["every_days"], n, item)
+                       for n, item in enumerate(self.data[kind]) for j in range(item["count"])),
+                      key=lambda e: (e[0], e[1]))
 
-    def dosing(self) -> dict:
-        """Dose arrays per drug, in ``DRUGS`` order, for ``drug_levels`` (times in min).
+    def schedule(self) -> dict:
+        """The treatment schedule values (``tmesim._treatment``): doses, medium changes,
+        radiotherapy fractions and injections, times as minutes or steps."""
+        from ._treatment import schedule
 
-        start, end: when each dose begins and its infusion ends (end = start
-        for a bolus); level (nM); rate: clearance (1/min); wash: the first medium
-        change after the dose's start (inf if none). Padded to a multiple of 8
-        doses per drug with inert entries, so that scenarios share compiled code.
-        """
-        changes = sorted(
-            (c["day"] + j * c["every_days"]) * MIN_PER_DAY
-            for c in self.data["medium_change"] for j in range(c["count"])
-        )
-        rows = {d: [] for d in DRUGS}
-        for item in self.data["dose"]:
-            rate = math.log(2.0) / (item["half_life_days"] * MIN_PER_DAY)
-            for j in range(item["count"]):
-                start = (item["start_day"] + j * item["every_days"]) * MIN_PER_DAY
-                wash = next((c for c in changes if c > start), math.inf)
-                rows[item["drug"]].append(
-                    (start, start + item["duration_days"] * MIN_PER_DAY, item["level_nM"], rate,
-                     wash))
-        k = max(8, -(-max(len(r) for r in rows.values()) // 8) * 8)
-        inert = (math.inf, math.inf, 0.0, 0.0, math.inf)
-        table = np.array([r + [inert] * (k - len(r)) for r in rows.values()])
-        return {name: table[:, :, j]
-                for j, name in enumerate(("start", "end", "level", "rate", "wash"))}
+        changes = self._times("medium_change")
+        levels = {s: 0.0 for s in SOLUTES} | {"oxygen": ORGANOID_MEDIUM_O2}
+        levels |= self.data["geometry"]["medium"]
+        medium = []
+        for day, _, item in changes:
+            levels = levels | item["medium"]
+            medium.append((self.steps(day), dict(levels)))
+        washes = [day * MIN_PER_DAY for day, _, _ in changes]
+        doses = []
+        for day, _, item in self._times("dose"):
+            start = day * MIN_PER_DAY
+            wash = next((c for c in washes if c > start), math.inf)
+            doses.append((item["drug"], start, start + item["duration_days"] * MIN_PER_DAY,
+                          item["level_nM"], math.log(2.0) / (item["half_life_days"] * MIN_PER_DAY),
+                          wash))
+        return schedule(
+            doses, medium,
+            [(self.steps(day), item["dose_gy"]) for day, _, item in self._times("radiotherapy")],
+            [(self.steps(day), {item["field"]: item["amount"]})
+             for day, _, item in self._times("injection")])
+
+    @property
+    def bounds(self) -> dict:
+        """Bound overrides from the [bounds] table: {path: (lower, upper)}."""
+        return dict(self.data["bounds"])
 
 
 def parse_value(text: str):
@@ -364,15 +367,48 @@ def _validate(raw: dict, source: str) -> dict:
         PARAMETER_NAMES, _non_negative, "a non-negative number")
     data["diffusion"] = check.numbers(
         "diffusion", check.value("diffusion", TOP["diffusion"], top["diffusion"]),
-        FIELD_NAMES, _non_negative,
+        MOBILE, _non_negative,
         "a non-negative diffusion coefficient (um^2/min)")
+    data["bounds"] = _bounds(check, check.value("bounds", TOP["bounds"], top["bounds"]))
     geo = data["geometry"]
-    geo["medium"] = check.numbers("geometry.medium", geo["medium"], FIELD_NAMES, _non_negative,
+    geo["medium"] = check.numbers("geometry.medium", geo["medium"], SOLUTES, _non_negative,
                                   "a non-negative level")
+    for j, item in enumerate(data["medium_change"]):
+        item["medium"] = check.numbers(f"medium_change[{j}].medium", item["medium"], SOLUTES,
+                                       _non_negative, "a non-negative level")
     geo["co_culture"] = check.numbers("geometry.co_culture", geo["co_culture"], CELLS, _fraction,
                                       "a volume fraction between 0 and 1")
     _check_consistency(check, data)
     return data
+
+
+def _bounds(check: _Checker, table: dict) -> dict:
+    """[bounds]: parameter = [lower, upper], or a [bounds.GROUP] table (diffusion, decay,
+    medium, initial) of name = [lower, upper]."""
+    known_groups = {"diffusion": MOBILE, "decay": SOLUTES, "medium": SOLUTES,
+                    "initial": ("radius_um", "csc_fraction", "vessel_density", "stroma") + CELLS}
+    out = {}
+
+    def pair(key, v):
+        ok = (isinstance(v, list) and len(v) == 2
+              and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                      and math.isfinite(x) for x in v))
+        if not ok or v[0] > v[1]:
+            check.fail(key, f"expected [lower, upper], two finite numbers with lower <= upper, "
+                            f"got {v!r}")
+        return float(v[0]), float(v[1])
+
+    for name, v in table.items():
+        if name in GROUPS and isinstance(v, dict):
+            for key, w in v.items():
+                if key not in known_groups[name]:
+                    check.unknown(f"bounds.{name}", key, known_groups[name])
+                out[f"{name}.{key}"] = pair(f"bounds.{name}.{key}", w)
+        elif name in PARAMETER_NAMES:
+            out[name] = pair(f"bounds.{name}", v)
+        else:
+            check.unknown("bounds", name, PARAMETER_NAMES + GROUPS)
+    return out
 
 
 def _check_consistency(check: _Checker, data: dict) -> None:
@@ -418,6 +454,8 @@ def _check_consistency(check: _Checker, data: dict) -> None:
             if item["count"] > 1 and item["every_days"] <= 0:
                 check.fail(f"{kind}[{j}].every_days", "expected a positive interval for "
                                                       f"count = {item['count']}")
-            if kind in ("radiotherapy", "injection"):
+            if kind in ("radiotherapy", "injection", "medium_change"):
                 for r in range(item["count"]):
                     _steps(check, f"{kind}[{j}].{key}", first + r * item["every_days"], dt)
+    if geo["kind"] == "tissue" and any(c["medium"] for c in data["medium_change"]):
+        check.fail("medium_change.medium", "only an organoid has a medium")
