@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import tmesim as tm
-from tmesim import _model as M
 
 DT = 2.0
 DAY = 720  # steps of DT
@@ -30,36 +29,32 @@ MIXED_INIT = {"tumor": 0.5, "csc": 0.03, "fibroblast": 0.1, "caf": 0.02, "msc": 
               "m2": 0.02, "cd8": 0.03, "treg": 0.01, "vessel": 0.1, "ecm": 0.3, "oxygen": 38.0}
 
 
-def _well_mixed():
-    grid = tm.Grid((3, 3, 3), 200.0)
-    table = M.niche_species()
-    stepper = tm.Stepper(grid, table, DT, M.niche_reaction, cell_speed=M.MAX_CELL_SPEED)
-    params = table.default_params(grid, jnp.float64) | tm.default_parameters(jnp.float64)
-    return stepper, params
-
-
-WELL_MIXED = _well_mixed()
+WELL_MIXED = tm.tissue(n=3, spacing=200.0, radius=100.0, dt=DT, dtype=jnp.float64)
 
 
 def evolve(days=1, params=None, init=None, setup=None, steps=DAY):
-    """Run ``days`` times ``steps`` steps (a day by default); returns {field: final array}."""
+    """Run ``days`` times ``steps`` steps (a day by default); returns {field: final array}.
+
+    Without ``setup``: the well-mixed box from ``MIXED_INIT`` updated by ``init``.
+    """
     if setup is None:
-        stepper, base = WELL_MIXED
+        setup = WELL_MIXED
         values = MIXED_INIT | (init or {})
-        state = np.zeros((len(stepper.table),) + stepper.grid.shape)
+        state = np.zeros((len(setup.table),) + setup.grid.shape)
         for name, v in values.items():
-            state[stepper.table.index(name)] = v
+            state[setup.table.index(name)] = v
         state = jnp.asarray(state)
     else:
-        stepper, base, state = setup.stepper, setup.params, setup.fields
+        state = setup.fields
         for name, v in (init or {}).items():
             state = state.at[setup.table.index(name)].set(jnp.asarray(v, state.dtype))
-    p = dict(base)
-    p.update({k: jnp.asarray(v, base["o2_uptake"].dtype) for k, v in (params or {}).items()})
-    for _ in range(days):
-        state, _ = tm.simulate(stepper, state, p, steps)
+    values = tm.set_values(setup.values, params or {})
+    for day in range(days):
+        sol = tm.solve(setup.problem, values, state, n_steps=steps, start=day * steps)
+        assert bool(sol.ok), sol.message(setup.problem)
+        state = sol.fields
     out = np.asarray(state)
-    return {n: out[i] for i, n in enumerate(stepper.table.names)}
+    return {n: out[i] for i, n in enumerate(setup.table.names)}
 
 
 def mean(f, name):
@@ -148,7 +143,7 @@ def test_m8_ccl2_recruits_and_attracts_macrophages():
     macs = lambda f: mean(f, "m1") + mean(f, "m2")  # noqa: E731
     assert macs(on) > 1.3 * macs(off)
     # Chemotaxis: tumor at the x- end of a 320 um channel, macrophages uniform.
-    setup = M.tissue(n=16, spacing=20.0, radius=1.0, dt=DT, dtype=jnp.float64)
+    setup = tm.tissue(n=16, spacing=20.0, radius=20.0, dt=DT, dtype=jnp.float64)
     x = setup.grid.centers(0)[:, None, None] * np.ones(setup.grid.shape)
     init = {"tumor": np.where(x < 60.0, 0.7, 0.0), "csc": np.zeros(setup.grid.shape),
             "m1": np.full(setup.grid.shape, 0.02), "vessel": np.zeros(setup.grid.shape),
@@ -179,7 +174,10 @@ def test_m10_chemo_spares_quiescent_effluxing_cscs():
 
 
 def _organoid_small(**kw):
-    return M.organoid(n=12, spacing=25.0, radius=150.0, dt=DT, dtype=jnp.float64, **kw)
+    # chemo uptake up to 25 times its default (M11), beyond the default bounds: widened
+    # for every test here, so that they share one compiled program (the plan follows)
+    return tm.organoid(n=12, spacing=25.0, radius=150.0, dt=DT, dtype=jnp.float64,
+                       bounds={"chemo_uptake": (0.0, 0.5)}, **kw)
 
 
 def test_m11_ecm_slows_drugs_and_immune_cells():
@@ -248,13 +246,13 @@ def test_m15_anti_vegf_lowers_vessels_and_oxygen():
 
 
 def test_m16_radiotherapy_spares_hypoxic_cells_and_cscs():
-    table = M.niche_species()
+    table = tm.niche_species()
     p = tm.default_parameters(jnp.float64)
     f = np.zeros((len(table), 2, 1, 1))
     f[table.index("tumor")] = 0.5
     f[table.index("csc")] = 0.05
     f[table.index("oxygen")] = [[[40.0]], [[0.5]]]  # oxic, anoxic
-    out = np.asarray(M.radiotherapy(jnp.asarray(f), table, p, 2.0))
+    out = np.asarray(tm.radiotherapy(jnp.asarray(f), table, p, 2.0))
     surv_t = out[table.index("tumor"), :, 0, 0] / 0.5
     surv_c = out[table.index("csc"), :, 0, 0] / 0.05
     assert surv_t[1] > surv_t[0] + 0.2  # hypoxia protects (OER)
@@ -287,36 +285,38 @@ def test_m18_growth_pushes_a_compact_body_outwards():
     stuck = evolve(2, {"tissue_mobility": 0.0}, None, setup)
 
     def radius(f, threshold):
-        stack = np.stack([f[n] for n in setup.table.names])
-        return tm.tumor_radius(stack, setup.table, setup.grid, threshold, octant=True)
+        """Equal-volume radius (um) of the voxels with T + C + debris above ``threshold``."""
+        body = f["tumor"] + f["csc"] + f["debris"]
+        volume = np.sum(body > threshold) * setup.grid.voxel_volume * 8
+        return float(tm.equal_volume_radius(volume))
 
-    start = tm.tumor_radius(setup.fields, setup.table, setup.grid, 0.4, octant=True)
-    assert radius(grown, 0.4) > start + 20.0
+    start = {n: np.asarray(setup.field(n)) for n in setup.table.names}
+    assert radius(grown, 0.4) > radius(start, 0.4) + 20.0
     assert radius(grown, 0.4) > radius(stuck, 0.4) + 10.0
-    phi_grown, phi_stuck = (sum(f[c] for c in M.CELLS) for f in (grown, stuck))
+    phi_grown, phi_stuck = (sum(f[c] for c in tm.CELLS) for f in (grown, stuck))
     assert phi_grown[0, 0, 0] < 0.85 < 0.9 < phi_stuck[0, 0, 0]
     assert max(phi_grown.max(), phi_stuck.max()) <= 1.0 + 1e-9
     assert radius(grown, 0.1) - radius(grown, 0.7) < 25.0
 
 
 def test_extreme_parameters_keep_densities_non_negative_and_bounded():
-    """Every rate 20 times its default (the step plan rebuilt for the larger uptakes)."""
+    """Every rate 20 times its default (bounds widened: the plan is sized for the larger uptakes)."""
     fast = {q.name: q.value * 20.0 for q in tm.PARAMETERS if q.unit == "1/min"}
-    grid = tm.Grid((3, 3, 3), 200.0)
-    table = M.niche_species(params=fast)
-    stepper = tm.Stepper(grid, table, DT, M.niche_reaction, cell_speed=M.MAX_CELL_SPEED)
-    setup = M.Setup(grid, table, stepper, table.default_params(grid, jnp.float64)
-                    | tm.default_parameters(jnp.float64), None)
+    widened = {name: (0.0, v) for name, v in fast.items()}
+    box = tm.tissue(n=3, spacing=200.0, radius=100.0, dt=DT, dtype=jnp.float64, bounds=widened)
     values = MIXED_INIT | {"cd8": 0.1, "car_t": 0.05, "msc_trail": 0.05}
-    state = np.zeros((len(table),) + grid.shape)
+    state = np.zeros((len(box.table),) + box.grid.shape)
     for name, v in values.items():
-        state[table.index(name)] = v
-    setup = M.Setup(grid, table, stepper, setup.params, jnp.asarray(state))
+        state[box.table.index(name)] = v
+    setup = tm.Setup(box.problem, box.values)
     for env in (HYPOXIC, NORMOXIC | {"plasma_chemo": 1e4, "plasma_anti_pd1": 100.0}):
-        f = evolve(1, fast | env, None, setup)
-        phi = sum(f[c] for c in M.CELLS)
+        sol = tm.solve(setup.problem, tm.set_values(setup.values, fast | env), jnp.asarray(state),
+                       n_steps=DAY)
+        assert bool(sol.ok), sol.message(setup.problem)
+        f = {n: np.asarray(sol.fields[i]) for i, n in enumerate(setup.table.names)}
+        phi = sum(f[c] for c in tm.CELLS)
         assert phi.max() <= 1.0 + 1e-9
-        for name in tm.niche_species().names:
+        for name in tm.FIELD_NAMES:
             assert f[name].min() >= -1e-9 * max(1.0, abs(f[name]).max()), name
             assert np.isfinite(f[name]).all(), name
 
@@ -330,20 +330,24 @@ def test_conversions_conserve_cell_volume():
         "t_cell_exhaustion", "stroma_division_rate", "stroma_death", "treg_expansion_exosome",
         "car_t_expansion")}
     init = {"cd8": 0.05, "car_t": 0.02, "msc_trail": 0.02, "vessel": 0.01}
-    start = sum(v for k, v in (MIXED_INIT | init).items() if k in M.CELLS)
+    start = sum(v for k, v in (MIXED_INIT | init).items() if k in tm.CELLS)
     f = evolve(1, off | {"blood_o2": 3.0, "plasma_chemo": 500.0}, init)
-    total = sum(mean(f, c) for c in M.CELLS)
+    total = sum(mean(f, c) for c in tm.CELLS)
     assert mean(f, "debris") > 0.1  # plenty moved
     assert abs(total - start) < 1e-12
 
 
 def test_parameter_table_is_complete():
     names = {q.name for q in tm.PARAMETERS}
-    processes = {p.name for p in tm.PROCESSES} | set(M.HELPERS)
+    processes = {p.name for p in tm.PROCESSES} | {"hif_activity", "immune_suppression",
+                                                    "pd_l1", "self_renewal_share", "radiotherapy"}
     for q in tm.PARAMETERS:
         assert q.process in processes, q.name
         assert q.unit and q.meaning and q.source, q.name
-    # Every parameter is read by the model: tracing the reaction touches all of them.
+        assert q.lower <= q.value <= q.upper and q.scale in ("lin", "log", "logit"), q.name
+        assert q.lower >= 0 or q.scale == "lin", q.name  # rates may be 0: a process off
+        assert q.scale != "logit" or (q.lower >= 0 and q.upper <= 1), q.name
+    # Every parameter is read by the model: tracing every process touches all of them.
     read = set()
 
     class Spy(dict):
@@ -351,21 +355,23 @@ def test_parameter_table_is_complete():
             read.add(key)
             return dict.__getitem__(self, key)
 
-    stepper, params = WELL_MIXED
-    view = {n: jnp.ones((3, 3, 3)) for n in stepper.table.names}
-    M.niche_reaction(view, Spy(params))
-    M.radiotherapy(jnp.ones((len(stepper.table), 2, 2, 2)), stepper.table, Spy(params), 2.0)
+    setup = WELL_MIXED
+    params = setup.problem.inputs(setup.values, 0)
+    view = {n: jnp.ones((3, 3, 3)) for n in setup.table.names}
+    tm.niche_reaction(view, Spy(params))
+    tm.radiotherapy(jnp.ones((len(setup.table), 2, 2, 2)), setup.table, Spy(params), 2.0)
+    for proc in tm.PROCESSES:
+        if proc.kind == "transport":
+            proc.fn(jnp.ones((3, 3, 3)), Spy(params))
     assert names - read == set()
     with pytest.raises(KeyError, match="unknown model parameter"):
         tm.default_parameters(no_such_rate=1.0)
 
 
 def test_model_command_lists_every_field_process_and_mechanism(capsys):
-    from tmesim._cli import main
-
-    assert main(["model"]) == 0
+    assert tm.main(["model"]) == 0
     text = capsys.readouterr().out
-    for name in M.FIELD_NAMES:
+    for name in tm.FIELD_NAMES:
         assert f"  {name} " in text
     for proc in tm.PROCESSES:
         assert proc.name in text

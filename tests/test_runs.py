@@ -12,8 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tmesim._cli import main
-from tmesim._scenario import ScenarioError, scenario_from_text
+from tmesim import ScenarioError, main, scenario_from_text
 
 SCENARIOS = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 UNTREATED = SCENARIOS / "untreated_niche.toml"
@@ -157,8 +156,7 @@ def test_xdmf_sidecar_read_by_paraview_reader(tmp_path):
 
 
 def _tmesim(*args):
-    return [sys.executable, "-c", "import sys; from tmesim._cli import main; sys.exit(main())",
-            *args]
+    return [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())", *args]
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
@@ -193,3 +191,23 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         for name in a["observables"]:
             assert np.array_equal(a["observables"][name][...], b["observables"][name][...]), name
 
+
+
+def test_a_failing_run_stops_with_field_place_and_time(tmp_path, capsys):
+    """A dose of 1e39 nM overflows float32 (an input the validator does not refuse): the
+    loop's status stops the run at the first non-finite state, naming the field, the voxel
+    and the day; the file keeps its snapshots and last good checkpoint, marked failed."""
+    out = tmp_path / "f.h5"
+    sets = TINY + ["run.days=1", "run.checkpoint_every_days=0.5",
+                   'dose=[{drug = "chemo", level_nM = 1e39, start_day = 0.5}]']
+    assert main(["run", str(UNTREATED), "-o", str(out), "-q"]
+                + sum((["--set", s] for s in sets), [])) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "non-finite value" in err and "in chemo at voxel" in err and "day 0.5" in err
+    with h5py.File(out) as h5:
+        assert h5["meta"].attrs["status"] == "failed"
+        assert "chemo" in h5["meta"].attrs["message"]
+        np.testing.assert_array_equal(h5["time"][...], [0.0, 720.0])
+        assert max(int(ds.attrs["step"]) for ds in h5["checkpoint"].values()) == 144
+        assert np.isfinite(h5["fields/chemo"][...]).all()

@@ -11,15 +11,14 @@ import pytest
 from helpers import fitted_order
 
 import tmesim as tm
-from tmesim._spheroid import sphere_fraction
 
-# PhysiCell/BioFVM oxygen defaults (shared/data/physicell_default_parameters.csv)
+# PhysiCell/BioFVM oxygen defaults (docs/data/physicell_default_parameters.csv)
 D_O2, DECAY = 1e5, 0.1
 
 
-def _run(grid, species, dt, n_steps, init, reaction=None, params_extra=None):
+def _run(grid, species, dt, n_steps, init, reaction=None, params_extra=None, pinned=None):
     table = tm.SpeciesTable(tuple(species))
-    stepper = tm.Stepper(grid, table, dt, reaction)
+    stepper = tm.Stepper(grid, table, dt, reaction, pinned=pinned)
     params = table.default_params(grid, jnp.float64) | (params_extra or {})
     final, _ = tm.simulate(stepper, jnp.asarray(init, jnp.float64), params, n_steps)
     return np.asarray(final), stepper
@@ -152,20 +151,20 @@ def test_oxygen_in_consuming_sphere():
     """
     grid = tm.Grid((64, 64, 64), 10.0)
     k, R, Rb, c_inf = 10.0, 150.0, 300.0, 38.0
-    frac, r = sphere_fraction(grid, R), grid.distance_from_center()
+    frac, r = np.asarray(tm.ball_fraction(grid, R)), grid.distance_from_center()
 
     def uptake(f, params, t):
         return tm.Rates().lose("oxygen", k * params["cells"])
 
     init = np.full((1,) + grid.shape, c_inf)
-    extra = {"cells": jnp.asarray(frac), "pinned": jnp.asarray(r >= Rb)}
+    extra = {"cells": jnp.asarray(frac)}
     species = [tm.Species("oxygen", diffusion=D_O2, uptake=k)]
     x = R / np.sqrt(D_O2 / k)
     expected = 1.0 / (np.cosh(x) - (R / Rb) * (np.cosh(x) - np.sinh(x) / x))
     expected *= 1.0 + (8.66 / np.sqrt(D_O2 / k)) ** 2 / 6  # c(r) ≈ c(0)(1 + r²/6ℓ²)
     centers = []
     for dt, n_steps in ((0.01, 150), (0.2, 10)):
-        out, st = _run(grid, species, dt, n_steps, init, uptake, extra)
+        out, st = _run(grid, species, dt, n_steps, init, uptake, extra, pinned=r >= Rb)
         centers.append(out[0, 31:33, 31:33, 31:33].mean() / c_inf)  # 8 voxels at r = 8.7 um
         assert abs(centers[-1] / expected - 1.0) < 0.02, (dt, st.describe())
     assert st.describe()[0].startswith("rkl2")
