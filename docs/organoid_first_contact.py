@@ -4,7 +4,7 @@ Runs the default organoid (octant, 25 um voxels, dt = 2 min) from a radius of
 77 um at day 4 (the EMT6/Ro diameter at day 4.2, Freyer & Sutherland 1986) to
 day 23, records outer, hypoxic and necrotic radii every 12 h and the radial
 profiles at the end, and draws docs/organoid_first_contact.png against
-shared/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
+docs/data (Freyer & Sutherland 1986 EMT6/Ro; Browning et al. 2021 WM793b and
 WM983b radii). Usage:
     python docs/organoid_first_contact.py --n 32                 # default parameters
     python docs/organoid_first_contact.py --n 24 --spacing 30 --o2-uptake 500 \
@@ -24,11 +24,14 @@ import jax
 import numpy as np
 
 import tmesim as tm
-from tmesim import _model as M
-from tmesim._spheroid import equal_volume_radius
 
 HERE = pathlib.Path(__file__).parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = HERE / "data"
+
+
+def equal_volume_radius(mask, grid):
+    """Radius (um) of the sphere with the volume of the voxels in ``mask`` (an octant)."""
+    return float(tm.equal_volume_radius(np.sum(mask) * grid.voxel_volume * 8))
 
 
 def measure(f, setup):
@@ -37,9 +40,9 @@ def measure(f, setup):
     body = live + f[i("debris")]
     inside = body > 0.1
     return {
-        "outer": equal_volume_radius(inside, setup.grid, 8),
-        "hypoxic": equal_volume_radius(inside & (f[i("oxygen")] < 15.0), setup.grid, 8),
-        "necrotic": equal_volume_radius(inside & (f[i("debris")] > live), setup.grid, 8),
+        "outer": equal_volume_radius(inside, setup.grid),
+        "hypoxic": equal_volume_radius(inside & (f[i("oxygen")] < 15.0), setup.grid),
+        "necrotic": equal_volume_radius(inside & (f[i("debris")] > live), setup.grid),
         "csc_share": float(f[i("csc")].sum() / max(live.sum(), 1e-12)),
         "min_o2": float(f[i("oxygen")].min()),
     }
@@ -146,10 +149,11 @@ def main():
         print(f"wrote {args.out}.png")
         return
     overrides = None if args.o2_uptake is None else {"o2_uptake": args.o2_uptake}
-    setup = M.organoid(n=args.n, spacing=args.spacing, radius=77.0, dt=args.dt, overrides=overrides)
+    setup = tm.organoid(n=args.n, spacing=args.spacing, radius=77.0, dt=args.dt,
+                        overrides=overrides)
     per = round(720 / args.dt)  # 12 h
     n_out = round((args.days - 4.0) * 2)
-    state = setup.fields
+    state = tm.start_state(setup.problem, setup.values)
     result = {"day": [4.0], "plan": setup.stepper.describe(), "jax": jax.__version__,
               "grid": [args.n, args.spacing], "dt": args.dt,
               "label": "default" if overrides is None else f"o2_uptake {args.o2_uptake:g} mmHg/min"}
@@ -157,7 +161,8 @@ def main():
         result[k] = [v]
     t0 = time.perf_counter()
     for k in range(n_out):
-        state, _ = tm.simulate(setup.stepper, state, setup.params, per)
+        sol = tm.solve(setup.problem, setup.values, state, n_steps=per, start=k * per)
+        state = sol.fields
         f = np.asarray(state)
         result["day"].append(4.0 + 0.5 * (k + 1))
         for key, v in measure(f, setup).items():
