@@ -297,6 +297,9 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_o
             y = jnp.where(pinned, c, y)
         return (y, y_prev), None
 
+    # reverse mode stores each stage's two inputs and recomputes the stencil
+    # from them, rather than storing its intermediates (issue 10: memory)
+    stage = jax.checkpoint(stage, prevent_cse=False)
     (y, _), _ = jax.lax.scan(stage, (y1, c), jnp.asarray(table, c.dtype))
     return y
 

@@ -385,7 +385,9 @@ class Stepper:
             ), None
 
         # a scan, not an unrolled loop: one copy of the pass in the program
-        # (unrolled, 17 sub-steps made a gradient take minutes to compile)
+        # (unrolled, 17 sub-steps made a gradient take minutes to compile);
+        # reverse mode keeps each sub-step's input and recomputes the pass
+        substep = jax.checkpoint(substep, prevent_cse=False)
         return jax.lax.scan(substep, c, None, length=g.stages)[0]
 
     def _inflows(self, view, rates):
