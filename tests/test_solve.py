@@ -158,9 +158,8 @@ def test_vmap_over_parameter_sets_and_conditions_equals_a_loop():
     assert not np.allclose(out.fields[0], out.fields[2])
 
 
-def test_checkpointing_is_chosen_apart_from_saving():
-    """One or three nested checkpoint levels: the same gradient, and that of finite
-    differences, with the saving unchanged."""
+def _oxygen_problem():
+    """A small bare-Stepper problem: oxygen consumed by a static cell field at rate k."""
     grid = tm.Grid((8, 6, 5), 20.0, tm.Dirichlet(38.0))
     table = tm.SpeciesTable((tm.Species("oxygen", diffusion=1e5, decay=0.1, uptake=20.0),
                              tm.Species("cells", kind="matrix")))
@@ -168,20 +167,41 @@ def test_checkpointing_is_chosen_apart_from_saving():
     def uptake(f, params, t):
         return tm.Rates().lose("oxygen", params["k"] * f["cells"])
 
-    problem = tm.StepperProblem(tm.Stepper(grid, table, 0.05, uptake))
+    stepper = tm.Stepper(grid, table, 0.05, uptake)
     params = table.default_params(grid, jnp.float64) | {"k": jnp.asarray(10.0)}
     rng = np.random.default_rng(0)
     y0 = jnp.asarray(np.concatenate([np.full((1,) + grid.shape, 38.0),
                                      rng.uniform(0, 1, (1,) + grid.shape)]))
-    save = tm.SaveAt(jnp.asarray([10, 37]))
+    return stepper, params, y0
+
+
+def test_checkpointing_is_chosen_apart_from_saving():
+    """One or three nested checkpoint levels: the same gradient, and that of finite
+    differences, with the saving unchanged; a save step past the end stays empty even
+    where the levels round the loop up (37 steps run as 3 x 4 x 4 = 48)."""
+    stepper, params, y0 = _oxygen_problem()
+    problem = tm.StepperProblem(stepper)
+    save = tm.SaveAt(jnp.asarray([10, 37, 40]))
+
+    def solved(k, levels):
+        return tm.solve(problem, params | {"k": k}, y0, n_steps=37, save=save,
+                        checkpoints=levels)
 
     def loss(k, levels):
-        sol = tm.solve(problem, params | {"k": k}, y0, n_steps=37, save=save,
-                       checkpoints=levels)
-        return jnp.sum(sol.saved[:, 0] ** 2)
+        return jnp.sum(solved(k, levels).saved[:2, 0] ** 2)
 
+    assert not np.asarray(solved(10.0, 3).saved[2]).any()
     grads = [jax.grad(loss)(jnp.asarray(10.0), levels) for levels in (1, 3)]
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)
     h = 1e-4
     fd = (loss(10.0 + h, 3) - loss(10.0 - h, 3)) / (2 * h)
     np.testing.assert_allclose(grads[0], fd, rtol=1e-7)
+
+
+def test_simulate_raises_where_solve_reports():
+    """A bare run that fails raises with the field and step; solve without y0 starts at 0."""
+    stepper, params, y0 = _oxygen_problem()
+    with pytest.raises(FloatingPointError, match=r"non-finite value .* in oxygen .* step 1 "):
+        tm.simulate(stepper, y0, params | {"k": jnp.asarray(np.nan)}, 4)
+    with pytest.raises(ValueError, match=r"solve\(start=5\): pass y0"):
+        tm.solve(SETUP.problem, SETUP.values, n_steps=2, start=5)

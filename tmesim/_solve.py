@@ -21,7 +21,9 @@ stepper in one compiled call (diffrax's ``diffeqsolve`` and jax-cfd's
   chosen apart from the saving: ``checkpoints = L`` splits the steps into L
   nested levels of about n^(1/L) each, every level and every step
   rematerialised, so a gradient stores about L·n^(1/L) states (one per
-  segment boundary) instead of n, for L − 1 extra forward passes.
+  segment boundary) instead of n, plus the inputs of one step's RKL stages
+  and cell sub-steps (recomputed from them, not stored), for about L + 1
+  extra forward passes.
 
 Everything a user may fit or sweep is in ``values`` (a float pytree), never
 in the static ``problem``, so new values never recompile and batch with vmap.
@@ -106,8 +108,9 @@ class SaveAt:
     """What to save and when: ``fn(problem, fields, values, step)`` at the absolute ``steps``.
 
     steps: (S,) integers (traced values allowed); a step equal to the solve's
-    start saves the initial state; steps outside (start, start + n_steps]
-    leave zeros. fn: a module-level function (it is a static argument of the
+    start saves the initial state; steps outside [start, start + n_steps]
+    leave zeros; after a failure (``Status``) later steps save the last good
+    state. fn: a module-level function (it is a static argument of the
     compiled loop: a new lambda per call would recompile) returning a pytree;
     None saves the fields (F, X, Y, Z).
     """
@@ -186,9 +189,9 @@ def _guard(stepper: Stepper, blocks, status: Status, step, ran):
 
     def locate(_):
         f = stepper.merge(blocks)
-        bad = ~jnp.isfinite(f)
         kinds = np.array([s.kind == "cell" for s in stepper.table])
-        bad = bad | (jnp.asarray(kinds)[:, None, None, None] & (f < -NEGATIVE_TOLERANCE))
+        negative = jnp.asarray(kinds)[:, None, None, None] & (f < -NEGATIVE_TOLERANCE)
+        bad = jnp.where(finite, negative, ~jnp.isfinite(f))  # the failure the code names
         flat = jnp.argmax(bad.reshape(-1)).astype(jnp.int32)
         n_vox = int(np.prod(stepper.grid.shape))
         return flat // n_vox, flat % n_vox
@@ -255,7 +258,9 @@ def _solve(problem: Problem, fn, n_steps: int, levels: int, values, y0, start, s
         new = jax.lax.cond(run, advance, lambda b: b, blocks)
         status, failed = _guard(st, new, status, k + 1, run)
         blocks = jax.lax.cond(failed, lambda: blocks, lambda: new)
-        return blocks, status, save(saved, blocks, k + 1)
+        # the nested levels may round the loop up: steps past the stop save nothing
+        saved = jax.lax.cond(k < stop, lambda s: save(s, blocks, k + 1), lambda s: s, saved)
+        return blocks, status, saved
 
     step = jax.checkpoint(step, prevent_cse=False)  # inside scans: no CSE across iterations anyway
 
@@ -305,7 +310,8 @@ def solve(problem: Problem, values, y0=None, *, n_steps: int, start=0, save: Sav
     Python int (it fixes the loop's length); start: the step clock's start
     (traced: chunks of one run share the compiled loop); save: ``SaveAt``;
     checkpoints: nesting levels of the reverse-mode checkpointing (1: store
-    every step's state; 2: about 2√n states, one extra forward pass).
+    every step's state; 2: about 2√n states; each level costs one more
+    forward pass in reverse mode).
     Values outside the problem's bounds raise ValueError here when concrete,
     and set ``Status.OUT_OF_BOUNDS`` (nothing runs) when traced.
     """
@@ -314,6 +320,9 @@ def solve(problem: Problem, values, y0=None, *, n_steps: int, start=0, save: Sav
                          f"loop's length), got {n_steps!r}")
     problem.check_values(values)
     if y0 is None:
+        if not isinstance(start, jax.core.Tracer) and int(start) != 0:
+            raise ValueError(f"solve(start={int(start)}): pass y0, the state at that step "
+                             f"(without y0 the run starts from step 0's state)")
         y0 = start_state(problem, values)
     saving = SaveAt(jnp.zeros((0,), jnp.int32)) if save is None else save
     sol = _solve(problem, saving.fn, int(n_steps), int(checkpoints), values, jnp.asarray(y0),
@@ -326,7 +335,10 @@ def simulate(stepper: Stepper, fields, params, n_steps: int, save_every: int | N
 
     Returns ``(final, snapshots)`` with snapshots of shape
     (n_steps // save_every, F, X, Y, Z), the state after every ``save_every``
-    steps. ``params`` are the stepper's parameters (its values).
+    steps. ``params`` are the stepper's parameters (its values). A run that
+    fails (``Status``) raises FloatingPointError with the field, voxel and
+    step when called outside a transformation; inside ``jit`` or ``grad`` use
+    ``solve``, which returns the status.
     """
     save_every = n_steps if save_every is None else save_every
     if n_steps < 1 or save_every < 1 or n_steps % save_every:
@@ -334,5 +346,8 @@ def simulate(stepper: Stepper, fields, params, n_steps: int, save_every: int | N
             f"n_steps ({n_steps}) must be a positive multiple of save_every ({save_every})"
         )
     steps = jnp.arange(save_every, n_steps + 1, save_every, dtype=jnp.int32)
-    sol = solve(StepperProblem(stepper), params, fields, n_steps=n_steps, save=SaveAt(steps))
+    problem = StepperProblem(stepper)
+    sol = solve(problem, params, fields, n_steps=n_steps, save=SaveAt(steps))
+    if not isinstance(sol.status.code, jax.core.Tracer) and not sol.ok:
+        raise FloatingPointError(f"simulate: {sol.message(problem)}")
     return sol.fields, sol.saved
