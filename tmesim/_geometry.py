@@ -17,7 +17,7 @@ values = {
     "initial":   {"radius_um", "csc_fraction", ...} organoid: plus the
                  co-culture cells seeded in the medium (volume fraction);
                  tissue: plus "vessel_density" and "stroma"
-    "schedule":  treatments (``tmesim._treatment``)
+    "schedule":  treatments (``tmesim.schedule``)
 }
 """
 
@@ -51,7 +51,7 @@ from ._model import (
 from ._parameters import Bounds, check_bounds, default_parameters, within_bounds
 from ._solve import Problem
 from ._species import SpeciesTable
-from ._stepper import Stepper
+from ._stepper import StaticArray, Stepper
 from ._treatment import drug_levels, events_at, inject, medium_levels, schedule
 
 TISSUE_O2 = 38.0  # mmHg: PhysiCell's physioxic tissue level, the tissue's initial oxygen
@@ -91,22 +91,6 @@ def equal_volume_radius(volume):
     """Radius (um) of the sphere of ``volume`` (um³): (3V/4π)^(1/3), finite gradient at V → 0."""
     v = jnp.maximum(jnp.asarray(volume), 1e-30)
     return (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
-
-
-class StaticArray:
-    """A NumPy array inside a static, hashable object (hash of its bytes)."""
-
-    def __init__(self, array):
-        self.array = np.array(array)
-        self.array.setflags(write=False)
-        self._hash = hash((self.array.shape, self.array.dtype.str, self.array.tobytes()))
-
-    def __hash__(self):
-        return self._hash
-
-    def __eq__(self, other):
-        return (isinstance(other, StaticArray) and self._hash == other._hash
-                and np.array_equal(self.array, other.array))
 
 
 @dataclass(frozen=True)
@@ -294,7 +278,7 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     immune_medium: {"cd8": 0.02, ...} seeds cells uniformly in the medium
     (co-culture). overrides: parameter values; diffusion: coefficients;
     bounds: {path: (lower, upper)} overriding the default bounds (the plan is
-    sized from them); schedule_values: treatments (``_treatment.schedule``).
+    sized from them); schedule_values: treatments (``tmesim.schedule``).
     """
     faces = (Neumann(), Dirichlet(0.0)) * 3 if octant else (Dirichlet(0.0),) * 6
     grid = Grid((n, n, n), spacing, faces)

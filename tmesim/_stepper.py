@@ -203,19 +203,19 @@ class FieldView:
         return self._blocks[g][j]
 
 
-class StaticMask:
-    """A boolean (X, Y, Z) array usable inside a static, hashable object (hash of its bytes)."""
+class StaticArray:
+    """A NumPy array inside a static, hashable object (hash of its bytes)."""
 
-    def __init__(self, mask):
-        self.array = np.asarray(mask, dtype=bool)
+    def __init__(self, array, dtype=None):
+        self.array = np.array(array, dtype=dtype)
         self.array.setflags(write=False)
-        self._hash = hash((self.array.shape, self.array.tobytes()))
+        self._hash = hash((self.array.shape, self.array.dtype.str, self.array.tobytes()))
 
     def __hash__(self):
         return self._hash
 
     def __eq__(self, other):
-        return (isinstance(other, StaticMask) and self._hash == other._hash
+        return (isinstance(other, StaticArray) and self._hash == other._hash
                 and np.array_equal(self.array, other.array))
 
 
@@ -249,14 +249,14 @@ class Stepper:
     cell_speed: float = 0.0
     pressure: Callable | None = None
     pressure_stiffness: float = 0.0
-    pinned: StaticMask | None = None
+    pinned: StaticArray | None = None
     groups: tuple = field(init=False)
     _where: dict = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "dt", float(self.dt))
-        if self.pinned is not None and not isinstance(self.pinned, StaticMask):
-            object.__setattr__(self, "pinned", StaticMask(self.pinned))
+        if self.pinned is not None and not isinstance(self.pinned, StaticArray):
+            object.__setattr__(self, "pinned", StaticArray(self.pinned, bool))
         if self.pinned is not None and self.pinned.array.shape != self.grid.shape:
             raise ValueError(f"Stepper.pinned: expected shape {self.grid.shape}, "
                              f"got {self.pinned.array.shape}")
