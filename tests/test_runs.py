@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tmesim import ScenarioError, main, scenario_from_text
+from tmesim import SOLUTES, ScenarioError, main, scenario_from_text
 
 SCENARIOS = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 UNTREATED = SCENARIOS / "untreated_niche.toml"
@@ -72,6 +72,17 @@ def test_set_overrides_are_validated_too():
     assert "expected key=value" in error_of(GOOD, ["grid.n"])
     sc = scenario_from_text(GOOD, "ok.toml", ["grid.n=10", "geometry.co_culture.cd8=0.02"])
     assert sc.data["grid"]["n"] == 10 and sc.data["geometry"]["co_culture"] == {"cd8": 0.02}
+
+
+def test_a_medium_change_washes_drugs_out_of_the_medium():
+    """Fresh medium carries no drug unless its table lists one; other levels carry over."""
+    sc = scenario_from_text(GOOD, "ok.toml", [
+        "geometry.medium={oxygen = 100.0, chemo = 50.0}",
+        'medium_change=[{day = 0.25}, {day = 0.5, medium = {chemo = 20.0, oxygen = 15.0}}]'])
+    medium = sc.schedule()["medium"]
+    names = list(SOLUTES)
+    levels = [dict(zip(names, row)) for row in np.asarray(medium["level"])[:2]]
+    assert [(lv["oxygen"], lv["chemo"]) for lv in levels] == [(100.0, 0.0), (15.0, 20.0)]
 
 
 def test_cli_bad_input_exits_2_with_one_paragraph(tmp_path, capsys):

@@ -65,7 +65,7 @@ _ROWS = [
     ("tumor_division_rate", 0.00072, "1/min", "tumor_proliferation", "division rate of progenitor/differentiated cells at o2_reference (16 h doubling)", PC.format("live_cycle_entry_rate")),
     ("progenitor_terminal", 0.25, "1", "tumor_proliferation", "share of progenitor daughters that differentiate terminally (stop dividing and die)", "assumed: limited proliferative capacity of non-stem cells (CSC hierarchy); 0.5 would stop net progenitor growth"),
     ("apoptosis_rate", 5.31667e-05, "1/min", "apoptosis", "apoptotic death rate of tumor cells (bodies cleared at once)", PC.format("apoptosis_death_rate")),
-    ("csc_division_rate", 0.00036, "1/min", "csc_division", "CSC division rate at o2_reference (half the bulk rate: slow-cycling)", "assumed: CSCs cycle about half as fast as bulk cells (quiescence, MODEL.md)"),
+    ("csc_division_rate", 0.00036, "1/min", "csc_division", "CSC division rate at o2_reference (half the bulk rate: slow-cycling)", "assumed: CSCs cycle about half as fast as bulk cells (quiescence)"),
     ("self_renewal_base", 0.2, "1", "csc_division", "share of new CSC volume that stays CSC in normoxia without niche signals", "assumed: keeps CSCs a minority (<10%) in a normoxic organoid"),
     ("self_renewal_max", 0.9, "1", "csc_division", "upper bound of the self-renewal share", "assumed"),
     ("self_renewal_hif", 0.5, "1", "csc_division", "self-renewal gain at full HIF activity (M1)", "assumed: hypoxia roughly triples stemness-gene expression"),
@@ -344,8 +344,6 @@ class Bounds:
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                 raise ValueError(f"bounds of {path!r}: expected finite lower <= upper, "
                                  f"got [{lo:g}, {hi:g}]")
-            if scale in ("log",) and lo <= 0:
-                scale = "lin"  # a log scale needs a positive lower bound
             merged[path] = (lo, hi, scale)
         return Bounds(tuple((k, *v) for k, v in merged.items()))
 

@@ -270,7 +270,7 @@ class Scenario:
                       key=lambda e: (e[0], e[1]))
 
     def schedule(self) -> dict:
-        """The treatment schedule values (``tmesim._treatment``): doses, medium changes,
+        """The treatment schedule values (``tmesim.schedule``): doses, medium changes,
         radiotherapy fractions and injections, times as minutes or steps."""
         from ._treatment import schedule
 
@@ -278,8 +278,8 @@ class Scenario:
         levels = {s: 0.0 for s in SOLUTES} | {"oxygen": ORGANOID_MEDIUM_O2}
         levels |= self.data["geometry"]["medium"]
         medium = []
-        for day, _, item in changes:
-            levels = levels | item["medium"]
+        for day, _, item in changes:  # fresh medium: no drug unless listed
+            levels = levels | {d: 0.0 for d in DRUGS} | item["medium"]
             medium.append((self.steps(day), dict(levels)))
         washes = [day * MIN_PER_DAY for day, _, _ in changes]
         doses = []
