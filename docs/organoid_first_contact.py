@@ -162,6 +162,8 @@ def main():
     t0 = time.perf_counter()
     for k in range(n_out):
         sol = tm.solve(setup.problem, setup.values, state, n_steps=per, start=k * per)
+        if not sol.ok:
+            raise SystemExit(f"organoid_first_contact: {sol.message(setup.problem)}")
         state = sol.fields
         f = np.asarray(state)
         result["day"].append(4.0 + 0.5 * (k + 1))

@@ -1,4 +1,4 @@
-"""The niche model: one direction-of-effect test per mechanism of MODEL.md (M1-M18),
+"""The niche model: one direction-of-effect test per mechanism (M1-M18, docs/model.md),
 non-negativity and the volume bound under extreme parameters, conservation of
 conversions, and the parameter table.
 

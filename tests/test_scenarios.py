@@ -1,4 +1,4 @@
-"""The seven scenarios of scenarios/ at a small size: each shows its MODEL.md outcome.
+"""The seven scenarios of scenarios/ at a small size: each shows its outcome (scenarios/README.md).
 
 Small size: 8³ voxels of 40 um (an organoid octant of 320 um, or a tissue block
 with a tumour of radius 100 um), dt = 5 min; the scenario's treatments, times
