@@ -16,10 +16,11 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
   reaction    full − transport, the cost the model adds per step;
   ratio       reaction / transport (the issue's target: ≤ 2 at 64^3, dt 0.01).
 
-Also timed alone: ``reaction-pass``, one jitted evaluation of every process
-and the update of all 31 fields from it (no transport), in one program.
-Median of ``repeats`` calls of 10 steps each after a warm-up call (the
-compile time is reported apart).
+Both run through ``tmesim.simulate`` with the stepper's parameters at t = 0
+(``NicheProblem.inputs``). Median of ``repeats`` calls of 10 steps each
+after a warm-up call (the compile time is reported apart). The plan follows
+the default value bounds (oxygen uptake up to 1500 mmHg/min at K = 1 mmHg,
+diffusion up to 1.5 times the defaults, the crowding pressure's stiffness).
 """
 
 from __future__ import annotations
@@ -35,30 +36,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
 
 import tmesim  # noqa: E402
-from tmesim import _model as M  # noqa: E402
 
 STEPS = 10
 
 
-def build(n: int, dt: float, reaction):
-    setup = M.tissue(n=n, spacing=20.0, radius=5.0 * n, dt=dt)
-    stepper = tmesim.Stepper(setup.grid, setup.table, dt, reaction, cell_speed=M.MAX_CELL_SPEED)
-    return setup, stepper
-
-
-def reaction_only(setup, stepper):
-    """One evaluation of every process and the in-place update of every field."""
-
-    @jax.jit
-    def run(fields, params):
-        blocks = stepper.split(fields)
-        view = tmesim.FieldView(stepper, blocks)
-        rates = M.niche_reaction(view, params)
-        inflow = stepper._inflows(view, rates)
-        out = [stepper._react_in_place(g, c, rates, inflow) for g, c in zip(stepper.groups, blocks)]
-        return stepper.merge(out)
-
-    return run
+def build(n: int, dt: float, reaction: bool):
+    setup = tmesim.tissue(n=n, spacing=20.0, radius=5.0 * n, dt=dt)
+    st = setup.stepper
+    stepper = st if reaction else tmesim.Stepper(
+        st.grid, st.table, dt, None, cell_speed=st.cell_speed, pressure=st.pressure,
+        pressure_stiffness=st.pressure_stiffness)
+    return setup, stepper, setup.problem.inputs(setup.values, 0)
 
 
 def main():
@@ -75,10 +63,11 @@ def main():
     with open(args.out, "a") as out:
         for dt in args.dts:
             times = {}
-            for name, reaction in (("transport", None), ("full", M.niche_reaction)):
-                setup, stepper = build(args.n, dt, reaction)
+            for name, reaction in (("transport", False), ("full", True)):
+                setup, stepper, params = build(args.n, dt, reaction)
+                fields = setup.fields
                 first, ts = time_calls(
-                    lambda s=stepper, st=setup: tmesim.simulate(s, st.fields, st.params, STEPS)[0],
+                    lambda s=stepper, f=fields, p=params: tmesim.simulate(s, f, p, STEPS)[0],
                     args.repeats)
                 times[name] = timing_fields(first, ts, STEPS)
                 result = {"method": name, "N": args.n, "fields": len(setup.table), "dt": dt,
@@ -88,11 +77,6 @@ def main():
             lines.append(emit({"method": "reaction", "N": args.n, "dt": dt, "step_s": reaction,
                                "ratio_to_transport": reaction / times["transport"]["step_s"]},
                               provenance, out))
-        setup, stepper = build(args.n, args.dts[0], M.niche_reaction)
-        run = reaction_only(setup, stepper)
-        first, ts = time_calls(lambda: run(setup.fields, setup.params), args.repeats * STEPS)
-        lines.append(emit({"method": "reaction-pass", "N": args.n, "fields": len(setup.table),
-                           "dtype": "float32", **timing_fields(first, ts, 1)}, provenance, out))
     print()
     for r in lines:
         extra = f"  ratio {r['ratio_to_transport']:.2f}" if "ratio_to_transport" in r else ""
