@@ -198,9 +198,6 @@ class NicheProblem(Problem):
         fields = radiotherapy(fields, self.table, values["params"], dose)
         return inject(fields, self.table, amount, aux)
 
-    def describe(self) -> list[str]:
-        return self.stepper.describe()
-
 
 @partial(jax.jit, static_argnums=0)
 def initial_fields(problem: Problem, values):
