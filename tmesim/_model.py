@@ -136,8 +136,20 @@ def niche_species(boundary=None, bounds=None) -> SpeciesTable:
 
 # --------------------------------------------------------------------------
 # shared quantities
+def _nonnegative(x):
+    """A density's or concentration's positive part, max(x, 0), with slope 1 at x = 0.
+
+    Fields leave 0 only upwards (a drug before its dose, a cytokine nothing
+    secretes), so at 0 the derivative that matters is the right-hand one;
+    ``jnp.maximum`` gives 1/2 there, which halved the slope of every effect of
+    a value whose field starts at 0 (a medium drug level, issue 10). The clip
+    keeps round-off undershoots (−1e-12) of the solvers out; NaN passes.
+    """
+    return jnp.where(x < 0.0, 0.0, x)
+
+
 def _hill(x, k):
-    x = jnp.maximum(x, 0.0)
+    x = _nonnegative(x)
     return x / (x + k)
 
 
@@ -152,7 +164,7 @@ def _ramp_down(x, start, full):
 
 def shared_quantities(f, p) -> dict:
     """φ, room, oxygen-dependent factors and HIF activity, computed once per evaluation."""
-    o2 = jnp.maximum(f["oxygen"], 0.0)
+    o2 = _nonnegative(f["oxygen"])
     phi = sum(f[c] for c in CELLS)
     d = {
         "phi": phi,
@@ -181,7 +193,7 @@ def hif_activity(f, p, d):
     HIF-driven term (self-renewal, dedifferentiation, VEGF, PD-L1, glycolysis).
     """
     ramp = _ramp_down(d["o2"], p["o2_hypoxic_threshold"], p["o2_hypoxic_saturation"])
-    return ramp / (1.0 + jnp.maximum(f["hif_inhibitor"], 0.0) / p["hif_inhibitor_k"])
+    return ramp / (1.0 + _nonnegative(f["hif_inhibitor"]) / p["hif_inhibitor_k"])
 
 
 def immune_suppression(f, p, d):
@@ -190,9 +202,9 @@ def immune_suppression(f, p, d):
     M6 (IL-10, TGF-β from M2 TAMs), M12 (acidity) and Treg suppression, shared
     by T-cell and CAR-T killing and expansion.
     """
-    return 1.0 / ((1.0 + jnp.maximum(f["il10"], 0.0) / p["il10_k"])
-                  * (1.0 + jnp.maximum(f["tgfb"], 0.0) / p["tgfb_k"])
-                  * (1.0 + jnp.maximum(f["lactate"], 0.0) / p["lactate_k"])
+    return 1.0 / ((1.0 + _nonnegative(f["il10"]) / p["il10_k"])
+                  * (1.0 + _nonnegative(f["tgfb"]) / p["tgfb_k"])
+                  * (1.0 + _nonnegative(f["lactate"]) / p["lactate_k"])
                   * (1.0 + f["treg"] / p["treg_k"]))
 
 
@@ -299,7 +311,7 @@ def pressure_stiffness(b) -> float:
 
 def vascular_supply(f, p, d, r):
     """∂c/∂t += k_c·vessel·(c_blood − c) for O2, every drug (c_blood = plasma_<drug>) and lactate (c_blood = 0) (M2)."""
-    v = jnp.maximum(f["vessel"], 0.0)
+    v = _nonnegative(f["vessel"])
     k = p["vessel_o2_exchange"] * v
     r.produce("oxygen", k * p["blood_o2"]).lose("oxygen", k)
     for drug in DRUGS:
@@ -326,7 +338,7 @@ def vegf_secretion(f, p, d, r):
 
 def angiogenesis(f, p, d, r):
     """∂v/∂t += r_a·H(VEGF_free)·(v + v_seed)·(1 − v/v_max)⁺ − r_reg·(1 − H(VEGF_free))·v, VEGF_free = VEGF/(1 + antiVEGF/K) (M2, M15)."""
-    vegf = jnp.maximum(f["vegf"], 0.0) / (1.0 + jnp.maximum(f["anti_vegf"], 0.0) / p["anti_vegf_k"])
+    vegf = _nonnegative(f["vegf"]) / (1.0 + _nonnegative(f["anti_vegf"]) / p["anti_vegf_k"])
     signal = _hill(vegf, p["vegf_k"])
     v = f["vessel"]
     r.produce("vessel", p["angiogenesis_rate"] * signal * (v + p["vessel_seed"])
@@ -388,10 +400,10 @@ def macrophage_polarisation(f, p, d, r):
 def immune_recruitment(f, p, d, r):
     """At vessels: ∂M1/∂t += r_mac·v·H(CCL2)·room; ∂Treg/∂t += r_treg·v·H(CCL2 + CXCL12)·room;
     ∂CD8/∂t += r_T·v·room/(1 + exo/K_prime) (M8; M5: exosomes impair priming)."""
-    v, room = jnp.maximum(f["vessel"], 0.0), d["room"]
+    v, room = _nonnegative(f["vessel"]), d["room"]
     r.produce("m1", p["macrophage_recruitment"] * v * _hill(f["ccl2"], p["ccl2_k"]) * room)
     r.produce("treg", p["treg_recruitment"] * v * _hill(f["ccl2"] + f["cxcl12"], p["ccl2_k"]) * room)
-    priming = 1.0 / (1.0 + jnp.maximum(f["exosome"], 0.0) / p["priming_exosome_k"])
+    priming = 1.0 / (1.0 + _nonnegative(f["exosome"]) / p["priming_exosome_k"])
     r.produce("cd8", p["t_cell_recruitment"] * v * priming * room)
 
 
@@ -437,7 +449,7 @@ def chemotherapy(f, p, d, r):
     division); CSCs cycle slower and pump the drug out (ABC transporters:
     intracellular drug = chemo / (1 + efflux)).
     """
-    chemo = jnp.maximum(f["chemo"], 0.0)
+    chemo = _nonnegative(f["chemo"])
     cycling = p["chemo_lethality"] * d["o2_growth"] * d["room"]
     r.move("tumor", "debris", cycling * p["tumor_division_rate"] * _hill(chemo, p["chemo_k"]))
     r.move("csc", "debris", cycling * p["csc_division_rate"]
@@ -464,7 +476,7 @@ def ecm_remodelling(f, p, d, r):
 
 def ecm_barrier(f, p, d, r):
     """D_drug, D_exo and immune/MSC motility × 1/(1 + ECM/K_ECM) (M11)."""
-    factor = 1.0 / (1.0 + jnp.maximum(f["ecm"], 0.0) / p["ecm_k"])
+    factor = 1.0 / (1.0 + _nonnegative(f["ecm"]) / p["ecm_k"])
     for name in HINDERED:
         r.scale_mobility(name, factor)
 
@@ -479,7 +491,7 @@ def stroma_growth(f, p, d, r):
 
 def msc_dynamics(f, p, d, r):
     """∂MSC/∂t += r·v·H(CXCL12)·room; MSC → CAF at k·H(TGFβ) (M13)."""
-    r.produce("msc", p["msc_recruitment"] * jnp.maximum(f["vessel"], 0.0) * d["cxcl12"] * d["room"])
+    r.produce("msc", p["msc_recruitment"] * _nonnegative(f["vessel"]) * d["cxcl12"] * d["room"])
     r.move("msc", "caf", p["msc_to_caf"] * d["tgfb"])
 
 
@@ -585,7 +597,7 @@ def radiotherapy(fields, table: SpeciesTable, p, dose):
     fields: stacked (F, X, Y, Z); dose in Gy; returns the new stacked fields.
     """
     i = table.index
-    o2 = jnp.maximum(fields[i("oxygen")], 0.0)
+    o2 = _nonnegative(fields[i("oxygen")])
     omf = (p["rt_oer"] * o2 + p["rt_oer_k"]) / (p["rt_oer"] * (o2 + p["rt_oer_k"]))
     de = dose * omf
     out = fields
