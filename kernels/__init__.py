@@ -20,6 +20,9 @@ from ._diffusion import (
     explicit_step as explicit_step,
 )
 from ._diffusion import (
+    rkl1_coefficients as rkl1_coefficients,
+)
+from ._diffusion import (
     rkl1_stages as rkl1_stages,
 )
 from ._diffusion import (

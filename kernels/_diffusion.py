@@ -276,15 +276,31 @@ def rkl1_coefficients(stages: int) -> tuple[np.ndarray, float]:
     return np.array(rows).reshape(-1, 4), w1
 
 
-def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_order):
-    D, decay, source = _prepare(c, D, decay, source)
-    f0 = diffusion_rate(c, spacing, D, decay, bc, pinned, source)
-    y1 = c + (mu1 * dt) * f0  # f0 is exactly 0 on pinned voxels
-    if len(table) == 0:
-        return y1
+def _map_faces(bc, fn):
+    """The boundary data with ``fn`` applied to every face that has data."""
+    return tuple(None if a is None else tuple(None if f is None else fn(f) for f in a)
+                 for a in bc)
 
-    def stage(carry, coef):
-        y_prev, y_prev2 = carry
+
+def _stage_function(dt, spacing, pinned, second_order):
+    """One RKL stage Y_j from (Y_{j−1}, Y_{j−2}, Y₀, f(Y₀)), with a hand-written reverse rule.
+
+    The stage is affine in the states, and its operator A (7-point diffusion,
+    decay, the Dirichlet faces' diagonal, periodic wraps) is symmetric; pinned
+    voxels zero rows of it. The pullback of a cotangent ȳ is therefore the
+    stage's own fused stencil applied to the masked cotangent u = ȳ off the
+    pinned voxels: Ȳ_{j−1} = μu + μ̃ dt A u, Ȳ_{j−2} = νu, Ȳ₀ = (1 − μ − ν)u
+    (+ ȳ on pinned voxels), f̄₀ = γ̃ dt u (A without its affine part, the
+    boundary values and fluxes); the coefficients' cotangents are pairings of
+    u with the stage's input (``_coefficient_cotangents``). Reverse mode keeps
+    Y_{j−1} only. Oxygen's 128-stage step at 32³ on 2 CPU cores: forward 9 ms;
+    state cotangent 23 ms with this rule against 50 ms through JAX's transpose
+    of the stencil (slices, concatenations, in-place plane updates), every
+    cotangent 55-60 against 78 ms (measured, issue 10).
+    """
+
+    @jax.custom_vjp
+    def stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc):
         mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
         bulk = _bulk_rate(y_prev, spacing, D, decay, source)
         if pinned is not None:
@@ -295,12 +311,88 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_o
         y = _add_boundary(y, _boundary_planes(y_prev, spacing, D, bc), mu_t * dt, pinned)
         if pinned is not None:  # exact: μc + νc + (1 − μ − ν)c rounds
             y = jnp.where(pinned, c, y)
-        return (y, y_prev), None
+        return y
 
-    # reverse mode stores each stage's two inputs and recomputes the stencil
-    # from them, rather than storing its intermediates (issue 10: memory)
-    stage = jax.checkpoint(stage, prevent_cse=False)
-    (y, _), _ = jax.lax.scan(stage, (y1, c), jnp.asarray(table, c.dtype))
+    def forward(y_prev, y_prev2, c, f0, coef, D, decay, source, bc):
+        y = stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc)
+        return y, (y_prev, coef, D, decay, source, bc)
+
+    def backward(res, y_bar):
+        y_prev, coef, D, decay, source, bc = res
+        mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
+        u = y_bar if pinned is None else jnp.where(pinned, 0.0, y_bar)
+        c_bar = jnp.zeros_like(u) if pinned is None else jnp.where(pinned, y_bar, 0.0)
+        f0_bar = jnp.zeros_like(u)
+        if second_order:
+            c_bar = c_bar + (1.0 - mu - nu) * u
+            f0_bar = (gamma_t * dt) * u
+        prev_bar = mu * u + (mu_t * dt) * _rate(u, spacing, D, decay, None, _map_faces(
+            bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux))))
+        return (prev_bar, nu * u, c_bar, f0_bar, jnp.zeros_like(coef),
+                *_coefficient_cotangents(y_prev, (mu_t * dt) * u, spacing, D, decay, source, bc))
+
+    stage.defvjp(forward, backward)
+    return stage
+
+
+def _unbroadcast(x, shape):
+    """Sum x down to ``shape``: the transpose of broadcasting ``shape`` to x's shape."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape) if axes else x
+
+
+def _plane_pairing(u, planes):
+    """Σ u·plane over the boundary planes, per channel, shape (F, 1, 1, 1)."""
+    total = 0.0
+    for ax, idx, plane in planes:
+        total = total + jnp.sum(_slice(u, idx, idx + 1, ax) * plane, axis=(1, 2, 3), keepdims=True)
+    return total
+
+
+def _coefficient_cotangents(y, u, spacing, D, decay, source, bc):
+    """Cotangents of (D, decay, source, bc) for the rate at state y and its cotangent u.
+
+    The rate is linear in each coefficient, so each cotangent is a pairing of
+    u with the rate's part that carries it: −u·y for the decay, u for the
+    source; for a per-channel D, Σ u·(the rate at D = 1 without Neumann
+    fluxes), one fused stencil-and-sum; the boundary data only enter the
+    planes (plane-sized work, left to JAX). A per-voxel D goes through JAX.
+    """
+    decay_bar = _unbroadcast(-u * y, decay.shape)
+    source_bar = None if source is None else _unbroadcast(u, jnp.shape(source))
+    bc_bar = jax.grad(lambda b: jnp.sum(_plane_pairing(u, _boundary_planes(y, spacing, D, b))))(bc)
+    if D.shape[1:] == (1,) * (D.ndim - 1):
+        one = jnp.ones_like(D)
+        dirichlet_only = _map_faces(bc, lambda f: f._replace(flux=jnp.zeros_like(f.flux)))
+        D_bar = (jnp.sum(u * _bulk_rate(y, spacing, one, jnp.zeros_like(decay)),
+                         axis=(1, 2, 3), keepdims=True)
+                 + _plane_pairing(u, _boundary_planes(y, spacing, one, dirichlet_only)))
+    else:
+        D_bar = jax.grad(lambda d: jnp.sum(u * _rate(y, spacing, d, decay, None, bc)))(D)
+    return D_bar, decay_bar, source_bar, bc_bar
+
+
+def _rate(c, spacing, D, decay, source, bc):
+    """The full rate without pinning: the closed-face bulk plus the boundary planes."""
+    return _add_boundary(_bulk_rate(c, spacing, D, decay, source),
+                         _boundary_planes(c, spacing, D, bc), 1.0, None)
+
+
+def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_order):
+    D, decay, source = _prepare(c, D, decay, source)
+    f0 = diffusion_rate(c, spacing, D, decay, bc, pinned, source)
+    y1 = c + (mu1 * dt) * f0  # f0 is exactly 0 on pinned voxels
+    if len(table) == 0:
+        return y1
+    stage = _stage_function(dt, spacing, pinned, second_order)
+
+    def body(carry, coef):
+        y_prev, y_prev2 = carry
+        return (stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc), y_prev), None
+
+    (y, _), _ = jax.lax.scan(body, (y1, c), jnp.asarray(table, c.dtype))
     return y
 
 

@@ -21,9 +21,9 @@ stepper in one compiled call (diffrax's ``diffeqsolve`` and jax-cfd's
   chosen apart from the saving: ``checkpoints = L`` splits the steps into L
   nested levels of about n^(1/L) each, every level and every step
   rematerialised, so a gradient stores about L·n^(1/L) states (one per
-  segment boundary) instead of n, plus the inputs of one step's RKL stages
-  and cell sub-steps (recomputed from them, not stored), for about L + 1
-  extra forward passes.
+  segment boundary) instead of n, plus one state per RKL stage and cell
+  sub-step of the step being differentiated, for about L extra forward
+  passes.
 
 Everything a user may fit or sweep is in ``values`` (a float pytree), never
 in the static ``problem``, so new values never recompile and batch with vmap.
