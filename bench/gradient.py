@@ -1,7 +1,8 @@
 """Cost of a gradient through the whole niche model against the forward run.
 
 Usage: python bench/gradient.py [--n 32] [--spacing 30] [--days 7] [--dt 2]
-                                [--checkpoints 2 [3 ...]] [--time-all] [--repeats 1]
+                                [--checkpoints 2 [3 ...]] [--time-all | --memory-only]
+                                [--repeats 1]
                                 [--out bench/results.jsonl]
 
 Problem: the untreated organoid (``tmesim.organoid``: octant, N³ voxels of
@@ -17,8 +18,9 @@ of log tumour volume, radius, CSC share and hypoxic share.
 Times: tracing and compiling ahead of time (``lower().compile()``, timed
 apart), then the median of ``repeats`` runs of the compiled program. The
 forward run does not depend on the checkpointing; the gradient is timed at the
-first ``--checkpoints`` level (every level with ``--time-all``) and compiled at
-the others for their memory. Memory: XLA's buffer assignment of each compiled program
+first ``--checkpoints`` level (every level with ``--time-all``, none with
+``--memory-only``: compiled only, for the memory of a run too long to time)
+and compiled at the others for their memory. Memory: XLA's buffer assignment of each compiled program
 (``compiled.memory_analysis()``): arguments + outputs + temporaries −
 aliased, the most the program holds at once (the process's resident memory
 would add the JAX runtime and the compiler). ``--checkpoints`` lists the
@@ -62,6 +64,8 @@ def main():
     ap.add_argument("--time-all", action="store_true",
                     help="time the gradient at every --checkpoints level (default: the first; "
                          "the others are compiled for their memory only)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="compile every program for its memory and time none")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     provenance = {"device": device_description(), "jax": jax.__version__,
@@ -69,6 +73,8 @@ def main():
     setup = tmesim.organoid(n=args.n, spacing=args.spacing, radius=200.0, dt=args.dt)
     per_day = round(1440.0 / args.dt)
     n_steps = round(args.days * per_day)
+    if n_steps < per_day:  # no save: the loss is 0 and XLA drops the whole run
+        ap.error(f"--days {args.days:g}: at least 1 (the loss saves once a day)")
     save = tmesim.SaveAt(jnp.arange(per_day, n_steps + 1, per_day), tmesim.observables)
     state_bytes = setup.fields.size * setup.fields.dtype.itemsize
     common = {"N": args.n, "spacing_um": args.spacing, "days": args.days, "dt": args.dt,
@@ -95,10 +101,10 @@ def main():
 
     lines = []
     with open(args.out, "a") as out:
-        forward = measure(loss, args.checkpoints[0], True)
+        forward = measure(loss, args.checkpoints[0], not args.memory_only)
         lines.append(emit({"method": "forward", **common, **forward}, provenance, out))
         for i, levels in enumerate(args.checkpoints):
-            timed = i == 0 or args.time_all
+            timed = (i == 0 or args.time_all) and not args.memory_only
             grad = measure(jax.grad(loss), levels, timed)
             lines.append(emit({"method": "gradient", "checkpoints": levels, **common, **grad},
                               provenance, out))
