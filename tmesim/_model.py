@@ -140,10 +140,10 @@ def _nonnegative(x):
     """A density's or concentration's positive part, max(x, 0), with slope 1 at x = 0.
 
     Fields leave 0 only upwards (a drug before its dose, a cytokine nothing
-    secretes), so at 0 the derivative that matters is the right-hand one;
-    ``jnp.maximum`` gives 1/2 there, which halved the slope of every effect of
-    a value whose field starts at 0 (a medium drug level, issue 10). The clip
-    keeps round-off undershoots (−1e-12) of the solvers out; NaN passes.
+    secretes), so at 0 the derivative that matters is the right-hand one.
+    ``jnp.maximum`` has slope 1/2 there, which made the gradient wrong for
+    every value whose field starts at 0 (a drug's medium level, issue 10).
+    The clip keeps the solvers' round-off undershoots out; NaN passes.
     """
     return jnp.where(x < 0.0, 0.0, x)
 
