@@ -20,10 +20,11 @@ apart), then the median of ``repeats`` runs of the compiled program. The
 forward run does not depend on the checkpointing; the gradient is timed at the
 first ``--checkpoints`` level (every level with ``--time-all``, none with
 ``--memory-only``: compiled only, for the memory of a run too long to time)
-and compiled at the others for their memory. Memory: XLA's buffer assignment of each compiled program
-(``compiled.memory_analysis()``): arguments + outputs + temporaries −
-aliased, the most the program holds at once (the process's resident memory
-would add the JAX runtime and the compiler). ``--checkpoints`` lists the
+and compiled at the others for their memory. Memory: XLA's buffer
+assignment of each compiled program (``compiled.memory_analysis()``):
+arguments + outputs + temporaries − aliased, the most the program holds at
+once (the process's resident memory would add the JAX runtime and the
+compiler). ``--checkpoints`` lists the
 nesting levels of the reverse-mode checkpointing to compare (``tmesim.solve``).
 Targets (issue 10): gradient ≤ 3× the forward time and ≤ 4× its memory.
 """

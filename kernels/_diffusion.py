@@ -296,7 +296,7 @@ def _stage_function(dt, spacing, pinned, second_order):
     Y_{j−1} only. Oxygen's 128-stage step at 32³ on 2 CPU cores: forward 9 ms;
     state cotangent 23 ms with this rule against 50 ms through JAX's transpose
     of the stencil (slices, concatenations, in-place plane updates), every
-    cotangent 55-60 against 78 ms (measured, issue 10).
+    cotangent 52-64 against 78 ms over repeated runs (measured, issue 10).
     """
 
     @jax.custom_vjp
@@ -326,8 +326,9 @@ def _stage_function(dt, spacing, pinned, second_order):
         if second_order:
             c_bar = c_bar + (1.0 - mu - nu) * u
             f0_bar = (gamma_t * dt) * u
-        prev_bar = mu * u + (mu_t * dt) * _rate(u, spacing, D, decay, None, _map_faces(
-            bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux))))
+        homogeneous = _map_faces(
+            bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux)))
+        prev_bar = mu * u + (mu_t * dt) * diffusion_rate(u, spacing, D, decay, homogeneous)
         return (prev_bar, nu * u, c_bar, f0_bar, jnp.zeros_like(coef),
                 *_coefficient_cotangents(y_prev, (mu_t * dt) * u, spacing, D, decay, source, bc))
 
@@ -356,28 +357,15 @@ def _coefficient_cotangents(y, u, spacing, D, decay, source, bc):
 
     The rate is linear in each coefficient, so each cotangent is a pairing of
     u with the rate's part that carries it: −u·y for the decay, u for the
-    source; for a per-channel D, Σ u·(the rate at D = 1 without Neumann
-    fluxes), one fused stencil-and-sum; the boundary data only enter the
-    planes (plane-sized work, left to JAX). A per-voxel D goes through JAX.
+    source (field-sized, accumulated over the stages by the scan); the
+    boundary data only enter the planes (plane-sized work, left to JAX), and
+    D's pairing Σ u·rate(D) goes through JAX with the state held fixed.
     """
     decay_bar = _unbroadcast(-u * y, decay.shape)
     source_bar = None if source is None else _unbroadcast(u, jnp.shape(source))
     bc_bar = jax.grad(lambda b: jnp.sum(_plane_pairing(u, _boundary_planes(y, spacing, D, b))))(bc)
-    if D.shape[1:] == (1,) * (D.ndim - 1):
-        one = jnp.ones_like(D)
-        dirichlet_only = _map_faces(bc, lambda f: f._replace(flux=jnp.zeros_like(f.flux)))
-        D_bar = (jnp.sum(u * _bulk_rate(y, spacing, one, jnp.zeros_like(decay)),
-                         axis=(1, 2, 3), keepdims=True)
-                 + _plane_pairing(u, _boundary_planes(y, spacing, one, dirichlet_only)))
-    else:
-        D_bar = jax.grad(lambda d: jnp.sum(u * _rate(y, spacing, d, decay, None, bc)))(D)
+    D_bar = jax.grad(lambda d: jnp.sum(u * diffusion_rate(y, spacing, d, decay, bc)))(D)
     return D_bar, decay_bar, source_bar, bc_bar
-
-
-def _rate(c, spacing, D, decay, source, bc):
-    """The full rate without pinning: the closed-face bulk plus the boundary planes."""
-    return _add_boundary(_bulk_rate(c, spacing, D, decay, source),
-                         _boundary_planes(c, spacing, D, bc), 1.0, None)
 
 
 def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_order):

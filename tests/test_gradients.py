@@ -13,8 +13,9 @@ and of the observables at four save points, so every process moves it.
 Reverse-mode gradients are compared with central differences in float64
 (step 1e-5 relative; a value at its lower bound, such as a drug's medium
 level of 0, gets the second-order one-sided difference of the right-hand
-derivative; every perturbed value set of a problem runs in one vmapped call). Measured agreement: 1e-9 to 1e-4 relative; the larger
-differences come from kinks (clips at oxygen thresholds, the packing
+derivative; every perturbed value set of a problem runs in one vmapped
+call). Measured agreement: 1e-9 to 1e-4 relative; the larger differences
+come from kinks (clips at oxygen thresholds, the packing
 fraction, the drift-speed cap) that the ±1e-5 perturbation crosses in a
 few of the 512 voxels × 288 steps, an O(h) error of the difference, not of
 the gradient. Hence rtol = 1e-3. The default run checks a representative

@@ -96,10 +96,7 @@ def test_rkl_reverse_rule_matches_autodiff_of_the_reference(method, case, variab
     reference = K.rkl2_step_reference if method == "rkl2" else _rkl1_reference
 
     def bc_of(value, flux):
-        faces = [K.FaceBC(jnp.full(2, 1.0 if k == "d" else 0.0), value[i], flux[i])
-                 for i, k in enumerate(kinds)]
-        return tuple(None if kinds[2 * a] == "p" else (faces[2 * a], faces[2 * a + 1])
-                     for a in range(3))
+        return face_bc(kinds, values=list(value), fluxes=list(flux), n_channels=2)
 
     def fast(*args):
         c, D, decay, source, value, flux = args
