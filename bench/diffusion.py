@@ -47,7 +47,8 @@ TRIDIAG_AGREEMENT = 1e-5
 STEPPER_METHODS = {
     "explicit": ("auto", "auto"),  # oxygen: RKL2 (auto plan); cytokines: forward Euler
     "explicit-rkl1": ("rkl1", "auto"),
-    "implicit": ("implicit", "implicit"),
+    "implicit": ("implicit", "implicit"),  # backward Euler, multigrid-preconditioned CG
+    "lod": ("lod", "lod"),  # BioFVM's scheme: LOD sweeps solved by Thomas
 }
 ALL_METHODS = (*STEPPER_METHODS, "tridiag-thomas", "tridiag-lax", "numpy-euler")
 # Arrays read + written per field: per Euler pass, per RKL2 or RKL1 stage (see README).
@@ -373,7 +374,10 @@ def device_description() -> str:
 
 
 def git_commit(out_path: Path) -> str:
-    """Short HEAD hash, plus "-dirty" if the work tree (less the results file) has changes."""
+    """Short HEAD hash, plus "-dirty" if the work tree (less the results file) has changes;
+    the environment's TMESIM_COMMIT where set (a copy of the tree without .git)."""
+    if os.environ.get("TMESIM_COMMIT"):
+        return os.environ["TMESIM_COMMIT"]
 
     def git(*args):
         return subprocess.run(
@@ -486,7 +490,7 @@ def main(argv=None) -> int:
                     sweeps = None
                     for method in args.methods:
                         if method in STEPPER_METHODS:
-                            steps = args.implicit_steps if method == "implicit" else args.steps
+                            steps = args.implicit_steps if method in ("implicit", "lod") else args.steps
                             result = time_stepper_method(
                                 method, n, n_fields, dtype, fields, steps, args.repeats
                             )

@@ -1,6 +1,6 @@
 """Cost of the niche model's reaction update against the pure diffusion-decay step.
 
-Usage: python bench/model.py [--n 64] [--repeats 5] [--out bench/results.jsonl]
+Usage: python bench/model.py [--n 64 ...] [--dts 0.01 2] [--repeats 5] [--out bench/results.jsonl]
 
 Problem: the tissue geometry (``tmesim.tissue``) at N^3, 20 um voxels, the 31
 fields of the niche model, float32, initial fields from the tissue set-up
@@ -52,7 +52,7 @@ def build(n: int, dt: float, reaction: bool):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--n", type=int, nargs="+", default=[64])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dts", type=float, nargs="+", default=[0.01, 2.0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
@@ -61,20 +61,20 @@ def main():
                   "commit": git_commit(args.out), "bench": "model"}
     lines = []
     with open(args.out, "a") as out:
-        for dt in args.dts:
+        for n, dt in ((n, dt) for n in args.n for dt in args.dts):
             times = {}
             for name, reaction in (("transport", False), ("full", True)):
-                setup, stepper, params = build(args.n, dt, reaction)
+                setup, stepper, params = build(n, dt, reaction)
                 fields = setup.fields
                 first, ts = time_calls(
                     lambda s=stepper, f=fields, p=params: tmesim.simulate(s, f, p, STEPS)[0],
                     args.repeats)
                 times[name] = timing_fields(first, ts, STEPS)
-                result = {"method": name, "N": args.n, "fields": len(setup.table), "dt": dt,
+                result = {"method": name, "N": n, "fields": len(setup.table), "dt": dt,
                           "dtype": "float32", "plan": stepper.describe(), **times[name]}
                 lines.append(emit(result, provenance, out))
             reaction = times["full"]["step_s"] - times["transport"]["step_s"]
-            lines.append(emit({"method": "reaction", "N": args.n, "dt": dt, "step_s": reaction,
+            lines.append(emit({"method": "reaction", "N": n, "dt": dt, "step_s": reaction,
                                "ratio_to_transport": reaction / times["transport"]["step_s"]},
                               provenance, out))
     print()

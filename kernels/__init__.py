@@ -44,6 +44,7 @@ from ._diffusion import (
     spectral_radius as spectral_radius,
 )
 from ._implicit import lod_step as lod_step
+from ._multigrid import implicit_step as implicit_step
 from ._implicit import thomas as thomas
 from ._implicit import thomas_cyclic as thomas_cyclic
 from ._transport import cell_transport_rate as cell_transport_rate

@@ -125,9 +125,10 @@ def test_gradient_wrt_initial_field():
     np.testing.assert_allclose(jnp.vdot(g, direction), fd, rtol=1e-6)
 
 
-def test_gradient_through_implicit_solver():
+@pytest.mark.parametrize("method", ["implicit", "lod"])
+def test_gradient_through_implicit_solver(method):
     grid = tm.Grid((8, 6, 5), 20.0, tm.Dirichlet(38.0))
-    table = tm.SpeciesTable((tm.Species("oxygen", diffusion=1e5, decay=0.1, method="implicit"),))
+    table = tm.SpeciesTable((tm.Species("oxygen", diffusion=1e5, decay=0.1, method=method),))
     stepper = tm.Stepper(grid, table, 0.05)
     params = table.default_params(grid, jnp.float64)
     fields = jnp.full((1,) + grid.shape, 10.0)

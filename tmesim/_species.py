@@ -11,7 +11,7 @@ import numpy as np
 from ._grid import FACES, Dirichlet, Grid, Neumann, Periodic, _six
 
 KINDS = ("solute", "cell", "matrix")
-METHODS = ("auto", "euler", "rkl1", "rkl2", "implicit")
+METHODS = ("auto", "euler", "rkl1", "rkl2", "implicit", "lod")
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,13 @@ class Species:
                the boundary (no-flux) unless the axis is periodic.
     units:     unit of the field's values ("mmHg", "nM", "volume fraction").
     initial:   uniform initial value.
-    method:    "auto" (forward Euler where stable, else second-order RKL2
-               super-time-stepping), "euler", "rkl1" (first-order
-               super-time-stepping, about 25% cheaper than RKL2), "rkl2" or
-               "implicit" (LOD). Solutes and matrix only.
+    method:    "auto" (forward Euler where stable, second-order RKL2
+               super-time-stepping up to ``Stepper.max_stages`` stages, else
+               implicit), "euler", "rkl1" (first-order super-time-stepping,
+               about 25% cheaper than RKL2), "rkl2", "implicit" (backward
+               Euler solved by multigrid-preconditioned CG: exact steady
+               state, cost independent of D·dt/h²) or "lod" (BioFVM's
+               locally one-dimensional sweeps). Solutes and matrix only.
     uptake:    1/min, the largest loss rate the reaction can add (oxygen uptake
                by packed cells: 10/min); the step plan allows for it. A larger
                run-time uptake may make a forward-Euler species unstable.

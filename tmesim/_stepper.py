@@ -28,9 +28,16 @@ uptake bound, so any value within the bounds runs on the same plan:
               s²/4 Euler steps (oxygen at D = 1e5, h = 20, dt = 0.01: s = 8);
     rkl1      the first-order variant (dt·ρ ≤ 0.95 (s² + s); s = 6 there),
               about 25% cheaper than RKL2 (measured); on request only;
-    implicit  LOD backward-Euler sweeps (BioFVM's scheme, boundaries inside the
-              solve), unconditionally stable: requested per species, or
-              chosen when more than ``max_stages`` RKL2 stages would be needed;
+    implicit  backward Euler, solved per channel by conjugate gradients with a
+              multigrid V-cycle as preconditioner, warm-started from the
+              previous step (``kernels.implicit_step``): unconditionally
+              stable, its fixed point the discrete steady state at any dt,
+              its cost set by the iterations (none to a few once a solute is
+              near its quasi-steady state), not by D·dt/h²; chosen when more
+              than ``max_stages`` RKL2 stages would be needed, or requested;
+    lod       BioFVM's locally one-dimensional backward-Euler sweeps
+              (boundaries inside the solve), on request: unconditionally
+              stable, but its steady state is biased by the splitting;
     static    species with neither diffusion nor decay: only their reaction;
     cell      the upwind volume-filling transport of all "cell" species
               together, forward Euler sub-steps within its positivity limit;
@@ -63,19 +70,23 @@ from ._grid import Grid, Neumann
 from ._species import SpeciesTable
 
 STS_SAFETY = 0.95
+# RKL2 stages beyond which "auto" solves implicitly: near a quasi-steady state
+# the implicit step costs about as much as this many RKL2 stages (measured,
+# bench/RESULTS.md)
+MAX_STAGES = 40
 
 
 @dataclass(frozen=True)
 class Group:
     """Channels advanced together by one transport method."""
 
-    method: str  # "static" | "euler" | "rkl1" | "rkl2" | "implicit" | "cell"
+    method: str  # "static" | "euler" | "rkl1" | "rkl2" | "implicit" | "lod" | "cell"
     channels: tuple[int, ...]
     stages: int = 1  # RKL stages, or cell sub-steps
     variable: bool = False  # coefficient scaled per voxel by the reaction's factors
 
 
-def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = 256,
+def plan_transport(grid: Grid, table: SpeciesTable, dt: float, max_stages: int = MAX_STAGES,
                    cell_speed: float = 0.0, pressure_stiffness: float = 0.0):
     """Choose each species' transport method for step dt; returns a tuple of Groups.
 
@@ -245,7 +256,7 @@ class Stepper:
     table: SpeciesTable
     dt: float
     reaction: Callable | None = None
-    max_stages: int = 256
+    max_stages: int = MAX_STAGES
     cell_speed: float = 0.0
     pressure: Callable | None = None
     pressure_stiffness: float = 0.0
@@ -347,6 +358,8 @@ class Stepper:
             source = self._stack(g, rates.production, 0.0, c)
         bc = self._face_bc(params, g.channels)
         if g.method == "implicit":
+            return K.implicit_step(c, self.dt, sp, D, lam, bc, pinned, source)
+        if g.method == "lod":
             return K.lod_step(c, self.dt, sp, D, lam, bc, pinned, source)
         if g.method == "euler":
             return K.explicit_step(c, self.dt, sp, D, lam, bc, pinned, source)
@@ -374,8 +387,13 @@ class Stepper:
         moved = frozen is not None or self.pressure is not None
         speed = self.cell_speed if moved else None
 
+        ones = jnp.ones(c.shape[0], c.dtype)
+
         def substep(c, _):
-            phi = jnp.sum(c, axis=0)
+            # a contraction, not jnp.sum(c, axis=0): XLA's CPU reduction over
+            # the outer axis took 34 ms for 12 fields at 64³ (1 ms as a dot),
+            # and the dot's result is not recomputed inside the transport pass
+            phi = jnp.tensordot(ones, c, axes=1)
             potential = frozen
             if self.pressure is not None:
                 push = self.pressure(phi, params)[None]
