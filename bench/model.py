@@ -14,7 +14,14 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               its terms folded into the solute transport and the exact
               exponential update of cells and matrix;
   reaction    full − transport, the cost the model adds per step;
-  ratio       reaction / transport (the issue's target: ≤ 2 at 64^3, dt 0.01).
+  ratio       reaction / transport (issue 3's target: ≤ 2 at 64^3, dt 0.01);
+  stencil-pass  one plain 7-point stencil pass (``jnp.pad``, in a ``lax.scan``)
+              over as many fields, the unit of ``passes`` = step / pass on the
+              transport and full lines (issue 12's target: full ≤ 3.5 at 64³,
+              dt 2), with its GB/s (one read and one write per pass).
+
+``--max-stages 1000`` times the RKL2-only plan (the plan before the implicit
+solver) for comparison in the same run.
 
 Both run through ``tmesim.simulate`` with the stepper's parameters at t = 0
 (``NicheProblem.inputs``). Median of ``repeats`` calls of 10 steps each
@@ -26,11 +33,13 @@ diffusion up to 1.5 times the defaults, the crowding pressure's stiffness).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
@@ -38,15 +47,36 @@ from diffusion import device_description, emit, git_commit, time_calls, timing_f
 import tmesim  # noqa: E402
 
 STEPS = 10
+FIELDS = len(tmesim.FIELD_NAMES)
 
 
-def build(n: int, dt: float, reaction: bool):
+def build(n: int, dt: float, reaction: bool, max_stages: int | None = None):
     setup = tmesim.tissue(n=n, spacing=20.0, radius=5.0 * n, dt=dt)
     st = setup.stepper
+    if max_stages is not None:
+        st = dataclasses.replace(st, max_stages=max_stages)
     stepper = st if reaction else tmesim.Stepper(
-        st.grid, st.table, dt, None, cell_speed=st.cell_speed, pressure=st.pressure,
-        pressure_stiffness=st.pressure_stiffness)
+        st.grid, st.table, dt, None, max_stages=st.max_stages, cell_speed=st.cell_speed,
+        pressure=st.pressure, pressure_stiffness=st.pressure_stiffness)
     return setup, stepper, setup.problem.inputs(setup.values, 0)
+
+
+def stencil_pass(n: int, fields: int, repeats: int) -> dict:
+    """One plain 7-point stencil pass over every field (jnp.pad, edge faces), the unit the
+    model step is counted in: a jitted scan of STEPS passes; GB/s counts one read and
+    one write of the fields per pass."""
+    c = jnp.asarray(np.random.default_rng(0).uniform(0.5, 1.5, (fields, n, n, n)), jnp.float32)
+
+    def one(c, _):
+        p = jnp.pad(c, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+        lap = (p[:, 2:, 1:-1, 1:-1] + p[:, :-2, 1:-1, 1:-1] + p[:, 1:-1, 2:, 1:-1]
+               + p[:, 1:-1, :-2, 1:-1] + p[:, 1:-1, 1:-1, 2:] + p[:, 1:-1, 1:-1, :-2] - 6.0 * c)
+        return c + 0.1 * lap, None
+
+    run = jax.jit(lambda c: jax.lax.scan(one, c, None, length=STEPS)[0])
+    first, ts = time_calls(lambda: run(c), repeats)
+    t = timing_fields(first, ts, STEPS)
+    return {**t, "gbps": 2 * c.nbytes / t["step_s"] / 1e9}
 
 
 def main():
@@ -55,23 +85,33 @@ def main():
     ap.add_argument("--n", type=int, nargs="+", default=[64])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dts", type=float, nargs="+", default=[0.01, 2.0])
+    ap.add_argument("--max-stages", type=int, default=None,
+                    help="RKL2 stages beyond which the plan solves implicitly (default: the "
+                         "stepper's; 1000 gives the RKL2-only plan of before the implicit solver)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     provenance = {"device": device_description(), "jax": jax.__version__,
                   "commit": git_commit(args.out), "bench": "model"}
     lines = []
+    pass_s: dict = {}
     with open(args.out, "a") as out:
         for n, dt in ((n, dt) for n in args.n for dt in args.dts):
+            if n not in pass_s:
+                pass_s[n] = stencil_pass(n, FIELDS, args.repeats)
+                lines.append(emit({"method": "stencil-pass", "N": n, "fields": FIELDS,
+                                   "dtype": "float32", **pass_s[n]}, provenance, out))
             times = {}
             for name, reaction in (("transport", False), ("full", True)):
-                setup, stepper, params = build(n, dt, reaction)
+                setup, stepper, params = build(n, dt, reaction, args.max_stages)
                 fields = setup.fields
                 first, ts = time_calls(
                     lambda s=stepper, f=fields, p=params: tmesim.simulate(s, f, p, STEPS)[0],
                     args.repeats)
                 times[name] = timing_fields(first, ts, STEPS)
-                result = {"method": name, "N": n, "fields": len(setup.table), "dt": dt,
-                          "dtype": "float32", "plan": stepper.describe(), **times[name]}
+                result = {"method": name, "N": n, "max_stages": stepper.max_stages,
+                          "fields": len(setup.table), "dt": dt, "dtype": "float32",
+                          "plan": stepper.describe(), **times[name],
+                          "passes": times[name]["step_s"] / pass_s[n]["step_s"]}
                 lines.append(emit(result, provenance, out))
             reaction = times["full"]["step_s"] - times["transport"]["step_s"]
             lines.append(emit({"method": "reaction", "N": n, "dt": dt, "step_s": reaction,
@@ -80,6 +120,8 @@ def main():
     print()
     for r in lines:
         extra = f"  ratio {r['ratio_to_transport']:.2f}" if "ratio_to_transport" in r else ""
+        extra += f"  {r['passes']:.1f} stencil passes" if "passes" in r else ""
+        extra += f"  ({r['gbps']:.1f} GB/s)" if "gbps" in r else ""
         print(f"{r['method']:<14} N={r['N']} dt={r.get('dt', '-')!s:<5} "
               f"{1e3 * r['step_s']:8.2f} ms/step{extra}")
 

@@ -408,9 +408,10 @@ def rkl1_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=Non
     Y_j = μ_j Y_{j−1} + ν_j Y_{j−2} + μ̃_j dt f(Y_{j−1}): each stage reads two
     arrays fewer than RKL2's and s stages cover dt·ρ ≤ s² + s (s = 6 where RKL2
     needs 8): 19 against 26 ms for one 128³ field on 2 CPU cores (measured,
-    bench/RESULTS.md). First order, with about half the
-    time error of backward Euler (BioFVM's LOD) at the same dt. s = 1 is
-    forward Euler.
+    bench/RESULTS.md). First order: on a cosine mode along one axis it has
+    about half the time error of backward Euler (our LOD) at the same dt, but
+    on BioFVM's 3D cosine mode 5.3e-4, more than the 3.7e-4 BioFVM reports
+    (measured in issue 12). s = 1 is forward Euler.
     """
     table, mu1 = rkl1_coefficients(stages)
     return _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, False)

