@@ -2,8 +2,8 @@
 
 Times one oxygen-like field (D = 1e5 um^2/min) plus cytokine-like fields
 (D = 1e3), decay 0.1/min, on N^3 grids of 20 um voxels with no-flux faces and
-dt = 0.01 min, for the explicit (RKL2 or RKL1 + forward Euler) and implicit
-(LOD) plans; one batched tridiagonal sweep (our Thomas scan against
+dt = 0.01 min, for the explicit (RKL2 or RKL1 + forward Euler), implicit
+(backward Euler by multigrid-preconditioned CG) and LOD plans; one batched tridiagonal sweep (our Thomas scan against
 ``jax.lax.linalg.tridiagonal_solve``); a plain NumPy forward-Euler step; and
 the copy bandwidth of this machine, all in one run. The cosine-eigenmode error
 of each method is reported beside its speed. See bench/README.md.
