@@ -22,9 +22,13 @@ prolongation P, again a 7-point matrix (sums of the couplings that cross
 between coarse cells; the diagonal less twice the couplings inside one); the
 levels go down to one cell, solved exactly. Damped Jacobi smooths before and
 after the coarse correction, the same number of sweeps, so the cycle is a
-symmetric operator and CG may use it (Vaněk, Mandel & Brezina 1996 for
-aggregation; Notay 2010 for the over-correction of piecewise-constant
-prolongation, here a fixed factor).
+symmetric operator and CG may use it (aggregation as in Vaněk, Mandel &
+Brezina 1996, without their smoothing of the prolongation). The coarse
+correction is scaled by a fixed factor (``OVERCORRECT``, tuned by measurement):
+piecewise-constant prolongation makes it too weak on its own.
+
+The solve stops at ``max_iter`` iterations whether or not it met ``rtol``;
+nothing reports that yet (the iteration count is ``pcg``'s second result).
 
 The solve is ``lax.custom_linear_solve``: reverse mode differentiates it by
 the implicit function theorem (one more solve with the same symmetric matrix
