@@ -16,7 +16,9 @@ import pytest
 import tmesim as tm
 
 GPUS = [d for d in jax.devices() if d.platform == "gpu"] if jax.default_backend() == "gpu" else []
-pytestmark = pytest.mark.skipif(not GPUS, reason="no GPU: JAX's default backend is not a GPU")
+pytestmark = pytest.mark.skipif(
+    not GPUS, reason="needs a GPU (compares it with the CPU); JAX's default backend here is "
+                     "not one. bench/gpu.sh runs it on a GPU machine")
 
 
 def _organoid_run(dtype, device):

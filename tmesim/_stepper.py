@@ -70,11 +70,12 @@ from ._grid import Grid, Neumann
 from ._species import SpeciesTable
 
 STS_SAFETY = 0.95
-# RKL2 stages beyond which "auto" solves implicitly. Measured for oxygen at 64³
-# (2 CPU cores): an implicit step costs about 6 RKL2 stages where the warm start
-# already meets the tolerance, and 80 to 110 with the 5 to 8 CG iterations of an
-# initial transient; 40 lies between, and keeps the cytokines (24 stages at
-# dt = 2 min, h = 20 um) on second-order RKL2.
+# RKL2 stages beyond which "auto" solves implicitly. Measured at 64³ on 2 CPU
+# cores: an implicit oxygen step on a consuming-ball test costs about 6 RKL2
+# stages where the warm start already meets the tolerance (3.3 against 85 ms for
+# 159 stages); in the tissue's first steps, with 7 to 8 CG iterations, oxygen and
+# lactate took 192 ms together, about 180 stages each. 40 lies between, and keeps
+# the cytokines (24 stages at dt = 2 min, h = 20 um) on second-order RKL2.
 MAX_STAGES = 40
 
 
