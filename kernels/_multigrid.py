@@ -279,7 +279,7 @@ def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int):
 
 
 def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
-                  rtol: float | None = None, max_iter: int = 50) -> Array:
+                  rtol: float | None = None, max_iter: int = 50, reference=None) -> Array:
     """One backward-Euler diffusion-decay step, solved by multigrid-preconditioned CG.
 
     Arguments as ``diffusion_rate``; rtol (default 1e-5 in float32, 1e-10 in
@@ -293,12 +293,31 @@ def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
     multiple of the previous field c: the value's solve starts from c itself
     (its right-hand side is M c at a steady state), a tangent's from whatever
     part of it lies along M c.
+
+    reference: optional level per channel (F,) that the solve is taken
+    relative to: it solves for c' − reference, so the tolerance applies to the
+    departure from that level. Give it where much of the domain is held near
+    one level by a large rate (an organoid's well-mixed medium: rows there of
+    size rate·dt·level would otherwise dominate ‖b‖ and loosen the tolerance
+    for the organoid by that factor). The solution is the same.
     """
     m, rhs = backward_euler_system(c, dt, spacing, D, decay, bc, pinned, source)
     if rtol is None:
         rtol = 1e-5 if c.dtype == jnp.float32 else 1e-10
+    if reference is not None:
+        ref = jnp.broadcast_to(_per_channel(jnp.asarray(reference, c.dtype), c.ndim), c.shape)
+        rhs = rhs - matvec(m, ref)
+        new = ref + _solve(m, rhs, c - ref, rtol, max_iter)
+    else:
+        new = _solve(m, rhs, c, rtol, max_iter)
+    return new if pinned is None else jnp.where(pinned, c, new)  # held exactly, not to rtol
+
+
+def _solve(m: Matrix, rhs: Array, guess: Array, rtol: float, max_iter: int) -> Array:
+    """M x = rhs by ``pcg``, differentiated implicitly; every solve starts from
+    the best multiple of ``guess``."""
     frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, m)
-    start = jax.lax.stop_gradient(c)
+    start = jax.lax.stop_gradient(guess)
     u = matvec(frozen, start)
     uu = _dot(u, u)
 
@@ -306,5 +325,4 @@ def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
         scale = jnp.where(uu > 0, _dot(b, u) / jnp.where(uu > 0, uu, 1.0), 0.0)
         return pcg(frozen, b, scale * start, rtol, max_iter)[0]
 
-    new = jax.lax.custom_linear_solve(lambda x: matvec(m, x), rhs, solve, symmetric=True)
-    return new if pinned is None else jnp.where(pinned, c, new)  # held exactly, not to rtol
+    return jax.lax.custom_linear_solve(lambda x: matvec(m, x), rhs, solve, symmetric=True)

@@ -360,6 +360,9 @@ def test_parameter_table_is_complete():
     view = {n: jnp.ones((3, 3, 3)) for n in setup.table.names}
     tm.niche_reaction(view, Spy(params))
     tm.radiotherapy(jnp.ones((len(setup.table), 2, 2, 2)), setup.table, Spy(params), 2.0)
+    # an organoid's reaction adds its medium (medium_exchange)
+    organoid = tm.organoid(n=3, spacing=200.0, radius=100.0, dt=DT, dtype=jnp.float64)
+    organoid.stepper.reaction(view, Spy(organoid.problem.inputs(organoid.values, 0)))
     for proc in tm.PROCESSES:
         if proc.kind == "transport":
             proc.fn(jnp.ones((3, 3, 3)), Spy(params))

@@ -88,3 +88,59 @@ def test_hypoxic_share_moves_with_the_threshold():
     d = jax.grad(share)(jnp.asarray(15.0))
     np.testing.assert_allclose(d, 3 * 130.0**2 / R**3 / 0.1, rtol=0.1)
     np.testing.assert_allclose(d, (share(15.0 + 1e-4) - share(15.0 - 1e-4)) / 2e-4, rtol=1e-6)
+
+
+# -- what experiments report: radii of marked regions, shadow, dead cells, pO2 at depth
+H = SETUP.grid.spacing[0]
+RADIAL = np.sqrt(sum(x**2 for x in SETUP.grid.mesh()))
+
+
+def test_radii_of_a_ball_with_a_debris_core_within_a_quarter_voxel():
+    o = obs(state(core=R_CORE))
+    assert abs(float(o["tumor_radius"]) - R) < H / 4
+    assert abs(float(o["necrotic_radius"]) - R_CORE) < H / 4
+    assert abs(float(o["viable_rim"]) - (R - R_CORE)) < H / 4
+    dead = PACKED * 4.0 / 3.0 * math.pi * R_CORE**3 / 1e9
+    np.testing.assert_allclose(o["dead_cell_volume"], dead, rtol=3e-3)
+
+
+@pytest.mark.parametrize("name, o2, expected", [
+    # pimonidazole: below 10 mmHg inside r = 80 um on pO2 = 2 + 0.1·r
+    ("hypoxic_radius", 2.0 + 0.1 * RADIAL, 80.0),
+    # arrest: oxygen factor of division (O2 − 5)/155 below 0.1, pO2 below 20.5 mmHg,
+    # inside r = 150 um on pO2 = 0.5·r − 54.5 (the ramp of ±0.05 spans ±15.5 um)
+    ("arrested_radius", 0.5 * RADIAL - 54.5, 150.0),
+])
+def test_threshold_radii_of_a_linear_profile_within_a_quarter_voxel(name, o2, expected):
+    o = obs(state(o2=jnp.asarray(np.maximum(o2, 0.0))))
+    assert abs(float(o[name]) - expected) < H / 4, float(o[name])
+
+
+def test_projected_area_of_a_ball_and_its_fold_change():
+    o = obs(state())
+    assert abs(math.sqrt(float(o["projected_area"]) * 1e6 / math.pi) - R) < H / 4
+    np.testing.assert_allclose(o["projected_area_fold"], 1.0, rtol=2 * (H / 4) / R)
+    values = tm.set_values(SETUP.values, {"initial.radius_um": R / 2})
+    np.testing.assert_allclose(obs(state(), values)["projected_area_fold"], 4.0, rtol=0.02)
+
+
+def test_o2_at_depth_on_a_linear_profile():
+    """The shell mean of pO2 = 2 + 0.1·r at r = R − d: a hat of ±h in r weights
+    outer voxels more (r²), a bias of about h²/(3r)·0.1 mmHg/um, under 0.1 mmHg here
+    (depths that reach within two voxels of the centre see no sphere, only voxels)."""
+    o = obs(state(o2=jnp.asarray(2.0 + 0.1 * RADIAL)))
+    for d in tm.PROFILE_DEPTHS:
+        if R - d < 2 * H:
+            continue
+        np.testing.assert_allclose(o[f"o2_depth_{d:g}"], 2.0 + 0.1 * (R - d), atol=0.15)
+
+
+def test_necrotic_radius_gradient_wrt_the_core():
+    """d(necrotic radius)/d(core radius) = 1 for a packed debris core, AD against FD."""
+    def radius(core):
+        return obs(state(core=core))["necrotic_radius"]
+
+    g = jax.grad(radius)(jnp.asarray(R_CORE))
+    np.testing.assert_allclose(g, 1.0, rtol=0.05)
+    fd = (radius(R_CORE + 1e-3) - radius(R_CORE - 1e-3)) / 2e-3
+    np.testing.assert_allclose(g, fd, rtol=1e-5)

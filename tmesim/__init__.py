@@ -23,7 +23,10 @@ from ._model import niche_reaction as niche_reaction
 from ._model import niche_species as niche_species
 from ._model import radiotherapy as radiotherapy
 from ._observables import OBSERVABLES as OBSERVABLES
+from ._observables import PROFILE_DEPTHS as PROFILE_DEPTHS
 from ._observables import observables as observables
+from ._observables import radial_profile as radial_profile
+from ._parameters import CELL_LINES as CELL_LINES
 from ._parameters import PARAMETERS as PARAMETERS
 from ._parameters import Bounds as Bounds
 from ._parameters import check_bounds as check_bounds

@@ -12,6 +12,7 @@ from ._model import (
     PROCESSES,
     niche_species,
 )
+from ._observables import OBSERVABLES
 from ._parameters import PARAMETERS, Bounds
 
 def _boundary_text(faces, medium: float) -> str:
@@ -53,7 +54,8 @@ def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
     lines.append("")
     lines.append(f"Geometry: {geometry} ("
                  + ("organoid in medium: x-, y-, z- are mirror planes of the simulated octant, "
-                    "x+, y+, z+ the medium" if geometry == "organoid"
+                    "x+, y+, z+ the medium; the medium is well mixed at its level beyond an "
+                    "unstirred layer around the organoid (medium_exchange)" if geometry == "organoid"
                     else "tissue block: vessels inside as sources, no-flux faces") + ").")
     lines.append("Units: um, min, mmHg (oxygen), nM (other solutes), volume fraction (cells, "
                  "vessels), relative density (ECM, 1 = dense stroma). Bounds in brackets: the "
@@ -102,6 +104,13 @@ def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
         key = f"M{m}"
         names = [n for n, mech, _ in entries if key in mech]
         lines.append(f"{'- ' if markdown else '  '}{key}: {', '.join(names)}")
+    head(f"Observables ({len(OBSERVABLES)})")
+    lines.append("Saved in run files (/observables) and by ``tmesim.observables``; every one a "
+                 "smooth function of the fields (docs/observables.md).")
+    if markdown:
+        lines.append("")
+    for name, (unit, meaning) in OBSERVABLES.items():
+        lines.append(f"{'- ' if markdown else '  '}{name} ({unit}): {meaning}")
     lines.append("")
     lines.append(f"{len(PARAMETERS)} parameters; calibration may differentiate any of them, and "
                  "the transport coefficients, medium levels, initial radius and CSC share "

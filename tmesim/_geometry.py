@@ -15,7 +15,7 @@ values = {
     "medium":    {solute: scalar} organoid: the first medium's levels
                  (oxygen mmHg, others nM); empty for a tissue
     "initial":   {"radius_um", "csc_fraction", ...} organoid: plus the
-                 co-culture cells seeded in the medium (volume fraction);
+                 co-culture cells seeded in the unstirred layer (volume fraction);
                  tissue: plus "vessel_density" and "stroma"
     "schedule":  treatments (``tmesim.schedule``)
 }
@@ -23,7 +23,6 @@ values = {
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -42,6 +41,8 @@ from ._model import (
     ORGANOID_MEDIUM_O2,
     SOLUTES,
     STROMA,
+    NicheReaction,
+    equal_volume_radius,
     niche_reaction,
     niche_species,
     pressure_flux,
@@ -85,12 +86,6 @@ def ball_fraction(grid: Grid, radius, centre=None, sub: int = 4):
             inside = jnp.clip((radius - r) / delta + 0.5, 0.0, 1.0)
             total = total + jnp.sum(inside, axis=-1)
     return total / sub**3
-
-
-def equal_volume_radius(volume):
-    """Radius (um) of the sphere of ``volume`` (um³): (3V/4π)^(1/3), finite gradient at V → 0."""
-    v = jnp.maximum(jnp.asarray(volume), 1e-30)
-    return (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
 @dataclass(frozen=True)
@@ -141,8 +136,9 @@ class NicheProblem(Problem):
         outside = 1.0 - ball
         if self.geometry == "organoid":
             out["oxygen"] = jnp.full(self.grid.shape, values["medium"]["oxygen"], dtype)
+            layer = self.layer(values, ball)
             for name in CO_CULTURE:
-                out[name] = init[name] * outside
+                out[name] = init[name] * layer
         else:
             pattern = jnp.asarray(self.vessel_pattern.array, dtype)
             out["vessel"] = jnp.minimum(pattern * init["vessel_density"], p["vessel_max"])
@@ -168,24 +164,36 @@ class NicheProblem(Problem):
         diffusion = jnp.stack([values["diffusion"].get(n, zero) for n in names])
         decay = jnp.stack([values["decay"].get(n, zero) for n in names])
         level = jnp.zeros(len(names), dtype)
+        extra = {}
         if values["medium"]:
             initial = jnp.stack([values["medium"][n] for n in SOLUTES])
             medium = medium_levels(initial, sched["medium"], k)
             solutes = np.array([self._channels[n] for n in SOLUTES])
             drugs = np.array([self._channels[d] for d in DRUGS])
             level = level.at[solutes].set(medium).at[drugs].add(dosed)
-        return {"diffusion": diffusion, "decay": decay,
+            extra["bulk_level"] = level  # the well-mixed medium (``medium_exchange``)
+        return {"diffusion": diffusion, "decay": decay, **extra,
                 "boundary_value": jnp.broadcast_to(level, (6, len(names))),
                 "boundary_flux": jnp.zeros((6, len(names)), dtype), **p}
 
+    def layer(self, values, ball=None):
+        """The organoid's initial unstirred layer, ball(R0 + δ) − ball(R0) (X, Y, Z): where
+        co-cultured cells settle and injected cells go. In the well-mixed bulk beyond
+        it, what they secrete would be washed out, and a uniform seeding of the
+        whole medium would put more cells in a larger box."""
+        radius = values["initial"]["radius_um"]
+        if ball is None:
+            ball = ball_fraction(self.grid, radius, self.centre)
+        outer = ball_fraction(self.grid, radius + values["params"]["medium_unstirred_layer"],
+                              self.centre)
+        return (outer - ball).astype(ball.dtype)
+
     def event_aux(self, values):
-        """Where injected cells go (mean 1 over its support): an organoid's medium, a tissue's vessels."""
-        f = self.initial_state(values)
-        i = self._channels
+        """Where injected cells go: an organoid's initial unstirred layer (1 inside it), a
+        tissue's vessels (mean 1)."""
         if self.geometry == "organoid":
-            site = (f[i["tumor"]] + f[i["csc"]] < 0.1).astype(f.dtype)
-        else:
-            site = f[i["vessel"]]
+            return self.layer(values)
+        site = self.initial_state(values)[self._channels["vessel"]]
         return site / jnp.maximum(jnp.mean(site), 1e-30)
 
     def has_event(self, values, k):
@@ -243,7 +251,8 @@ def _checked(mapping, known, what: str) -> dict:
 
 def _build(grid, geometry, octant, values, bounds, dt, dtype, pattern=None) -> Setup:
     table = niche_species(grid.boundary if geometry == "organoid" else None, bounds)
-    stepper = Stepper(grid, table, dt, niche_reaction, cell_speed=MAX_CELL_SPEED,
+    reaction = NicheReaction(grid, table.names, octant) if geometry == "organoid" else niche_reaction
+    stepper = Stepper(grid, table, dt, reaction, cell_speed=MAX_CELL_SPEED,
                       pressure=pressure_flux, pressure_stiffness=pressure_stiffness(bounds))
     problem = NicheProblem(grid, table, stepper, bounds, geometry, octant,
                            None if pattern is None else StaticArray(pattern))
@@ -270,9 +279,12 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     octant: simulate one eighth (the organoid's centre at the x-, y-, z- corner,
     those faces mirror planes); otherwise the organoid sits in the box centre.
     The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
-    values for the rest). Initial cells: a ball of ``radius`` um at the packing
+    values for the rest); it is well mixed at those levels beyond an unstirred
+    layer of ``medium_unstirred_layer`` um around the organoid
+    (``medium_exchange``), so where the box ends does not matter. Initial cells: a ball of ``radius`` um at the packing
     fraction (0.8) with a ``csc_fraction`` share of CSCs.
-    immune_medium: {"cd8": 0.02, ...} seeds cells uniformly in the medium
+    immune_medium: {"cd8": 0.02, ...} seeds cells in the unstirred layer around
+    the organoid (``NicheProblem.layer``), where co-cultured cells settle
     (co-culture). overrides: parameter values; diffusion: coefficients;
     bounds: {path: (lower, upper)} overriding the default bounds (the plan is
     sized from them); schedule_values: treatments (``tmesim.schedule``).

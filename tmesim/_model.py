@@ -15,17 +15,22 @@ solutes), volume fraction (cells, vessels), relative density (ECM).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from ._grid import Dirichlet
+from ._grid import Dirichlet, Grid
 from ._species import Species, SpeciesTable
 from ._stepper import Rates
 
 MAX_CELL_SPEED = 2.0  # um/min: cap on drift speed (static: it sets the cell sub-steps)
 ORGANOID_MEDIUM_O2 = 160.0  # mmHg: 21% O2 incubator medium (= PhysiCell o2_reference)
+# um: how far the bulk medium's relaxation lets a depletion reach into it
+# (``medium_exchange``: rate D/MIXING_LENGTH² per solute); the bulk starts this
+# much inside the unstirred layer's outer edge, so the layer keeps its thickness
+MIXING_LENGTH = 10.0
 
 CYTOKINE_D = "assumed: 3e3 um^2/min (5e-7 cm^2/s), tissue value for 10-50 kDa proteins"
 CYTOKINE_DECAY = "assumed: 0.01/min (about 1 h half-life in tissue)"
@@ -119,7 +124,7 @@ def niche_species(boundary=None, bounds=None) -> SpeciesTable:
     from ._parameters import Bounds
 
     bounds = Bounds.default() if bounds is None else bounds
-    losses = loss_bounds(bounds)
+    losses = loss_bounds(bounds, medium=boundary is not None)
     species = []
     for name, kind, D, decay, units, source, variable, _ in _FIELDS:
         faces = None
@@ -162,6 +167,27 @@ def _ramp_down(x, start, full):
     return jnp.clip((start - x) / jnp.maximum(start - full, 1e-3), 0.0, 1.0)
 
 
+def equal_volume_radius(volume):
+    """Radius (um) of the sphere of ``volume`` (um³): (3V/4π)^(1/3), finite gradient at V → 0."""
+    v = jnp.maximum(jnp.asarray(volume), 1e-30)
+    return (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def proliferation_o2(o2, p):
+    """Oxygen factor of division g = x/(K + (1 − K)·x), x = clip((O2 − 5)/(160 − 5), 0, 1).
+
+    x is PhysiCell's linear ramp from the proliferation threshold to the
+    reference pO2; K = ``o2_proliferation_shape``: 1 gives the ramp itself
+    (PhysiCell), K < 1 a saturating response, half-maximal at x = K/(1 + K)
+    (K = 0.1: near 19 mmHg), as for cells whose division barely slows until
+    the pO2 is low. Always 0 at the threshold and 1 at the reference.
+    """
+    x = jnp.clip((o2 - p["o2_proliferation_threshold"])
+                 / (p["o2_reference"] - p["o2_proliferation_threshold"]), 0.0, 1.0)
+    k = p["o2_proliferation_shape"]
+    return x / (k + (1.0 - k) * x)
+
+
 def shared_quantities(f, p) -> dict:
     """φ, room, oxygen-dependent factors and HIF activity, computed once per evaluation."""
     o2 = _nonnegative(f["oxygen"])
@@ -170,9 +196,7 @@ def shared_quantities(f, p) -> dict:
         "phi": phi,
         "room": jnp.clip((1.0 - phi) / (1.0 - p["packing_fraction"]), 0.0, 1.0),
         "o2": o2,
-        # PhysiCell: division rate scales linearly from the threshold to the reference pO2
-        "o2_growth": jnp.clip((o2 - p["o2_proliferation_threshold"])
-                              / (p["o2_reference"] - p["o2_proliferation_threshold"]), 0.0, 1.0),
+        "o2_growth": proliferation_o2(o2, p),
         "o2_necrosis": _ramp_down(o2, p["o2_necrosis_threshold"], p["o2_necrosis_max"]),
         "lactate": _hill(f["lactate"], p["lactate_k"]),
         "il6": _hill(f["il6"], p["il6_k"]),
@@ -211,22 +235,52 @@ def immune_suppression(f, p, d):
 # --------------------------------------------------------------------------
 # processes
 def oxygen_uptake(f, p, d, r):
-    """∂O2/∂t −= V · (φ − debris) · O2/(K + O2) (Michaelis-Menten; V = 1000 mmHg/min, K = 1 mmHg); solved with diffusion.
+    """∂O2/∂t −= V · (T + C + a_s·stroma + a_i·immune) · O2/(K + O2) (Michaelis-Menten; V = 1000 mmHg/min, K = 1 mmHg); solved with diffusion.
 
     Nearly zero-order down to a few mmHg, as measured respiration is, so a
     large enough organoid runs out of oxygen at its centre (PhysiCell's linear
-    uptake, 10/min · O2, only approaches zero exponentially). The loss rate
-    V·(φ − debris)/(K + O2) is frozen at the step's start with the diffusion solve.
+    uptake, 10/min · O2, only approaches zero exponentially). Stromal and
+    immune cells respire a share a_s, a_i of what tumour cells do per volume;
+    debris none. The loss rate is frozen at the step's start with the
+    diffusion solve.
     """
-    r.lose("oxygen", p["o2_uptake"] * (d["phi"] - f["debris"]) / (p["o2_uptake_k"] + d["o2"]))
+    consumers = (f["tumor"] + f["csc"] + p["o2_uptake_stroma"] * sum(f[c] for c in STROMA)
+                 + p["o2_uptake_immune"] * sum(f[c] for c in IMMUNE))
+    r.lose("oxygen", p["o2_uptake"] * consumers / (p["o2_uptake_k"] + d["o2"]))
 
 
 def _oxygen_uptake_bound(b):
-    return {"oxygen": b.upper("o2_uptake") / b.lower("o2_uptake_k")}  # φ − debris ≤ 1, O2 ≥ 0
+    return {"oxygen": b.upper("o2_uptake") / b.lower("o2_uptake_k")}  # shares ≤ 1, φ ≤ 1, O2 ≥ 0
+
+
+def medium_exchange(f, p, d, r):
+    """Organoid medium: ∂c/∂t += (D_c/ℓ²)·w·(c_bulk − c) for every solute, w = clip((r − R − δ + ℓ)/h + 1/2, 0, 1).
+
+    A culture well's medium is well mixed (convection) except for an
+    unstirred layer of thickness δ (``medium_unstirred_layer``) around the
+    organoid, through which solutes only diffuse. Beyond the layer every
+    solute relaxes to the bulk level c_bulk (the medium's, ``bulk_level``) at
+    the rate D_c/ℓ², ℓ = ``MIXING_LENGTH`` = 10 um: a depletion reaches about ℓ
+    into the bulk, so the bulk starts ℓ inside the layer's outer edge. R is the
+    equal-volume radius of the tumour body (``body_radius``), so the layer
+    moves with the growing organoid and w changes continuously with R (linear
+    over one voxel h). Results do not depend on where the box ends.
+    Only in the organoid geometry (``NicheReaction.medium``).
+    """
+    w = d.get("bulk")
+    if w is None:
+        return
+    for s in SOLUTES:
+        k = d["exchange_rate"][s] * w
+        r.lose(s, k).produce(s, k * d["bulk_level"][s])
+
+
+def _medium_exchange_bound(b):
+    return {s: b.upper(f"diffusion.{s}") / MIXING_LENGTH**2 for s in SOLUTES}  # w ≤ 1
 
 
 def tumor_proliferation(f, p, d, r):
-    """∂T/∂t += r_T · g(O2) · T · room − 2q · r_T · g(O2) · room · T, g = clip((O2 − 5)/(160 − 5), 0, 1).
+    """∂T/∂t += r_T · g(O2) · T · room − 2q · r_T · g(O2) · room · T, g = ``proliferation_o2``.
 
     PhysiCell's oxygen-scaled cycle (M18: division creates volume). Progenitor
     cells have a limited proliferative capacity (the CSC hierarchy): a share q
@@ -530,6 +584,7 @@ class Process:
 
 
 PROCESSES = (
+    Process("medium_exchange", (), medium_exchange, _medium_exchange_bound),
     Process("oxygen_uptake", ("M3",), oxygen_uptake, _oxygen_uptake_bound),
     Process("tumor_proliferation", ("M18",), tumor_proliferation),
     Process("csc_division", ("M1", "M4", "M12", "M14"), csc_division),
@@ -566,10 +621,7 @@ HELPERS = {"hif_activity": ("M1",), "immune_suppression": ("M6", "M12"), "pd_l1"
            "self_renewal_share": ("M1", "M4", "M14"), "radiotherapy": ("M16",)}
 
 
-def niche_reaction(f, p, t=0.0):
-    """Every reaction process of the model, in one traced function (one fused pass)."""
-    del t
-    d = shared_quantities(f, p)
+def _run_processes(f, p, d):
     r = Rates()
     for proc in PROCESSES:
         if proc.kind == "reaction":
@@ -577,10 +629,69 @@ def niche_reaction(f, p, t=0.0):
     return r
 
 
-def loss_bounds(bounds) -> dict:
-    """Per solute, the largest loss rate (1/min) the reaction can add within ``bounds``."""
+def niche_reaction(f, p, t=0.0):
+    """Every reaction process of the model, in one traced function (one fused pass).
+
+    Without a medium (a tissue); an organoid's is ``NicheReaction``."""
+    del t
+    return _run_processes(f, p, shared_quantities(f, p))
+
+
+def body_radius(f, p, grid: Grid, copies: int):
+    """Equal-volume radius (um) of the tumour body: Σ min((T + C + debris)/φ_packed, 1)·voxel·copies."""
+    body = f["tumor"] + f["csc"] + f["debris"]
+    occupied = jnp.minimum(body / p["packing_fraction"], 1.0)
+    return equal_volume_radius(jnp.sum(occupied) * grid.voxel_volume * copies)
+
+
+def radial_distance(grid: Grid, corner: bool, dtype):
+    """Distance (um) of every voxel centre (X, Y, Z) from the organoid's or
+    tumour's centre: the grid's lower corner (an octant) or the box centre."""
+    axes = []
+    for a in range(3):
+        x = grid.centers(a) - (0.0 if corner else grid.extent[a] / 2)
+        axes.append(jnp.asarray(x, dtype) ** 2)
+    return jnp.sqrt(axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+
+
+@dataclass(frozen=True)
+class NicheReaction:
+    """``niche_reaction`` for an organoid in a well-mixed medium (``medium_exchange``).
+
+    grid, names: the run's grid and field names (table order); octant: the
+    organoid's centre sits at the grid's lower corner (one eighth simulated),
+    else at the box centre. Static and hashable (part of the ``Stepper``).
+    """
+
+    grid: Grid
+    names: tuple
+    octant: bool = True
+
+    def bulk_weight(self, f, p):
+        """w of ``medium_exchange``: 0 in the organoid and its unstirred layer, 1 in the bulk."""
+        dtype = jnp.result_type(p["packing_fraction"])
+        radius = body_radius(f, p, self.grid, 8 if self.octant else 1)
+        edge = radius + p["medium_unstirred_layer"] - MIXING_LENGTH
+        h = min(self.grid.spacing)
+        return jnp.clip((radial_distance(self.grid, self.octant, dtype) - edge) / h + 0.5, 0.0, 1.0)
+
+    def __call__(self, f, p, t=0.0):
+        del t
+        d = shared_quantities(f, p)
+        d["bulk"] = self.bulk_weight(f, p)
+        index = {n: i for i, n in enumerate(self.names)}
+        d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
+        d["exchange_rate"] = {s: p["diffusion"][index[s]] / MIXING_LENGTH**2 for s in SOLUTES}
+        return _run_processes(f, p, d)
+
+
+def loss_bounds(bounds, medium: bool = False) -> dict:
+    """Per solute, the largest loss rate (1/min) the reaction can add within ``bounds``;
+    medium: an organoid's (``medium_exchange`` counts)."""
     out: dict = {}
     for proc in PROCESSES:
+        if proc.fn is medium_exchange and not medium:
+            continue
         if proc.loss_bound is not None:
             for name, rate in proc.loss_bound(bounds).items():
                 out[name] = out.get(name, 0.0) + float(rate)

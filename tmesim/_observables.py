@@ -5,24 +5,43 @@
 is a smooth (or piecewise-linear) function of the fields, so its gradient is
 the derivative of what it measures, not zero almost everywhere:
 
-- the tumour body's volume counts each voxel as min(body/φ_packed, 1), its
-  occupied share (a ball at the packing fraction gives its exact volume, and
-  the radius grows continuously as the front advances through a voxel);
-- hypoxia weighs live cells by a linear ramp of pO2 over ±1 mmHg about the
-  threshold (for a locally linear pO2 profile, the same share as the hard
-  threshold);
+- the tumour body (live cells and debris) counts each voxel as
+  min(body/φ_packed, 1), its occupied share (a ball at the packing fraction
+  gives its exact volume, and the radius grows continuously as the front
+  advances through a voxel);
+- the necrotic region weighs each occupied voxel by its debris share, so a
+  packed debris core counts its exact volume (and its radius moves
+  smoothly with it; a threshold on the share, ramped or not, made the
+  derivative a sampling of the voxels that happen to straddle it: 0.67 for
+  a ramp over shares 0.25-0.75, measured);
+- a region that an experiment marks by a threshold on a smooth field
+  (arrested: division nearly stopped; hypoxic: pimonidazole binds) weighs
+  each occupied voxel by a linear ramp across the threshold, symmetric about
+  it, so that a locally linear profile counts the same share as the hard
+  threshold;
+- radii are equal-volume sphere radii of those regions (what a confocal slice
+  through the centre of a spherical organoid shows);
 - shares are ratios of sums (CSC, debris).
+
+The definitions, with the experiment each one stands for, are in
+docs/observables.md.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ._geometry import equal_volume_radius
-from ._model import DRUGS, IMMUNE, STROMA
+import math
+
+from ._model import DRUGS, IMMUNE, STROMA, equal_volume_radius, proliferation_o2, radial_distance
 
 UM3_PER_MM3 = 1e9
+UM2_PER_MM2 = 1e6
 HYPOXIC_HALF_WIDTH = 1.0  # mmHg: half-width of the ramp that counts a cell as hypoxic
+PIMONIDAZOLE_O2 = 10.0  # mmHg: pimonidazole adducts form below about this pO2 (hypoxic_radius)
+ARREST_LEVEL = 0.1  # arrested where the oxygen factor of division is below this (arrested_radius)
+ARREST_HALF_WIDTH = 0.05
+PROFILE_DEPTHS = (0.0, 50.0, 100.0, 200.0)  # um below the outer radius: o2_depth_<d>
 
 OBSERVABLES = {
     "tumor_volume": ("mm^3", "live tumour cell volume (CSC + progenitor), whole organoid"),
@@ -32,6 +51,20 @@ OBSERVABLES = {
     "hypoxic_fraction": ("1", "share of live tumour cells below o2_hypoxic_threshold "
                               "(ramp of +-1 mmHg)"),
     "necrotic_fraction": ("1", "share of debris in the tumour body (debris / (live + debris))"),
+    "necrotic_radius": ("um", "equal-volume radius of the necrotic region: occupied voxels "
+                              "weighted by their debris share debris / (live + debris)"),
+    "arrested_radius": ("um", "equal-volume radius of the proliferation-arrested region (FUCCI): "
+                              "occupied voxels where the oxygen factor of division is below 0.1 "
+                              "(ramp +-0.05); includes the necrotic core"),
+    "hypoxic_radius": ("um", "equal-volume radius of the pimonidazole-positive region: occupied "
+                             "voxels below 10 mmHg (ramp +-1 mmHg)"),
+    "viable_rim": ("um", "tumor_radius - necrotic_radius"),
+    "projected_area": ("mm^2", "area of the organoid's shadow along z (brightfield image): each "
+                               "column counts its most occupied voxel's share"),
+    "projected_area_fold": ("1", "projected_area over that of the initial ball, pi R0^2"),
+    "dead_cell_volume": ("mm^3", "debris volume, whole organoid (dead-cell stain such as PI)"),
+    **{f"o2_depth_{d:g}": ("mmHg", f"mean pO2 on the sphere {d:g} um inside tumor_radius "
+                                   "(shell of one voxel)") for d in PROFILE_DEPTHS},
     "min_oxygen": ("mmHg", "lowest pO2 in the domain"),
     "tumor_oxygen": ("mmHg", "mean pO2 seen by live tumour cells"),
     "vessel_density": ("volume fraction", "mean vessel fraction over the domain"),
@@ -46,15 +79,53 @@ def _ratio(a, b):
 
 def hypoxic_weight(o2, threshold):
     """1 well below ``threshold``, 0 well above, linear over ±HYPOXIC_HALF_WIDTH mmHg."""
-    return jnp.clip(0.5 + (threshold - o2) / (2.0 * HYPOXIC_HALF_WIDTH), 0.0, 1.0)
+    return _ramp(o2, threshold, HYPOXIC_HALF_WIDTH)
 
 
-def body_volume(problem, fields, values):
-    """Volume (um³, whole body) of the tumour body: Σ min((T + C + debris)/φ_packed, 1)·voxel."""
+def _ramp(x, threshold, half_width):
+    """1 well below ``threshold``, 0 well above, linear over ±half_width."""
+    return jnp.clip(0.5 + (threshold - x) / (2.0 * half_width), 0.0, 1.0)
+
+
+def occupied(problem, fields, values):
+    """Occupied share of every voxel, min((T + C + debris)/φ_packed, 1), (X, Y, Z)."""
     i = problem.table.index
     body = fields[i("tumor")] + fields[i("csc")] + fields[i("debris")]
-    occupied = jnp.minimum(body / values["params"]["packing_fraction"], 1.0)
-    return jnp.sum(occupied) * problem.grid.voxel_volume * problem.copies
+    return jnp.minimum(body / values["params"]["packing_fraction"], 1.0)
+
+
+def _volume(problem, weight):
+    return jnp.sum(weight) * problem.grid.voxel_volume * problem.copies
+
+
+def projected_area(problem, occ):
+    """Area (um²) of the body's shadow along z: Σ over columns of max_z(occupied)·h_x·h_y.
+
+    A column is covered as far as its most occupied voxel is (for a ball, the
+    one at the equator, whose occupied share is the share of the column's
+    footprint inside the ball's outline); the column's summed thickness would
+    count a footprint barely touched by the outline as covered, because a
+    sphere's chord grows as the square root of the depth inside its edge. An
+    octant's shadow is a quarter of the whole one (z = 0 is its equator).
+    """
+    hx, hy, _ = problem.grid.spacing
+    shadow = jnp.max(occ, axis=2)
+    return jnp.sum(shadow) * hx * hy * (4.0 if problem.copies == 8 else 1.0)
+
+
+def shell_mean(problem, field, radius):
+    """Mean of ``field`` on the sphere of ``radius`` (um) about the centre: voxels
+    weighted by a hat of half-width h in their distance from it (continuous in radius)."""
+    h = min(problem.grid.spacing)
+    r = radial_distance(problem.grid, problem.copies == 8, field.dtype)
+    w = jnp.maximum(1.0 - jnp.abs(r - radius) / h, 0.0)
+    return _ratio(jnp.sum(w * field), jnp.sum(w))
+
+
+def radial_profile(problem, fields, name, radii):
+    """``name``'s shell means (``shell_mean``) at each of ``radii`` (um): a radial profile."""
+    f = fields[problem.table.index(name)]
+    return jnp.stack([shell_mean(problem, f, r) for r in radii])
 
 
 def observables(problem, fields, values, step=None) -> dict:
@@ -67,9 +138,24 @@ def observables(problem, fields, values, step=None) -> dict:
     o2 = fields[i("oxygen")]
     live_sum = jnp.sum(live)
     hypoxic = hypoxic_weight(o2, values["params"]["o2_hypoxic_threshold"])
+    p = values["params"]
+    occ = occupied(problem, fields, values)
+    radius = equal_volume_radius(_volume(problem, occ))
+    necrotic = occ * _ratio(debris, live + debris)
+    necrotic_radius = equal_volume_radius(_volume(problem, necrotic))
+    arrested = occ * _ramp(proliferation_o2(o2, p), ARREST_LEVEL, ARREST_HALF_WIDTH)
+    pimonidazole = occ * _ramp(o2, PIMONIDAZOLE_O2, HYPOXIC_HALF_WIDTH)
+    area = projected_area(problem, occ)
     out = {
         "tumor_volume": live_sum * vv,
-        "tumor_radius": equal_volume_radius(body_volume(problem, fields, values)),
+        "tumor_radius": radius,
+        "necrotic_radius": necrotic_radius,
+        "arrested_radius": equal_volume_radius(_volume(problem, arrested)),
+        "hypoxic_radius": equal_volume_radius(_volume(problem, pimonidazole)),
+        "viable_rim": radius - necrotic_radius,
+        "projected_area": area / UM2_PER_MM2,
+        "projected_area_fold": area / (math.pi * values["initial"]["radius_um"] ** 2),
+        "dead_cell_volume": jnp.sum(debris) * vv,
         "csc_fraction": _ratio(jnp.sum(fields[i("csc")]), live_sum),
         "hypoxic_fraction": _ratio(jnp.sum(live * hypoxic), live_sum),
         "necrotic_fraction": _ratio(jnp.sum(debris), live_sum + jnp.sum(debris)),
@@ -77,6 +163,8 @@ def observables(problem, fields, values, step=None) -> dict:
         "tumor_oxygen": _ratio(jnp.sum(o2 * live), live_sum),
         "vessel_density": jnp.mean(fields[i("vessel")]),
     }
+    for d in PROFILE_DEPTHS:
+        out[f"o2_depth_{d:g}"] = shell_mean(problem, o2, radius - d)
     for c in STROMA + IMMUNE:
         out[f"{c}_total"] = jnp.sum(fields[i(c)]) * vv
     for d in DRUGS:

@@ -52,8 +52,11 @@ HILL = "assumed: half-saturation at the concentration a few hours of secretion b
 _ROWS = [
     # --- oxygen response (PhysiCell's standard oxygen model) -----------------
     ("o2_uptake", 1000.0, "mmHg/min", "oxygen_uptake", "maximal O2 consumption of packed cells (per unit volume fraction)", "assumed: 50 amol O2/cell/s (tumour-cell OCRs are 10-100) at PhysiCell's 2494 um^3 cells and 1.3 uM/mmHg solubility; = PhysiCell's linear 10/min (cell_oxygen_uptake_rate) at 100 mmHg"),
+    ("o2_uptake_stroma", 0.3, "1", "oxygen_uptake", "O2 consumption of stromal cells (fibroblasts, CAFs, MSCs) per volume, relative to tumour cells", "assumed: quiescent cells respire less per volume than proliferating ones (plateau-phase cells consume 1.5-5 times less than exponentially growing ones: Wagner, Venkataraman & Buettner 2011, Free Radic Biol Med 51:700, Table 3)"),
+    ("o2_uptake_immune", 0.3, "1", "oxygen_uptake", "O2 consumption of immune cells (macrophages, T cells, CAR-T) per volume, relative to tumour cells", "assumed: as o2_uptake_stroma (resting immune cells are small and quiescent; issue 4 found tumour-like uptake by immune cells too high)"),
     ("o2_uptake_k", 1.0, "mmHg", "oxygen_uptake", "pO2 of half-maximal O2 consumption (Michaelis constant)", "assumed: cellular respiration is half-maximal near 1 mmHg, so consumption is nearly zero-order down to a few mmHg"),
     ("o2_proliferation_threshold", 5.0, "mmHg", "tumor_proliferation", "no proliferation below this pO2", PC.format("o2_proliferation_threshold")),
+    ("o2_proliferation_shape", 1.0, "1", "tumor_proliferation", "shape K of the oxygen factor of division x/(K + (1 - K)x), x the linear ramp: 1 linear (PhysiCell), below 1 saturating", "PhysiCell's linear ramp (K = 1); a saturating response (K < 1) is an option to calibrate"),
     ("o2_reference", 160.0, "mmHg", "tumor_proliferation", "pO2 at which the reference division rate applies", PC.format("o2_reference")),
     ("o2_hypoxic_threshold", 15.0, "mmHg", "hif_activity", "HIF response starts below this pO2", PC.format("o2_hypoxic_threshold")),
     ("o2_hypoxic_saturation", 4.0, "mmHg", "hif_activity", "HIF response is full below this pO2", PC.format("o2_hypoxic_saturation")),
@@ -61,6 +64,8 @@ _ROWS = [
     ("o2_necrosis_max", 2.5, "mmHg", "necrosis", "necrosis rate is maximal below this pO2", PC.format("o2_necrosis_max")),
     ("necrosis_rate", 0.0027777778, "1/min", "necrosis", "maximal necrotic death rate (1/6 h)", PC.format("max_necrosis_rate")),
     ("hif_inhibitor_k", 50.0, "nM", "hif_activity", "HIF-inhibitor concentration halving HIF activity", "assumed: potent small molecule, IC50 tens of nM"),
+    # --- medium (organoid) ------------------------------------------------------
+    ("medium_unstirred_layer", 100.0, "um", "medium_exchange", "thickness of the unstirred medium around the organoid; beyond it the medium is well mixed at its bulk level", "assumed: 100 um; even in stirred culture pO2 falls continuously from the bulk medium to a spheroid's surface through an unstirred layer (Mueller-Klieser 1984, Biophys J 46:343), whose thickness depends on the culture (a static well's is thicker than a spinner flask's): a value to calibrate"),
     # --- tumor growth ----------------------------------------------------------
     ("tumor_division_rate", 0.00072, "1/min", "tumor_proliferation", "division rate of progenitor/differentiated cells at o2_reference (16 h doubling)", PC.format("live_cycle_entry_rate")),
     ("progenitor_terminal", 0.25, "1", "tumor_proliferation", "share of progenitor daughters that differentiate terminally (stop dividing and die)", "assumed: limited proliferative capacity of non-stem cells (CSC hierarchy); 0.5 would stop net progenitor growth"),
@@ -88,7 +93,7 @@ _ROWS = [
     ("packing_fraction", 0.8, "volume fraction", "pressure_flux", "cell fraction of packed, unstressed tissue (the rest is interstitium)", "assumed: cells fill about 80% of a spheroid's volume"),
     # --- oxygen supply, vessels and angiogenesis (M2, M15) -----------------------
     ("blood_o2", 40.0, "mmHg", "vascular_supply", "capillary blood pO2", "assumed: mean capillary pO2 (about 5% O2, as PhysiCell's 38 mmHg physioxia)"),
-    ("vessel_o2_exchange", 1000.0, "1/min", "vascular_supply", "O2 exchange rate per unit vessel fraction", "assumed: 3% vessels keep 30%-cellular stroma near 30 mmHg"),
+    ("vessel_o2_exchange", 300.0, "1/min", "vascular_supply", "O2 exchange rate per unit vessel fraction", "assumed: 3% vessels keep 30%-cellular stroma near 30 mmHg (300 since stromal and immune cells respire o2_uptake_stroma, o2_uptake_immune = 0.3 of tumour cells; 1000 before)"),
     ("vessel_drug_exchange", 0.5, "1/min", "vascular_supply", "small-molecule drug exchange per unit vessel fraction", "assumed"),
     ("vessel_antibody_exchange", 0.02, "1/min", "vascular_supply", "antibody exchange per unit vessel fraction (slow extravasation)", "assumed: antibodies cross capillaries about 25 times slower than small molecules"),
     ("vessel_lactate_clearance", 0.1, "1/min", "vascular_supply", "lactate washed out per unit vessel fraction", "assumed"),
@@ -189,6 +194,7 @@ _BOUNDS = {
     # plan-sizing rows: the oxygen loss bound is o2_uptake/o2_uptake_k + vessel exchange · vessel_max
     "o2_uptake": (0.0, 1500.0, "log"),
     "o2_uptake_k": (1.0, 10.0, "log"),
+    "medium_unstirred_layer": (10.0, 1000.0, "lin"),  # at least _model.MIXING_LENGTH
     "vessel_o2_exchange": (0.0, 2000.0, "log"),
     "vessel_max": (0.05, 0.2, "log"),
     # cell sub-steps follow tissue_mobility / (1 - packing_fraction) (``_model.pressure_stiffness``)
@@ -197,6 +203,7 @@ _BOUNDS = {
     # oxygen thresholds (mmHg): ramps need start > full, so the ranges do not overlap
     "o2_proliferation_threshold": (0.0, 20.0, "lin"),
     "o2_reference": (50.0, 200.0, "lin"),
+    "o2_proliferation_shape": (0.01, 1.0, "log"),
     "o2_hypoxic_threshold": (8.0, 30.0, "lin"),
     "o2_hypoxic_saturation": (0.5, 7.0, "lin"),
     "o2_necrosis_threshold": (3.0, 10.0, "lin"),
@@ -212,7 +219,7 @@ _BOUNDS = {
     "chemo_lethality": (0.0, 30.0, "log"),
     "rt_csc_resistance": (0.0, 1.0, "logit"),
 }
-SHARES = ("progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+SHARES = ("o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
           "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate", "csc_survival_il6",
           "csc_survival_lactate", "pathway_inhibitor_max", "exosome_inhibitor_max",
           "anti_pd1_max", "ferroptosis_bulk", "car_t_bulk")
@@ -239,6 +246,23 @@ assert len(set(_names)) == len(_names), "duplicate parameter names"
 assert set(_BOUNDS) <= set(_names), set(_BOUNDS) - set(_names)
 for _q in PARAMETERS:
     assert _q.lower <= _q.value <= _q.upper, _q.name
+
+
+# Parameter sets per cell line: {name: (values that differ from the defaults, source)}.
+# A scenario names one (``cell_line = "wm793b"``); its own [parameters] override it.
+# Browning et al. 2021 (eLife 10:e73020; docs/data/browning2021_incucyte_outer_radius.csv,
+# 5000 cells seeded) measured the median outer radius of both melanoma lines: the
+# spheroid volume grew at 0.250/day (WM983b) and 0.099/day (WM793b) over days 3-6.
+# Only that ratio is taken from the data (division rates of WM793b scaled by
+# 0.099/0.250 = 0.40); every other value is the default. Not a fit: calibration's job.
+_GROWTH_RATIO_WM793B = 0.099 / 0.250
+CELL_LINES = {
+    "wm983b": ({}, "Browning et al. 2021 WM983b melanoma: the default parameters"),
+    "wm793b": ({"tumor_division_rate": 0.00072 * _GROWTH_RATIO_WM793B,
+                "csc_division_rate": 0.00036 * _GROWTH_RATIO_WM793B},
+               "Browning et al. 2021 WM793b melanoma: division rates 0.40 of WM983b's, the "
+               "ratio of the lines' measured spheroid volume growth over days 3-6"),
+}
 
 
 def default_parameters(dtype=jnp.float32, **overrides) -> dict:

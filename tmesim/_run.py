@@ -29,6 +29,7 @@ import numpy as np
 from ._geometry import Setup, organoid, tissue
 from ._observables import observables
 from ._output import Output, latest_checkpoint, write_xdmf
+from ._parameters import CELL_LINES
 from ._scenario import MIN_PER_DAY, Scenario, ScenarioError, scenario_from_text
 from ._solve import solve, start_state
 
@@ -51,7 +52,8 @@ def build(scenario: Scenario) -> Built:
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
     common = dict(n=grid["n"], spacing=grid["spacing_um"], radius=geo["radius_um"],
-                  csc_fraction=geo["csc_fraction"], dt=scenario.dt, overrides=d["parameters"],
+                  csc_fraction=geo["csc_fraction"], dt=scenario.dt,
+                  overrides=CELL_LINES.get(d["cell_line"], ({},))[0] | d["parameters"],
                   dtype=dtype, diffusion=d["diffusion"], bounds=scenario.bounds,
                   schedule_values=scenario.schedule())
     try:

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ._model import CELLS, DRUGS, FIELD_NAMES, MOBILE, ORGANOID_MEDIUM_O2, SOLUTES
-from ._parameters import GROUPS, PARAMETERS
+from ._parameters import CELL_LINES, GROUPS, PARAMETERS
 
 MIN_PER_DAY = 1440.0
 PARAMETER_NAMES = tuple(q.name for q in PARAMETERS)
@@ -82,7 +82,7 @@ GEOMETRY = {
     "octant": Key(BOOL, False, True, help="organoid: simulate one eighth (mirror faces)"),
     "medium": Key(TABLE, False, {}, help="organoid: medium levels (oxygen mmHg, solutes nM)"),
     "co_culture": Key(TABLE, False, {},
-                      help="organoid: cells seeded in the medium (volume fraction)"),
+                      help="organoid: cells seeded in the unstirred layer around it (volume fraction)"),
     "vessel_spacing_um": Key(NUMBER, False, 60.0, _positive, help="tissue: mean vessel spacing"),
     "vessel_density": Key(NUMBER, False, 0.03, _fraction, help="tissue: mean vessel fraction"),
     "stroma": Key(NUMBER, False, 0.3, _fraction, help="tissue: stromal cell fraction"),
@@ -117,7 +117,7 @@ INJECTION = {
     "field": Key(STRING, True, choices=CELLS, help="injected cells, e.g. car_t, msc_trail, cd8"),
     "day": Key(NUMBER, True, check=_non_negative),
     "amount": Key(NUMBER, True, check=_fraction,
-                  help="volume fraction added (organoid: in the medium; tissue: at vessels)"),
+                  help="volume fraction added (organoid: in its initial unstirred layer; tissue: at vessels)"),
     "count": Key(INTEGER, False, 1, lambda v: 1 <= v <= 1000),
     "every_days": Key(NUMBER, False, 0.0, _non_negative),
 }
@@ -127,6 +127,8 @@ TOP = {
     "run": Key(TABLE, True),
     "grid": Key(TABLE, True),
     "geometry": Key(TABLE, True),
+    "cell_line": Key(STRING, False, None, choices=tuple(CELL_LINES),
+                     help="a cell line's parameter set (tmesim.CELL_LINES); [parameters] override it"),
     "parameters": Key(TABLE, False, {}),
     "diffusion": Key(TABLE, False, {}),
     "bounds": Key(TABLE, False, {}),
@@ -357,7 +359,7 @@ def scenario_from_text(text: str, source: str = "<scenario>", overrides=()) -> S
 def _validate(raw: dict, source: str) -> dict:
     check = _Checker(source)
     top = check.table("", raw, TOP)
-    data = {"name": top["name"], "description": top["description"]}
+    data = {"name": top["name"], "description": top["description"], "cell_line": top["cell_line"]}
     for key, schema in SECTIONS.items():
         data[key] = check.table(key, top[key], schema)
     for key, schema in EVENT_LISTS.items():

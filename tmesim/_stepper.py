@@ -361,7 +361,9 @@ class Stepper:
             source = self._stack(g, rates.production, 0.0, c)
         bc = self._face_bc(params, g.channels)
         if g.method == "implicit":
-            return K.implicit_step(c, self.dt, sp, D, lam, bc, pinned, source)
+            level = params.get("bulk_level")
+            ref = None if level is None else level[np.asarray(g.channels)]
+            return K.implicit_step(c, self.dt, sp, D, lam, bc, pinned, source, reference=ref)
         if g.method == "lod":
             return K.lod_step(c, self.dt, sp, D, lam, bc, pinned, source)
         if g.method == "euler":
