@@ -10,8 +10,9 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
 
   transport   ``simulate`` with the model's species table and no reaction:
               the pure diffusion-decay step of the same 31 fields;
-  full        the same with ``niche_reaction``: every process of M1-M18,
-              its terms folded into the solute transport and the exact
+  full        the same with the tissue's reaction (``NicheReaction``): every
+              process of M1-M18 and the mixture flow's Poisson solve, its
+              terms folded into the solute transport and the exact
               exponential update of cells and matrix;
   reaction    full − transport, the cost the model adds per step;
   ratio       reaction / transport (issue 3's target: ≤ 2 at 64^3, dt 0.01);

@@ -45,6 +45,7 @@ def cell_transport_rate(
     room: Array | None = None,
     periodic: tuple[bool, bool, bool] = (False, False, False),
     max_speed: float | None = None,
+    carrier: Array | None = None,
 ) -> Array:
     """∂ρ/∂t of the volume-filling upwind scheme described in the module docstring.
 
@@ -62,6 +63,11 @@ def cell_transport_rate(
                stays positive for dt ≤ ``transport_limit(spacing, μ, max_speed)``.
     motility may also be (F, X, Y, Z) (e.g. slowed by matrix); the face value
     is the mean of its two voxels.
+    carrier:   Ψ (X, Y, Z) in um²/min, or None: every population also moves with
+               the bulk velocity u = −∇Ψ, upwind and not limited by room
+               (T += (u⁺·ρ_i − u⁻·ρ_{i+1})/h): the motion of the whole mixture,
+               which carries packed tissue as well as loose cells. With a cap,
+               |u| ≤ max_speed − |v| at each face, so the step limit holds.
     """
     nd = rho.ndim
     mu = _per_channel(motility, nd)
@@ -75,15 +81,24 @@ def cell_transport_rate(
         h = spacing[axis]
         n = rho.shape[ax]
 
-        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, h=h):
+        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, psi_lo, psi_hi,
+                     h=h):
             hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
+            v = 0.0
             if potential is not None:
                 v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
                 if max_speed is not None:
                     v = jnp.clip(v, -max_speed, max_speed)
                 fwd = hop + jnp.maximum(v, 0.0) / h
                 bwd = hop + jnp.maximum(-v, 0.0) / h
-            return fwd * r_lo * room_hi - bwd * r_hi * room_lo
+            out = fwd * r_lo * room_hi - bwd * r_hi * room_lo
+            if carrier is not None:
+                u = -(psi_hi - psi_lo) / h
+                if max_speed is not None:
+                    left = max_speed - jnp.abs(v)
+                    u = jnp.clip(u, -left, left)
+                out = out + (jnp.maximum(u, 0.0) * r_lo - jnp.maximum(-u, 0.0) * r_hi) / h
+            return out
 
         def cut(x, start, stop, ax=ax):
             if x is None:
@@ -93,6 +108,7 @@ def cell_transport_rate(
             return _slice(x, start, stop, ax) if x.shape[ax] > 1 else x
 
         rm = 1.0 if room is None else jnp.broadcast_to(room, rho.shape[1:])[None]
+        psi = None if carrier is None else jnp.broadcast_to(carrier, rho.shape[1:])[None]
         room_of = (lambda a, b: 1.0) if room is None else (lambda a, b, rm=rm: cut(rm, a, b))
         t = transfer(
             cut(rho, 0, n - 1),
@@ -103,6 +119,8 @@ def cell_transport_rate(
             room_of(1, n),
             cut(mu, 0, n - 1),
             cut(mu, 1, n),
+            cut(psi, 0, n - 1),
+            cut(psi, 1, n),
         )
         if periodic[axis]:
             edge = transfer(
@@ -114,6 +132,8 @@ def cell_transport_rate(
                 room_of(0, 1),
                 cut(mu, n - 1, n),
                 cut(mu, 0, 1),
+                cut(psi, n - 1, n),
+                cut(psi, 0, 1),
             )
             lo_face = hi_face = edge
         else:

@@ -275,14 +275,16 @@ def test_m17_car_t_kills_cscs_first():
 def test_m18_growth_pushes_a_compact_body_outwards():
     """Pressure keeps the body at its packing density and moves the front out, sharp.
 
-    Without the pressure flux (κ = 0) the new volume packs the core towards
-    φ = 1 and the body cannot grow (adhesive tumor cells have no random
-    motility): measured R(φ > 0.4) 153 against 178 um after 2 days, from 150.
-    The front, R(φ > 0.1) − R(φ > 0.7), is 14 um wide: under one voxel.
+    Without the pressure flux (κ = 0) and the mixture flow, the new volume
+    packs the core towards φ = 1 and the body cannot grow (adhesive tumor
+    cells have no random motility): measured R(φ > 0.4) 153 against 178 um
+    after 2 days, from 150. The front, R(φ > 0.1) − R(φ > 0.7), is 37 um
+    wide: under two voxels (14 um, under one, before the mixture flow: its
+    first-order upwind advection of the whole body smears the front by a voxel).
     """
     setup = _organoid_small()
     grown = evolve(2, None, None, setup)
-    stuck = evolve(2, {"tissue_mobility": 0.0}, None, setup)
+    stuck = evolve(2, {"tissue_mobility": 0.0, "mixture_flow": 0.0}, None, setup)
 
     def radius(f, threshold):
         """Equal-volume radius (um) of the voxels with T + C + debris above ``threshold``."""
@@ -296,7 +298,36 @@ def test_m18_growth_pushes_a_compact_body_outwards():
     phi_grown, phi_stuck = (sum(f[c] for c in tm.CELLS) for f in (grown, stuck))
     assert phi_grown[0, 0, 0] < 0.85 < 0.9 < phi_stuck[0, 0, 0]
     assert max(phi_grown.max(), phi_stuck.max()) <= 1.0 + 1e-9
-    assert radius(grown, 0.1) - radius(grown, 0.7) < 25.0
+    assert radius(grown, 0.1) - radius(grown, 0.7) < 2 * 20.0
+
+
+def test_m18_volume_lost_in_a_core_draws_the_body_inward_packed():
+    """A packed ball of 150 um with a debris core of 80 um that lyses (2e-3/min), nothing
+    dividing or dying otherwise: with the mixture flow the tissue moves in and the
+    centre stays packed (Greenspan); without it the core hollows. Measured after a
+    day at 20 um voxels: centre φ 0.80 against 0.08, the same outer radius (143 um:
+    the body's volume is what lysis left, either way)."""
+    still = {"tumor_division_rate": 0.0, "csc_division_rate": 0.0, "apoptosis_rate": 0.0,
+             "debris_lysis_rate": 2e-3}
+    out = {}
+    for m in (1.0, 0.0):
+        s = tm.organoid(n=12, spacing=20.0, radius=150.0, dt=5.0, dtype=jnp.float64,
+                        overrides=still | {"mixture_flow": m},
+                        bounds={"debris_lysis_rate": (0.0, 0.01)})
+        f = tm.start_state(s.problem, s.values)
+        i = s.table.index
+        core = tm.ball_fraction(s.grid, 80.0, (0.0, 0.0, 0.0))
+        live = f[i("tumor")]
+        f = f.at[i("debris")].set(live * core).at[i("tumor")].set(live * (1 - core))
+        sol = tm.solve(s.problem, s.values, f, n_steps=288)
+        assert sol.ok
+        g = np.asarray(sol.fields)
+        phi = g[[i(c) for c in tm.CELLS]].sum(0)
+        out[m] = (phi[0, 0, 0], float(tm.observables(s.problem, sol.fields, s.values)["tumor_radius"]),
+                  phi.max())
+    assert out[1.0][0] > 0.75 and out[0.0][0] < 0.2
+    np.testing.assert_allclose(out[1.0][1], out[0.0][1], rtol=1e-3)
+    assert max(out[1.0][2], out[0.0][2]) <= 1.0 + 1e-9
 
 
 def test_extreme_parameters_keep_densities_non_negative_and_bounded():

@@ -43,7 +43,6 @@ from ._model import (
     STROMA,
     NicheReaction,
     equal_volume_radius,
-    niche_reaction,
     niche_species,
     pressure_flux,
     pressure_stiffness,
@@ -251,7 +250,7 @@ def _checked(mapping, known, what: str) -> dict:
 
 def _build(grid, geometry, octant, values, bounds, dt, dtype, pattern=None) -> Setup:
     table = niche_species(grid.boundary if geometry == "organoid" else None, bounds)
-    reaction = NicheReaction(grid, table.names, octant) if geometry == "organoid" else niche_reaction
+    reaction = NicheReaction(grid, table.names, octant, medium=geometry == "organoid")
     stepper = Stepper(grid, table, dt, reaction, cell_speed=MAX_CELL_SPEED,
                       pressure=pressure_flux, pressure_stiffness=pressure_stiffness(bounds))
     problem = NicheProblem(grid, table, stepper, bounds, geometry, octant,

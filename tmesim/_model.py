@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
+from . import kernels as K
 from ._grid import Dirichlet, Grid
 from ._species import Species, SpeciesTable
 from ._stepper import Rates
@@ -254,7 +255,7 @@ def _oxygen_uptake_bound(b):
 
 
 def medium_exchange(f, p, d, r):
-    """Organoid medium: ∂c/∂t += (D_c/ℓ²)·w·(c_bulk − c) for every solute, w = clip((r − R − δ + ℓ)/h + 1/2, 0, 1).
+    """Organoid medium: ∂c/∂t += (D_c/ℓ²)·w·(c_bulk − c) for every solute, w = S((r − R − δ + ℓ)/h + 1/2), S a smoothstep from 0 to 1.
 
     A culture well's medium is well mixed (convection) except for an
     unstirred layer of thickness δ (``medium_unstirred_layer``) around the
@@ -263,8 +264,8 @@ def medium_exchange(f, p, d, r):
     the rate D_c/ℓ², ℓ = ``MIXING_LENGTH`` = 10 um: a depletion reaches about ℓ
     into the bulk, so the bulk starts ℓ inside the layer's outer edge. R is the
     equal-volume radius of the tumour body (``body_radius``), so the layer
-    moves with the growing organoid and w changes continuously with R (linear
-    over one voxel h). Results do not depend on where the box ends.
+    moves with the growing organoid and w changes smoothly with R (over one
+    voxel h). Results do not depend on where the box ends.
     Only in the organoid geometry (``NicheReaction.medium``).
     """
     w = d.get("bulk")
@@ -356,6 +357,43 @@ def pressure_flux(phi, p):
     """
     return p["tissue_mobility"] * jnp.maximum(phi - p["packing_fraction"], 0.0) / (
         1.0 - p["packing_fraction"])
+
+
+MIXTURE_STIFF = 1e8  # min: the backward-Euler "step" that turns implicit_step into a Poisson solve
+
+
+def mixture_flow(f, p, r, grid: Grid):
+    """Cells move with the tumour body as one incompressible mixture (M18): v = −∇Ψ, ∇·v = m·S/φ_packed in the body, Ψ = 0 outside.
+
+    S = Σ_cells (P − L·c) + conversions into cells is the net cell volume the
+    reaction makes per minute (division less death and lysis). In a packed
+    body that volume must move: Ψ solves (λ_out − ∇²)Ψ = m·S/φ_packed,
+    λ_out = (1 − occupied)/h², so Ψ ≈ 0 a voxel outside the body (its free
+    surface, as in Greenspan 1972 and Ward & King 1997), and every cell
+    species moves with u = −∇Ψ (``Rates.carry``: bulk motion, not limited by
+    the room left in a voxel as crowding and chemotaxis are; |u| + |v| capped
+    at 2 um/min). Volume made in the
+    rim pushes the front out; volume lost in a necrotic core (lysis) draws
+    the tissue inward, so a growing organoid stays packed instead of
+    hollowing. m = ``mixture_flow`` (1: on; 0: only ``pressure_flux``, which
+    still relieves any crowding above the packing fraction). Ψ is frozen
+    over the step (one conjugate-gradient multigrid solve per step,
+    ``kernels.implicit_step`` with a step of 1e8 min).
+    """
+    occupied = jnp.minimum((f["tumor"] + f["csc"] + f["debris"]) / p["packing_fraction"], 1.0)
+    made = jnp.zeros_like(occupied)
+    for c in CELLS:
+        made = made + r.production.get(c, 0.0) - r.loss.get(c, 0.0) * f[c]
+    for src, dst, rate in r.flows:
+        if dst in CELLS:  # a conversion between cells makes no volume: its loss is in r.loss
+            made = made + rate * f[src]
+    h = min(grid.spacing)
+    source = p["mixture_flow"] * made / p["packing_fraction"]
+    bc = tuple(None if grid.periodic[a] else (None, None) for a in range(3))
+    one = jnp.ones((1,), occupied.dtype)
+    psi = K.implicit_step(jnp.zeros_like(occupied)[None], MIXTURE_STIFF, grid.spacing, one,
+                          ((1.0 - occupied) / h**2)[None], bc, None, source[None])
+    return psi[0]
 
 
 def pressure_stiffness(b) -> float:
@@ -568,7 +606,8 @@ def car_t_killing(f, p, d, r):
 @dataclass(frozen=True)
 class Process:
     """A documented process: its reaction terms (``fn(f, p, d, r)``) or, for
-    ``kind = "transport"``, the cell-transport law it supplies (pressure_flux);
+    ``kind = "transport"``, the cell-transport law it supplies (pressure_flux),
+    for ``kind = "flow"`` the drift every cell follows (``fn(f, p, r, grid)``);
     ``loss_bound(bounds) -> {solute: 1/min}`` bounds the loss rate it adds to
     solutes over the parameter bounds (the step plan allows for it)."""
 
@@ -593,6 +632,7 @@ PROCESSES = (
     Process("necrosis", ("M3",), necrosis),
     Process("debris_clearance", ("M3",), debris_clearance),
     Process("pressure_flux", ("M18",), pressure_flux, kind="transport"),
+    Process("mixture_flow", ("M18",), mixture_flow, kind="flow"),
     Process("vascular_supply", ("M2",), vascular_supply, _vascular_supply_bound),
     Process("vegf_secretion", ("M2",), vegf_secretion),
     Process("angiogenesis", ("M2", "M15"), angiogenesis),
@@ -632,7 +672,7 @@ def _run_processes(f, p, d):
 def niche_reaction(f, p, t=0.0):
     """Every reaction process of the model, in one traced function (one fused pass).
 
-    Without a medium (a tissue); an organoid's is ``NicheReaction``."""
+    Without the grid's parts (mixture flow, medium): a run's is ``NicheReaction``."""
     del t
     return _run_processes(f, p, shared_quantities(f, p))
 
@@ -656,16 +696,19 @@ def radial_distance(grid: Grid, corner: bool, dtype):
 
 @dataclass(frozen=True)
 class NicheReaction:
-    """``niche_reaction`` for an organoid in a well-mixed medium (``medium_exchange``).
+    """The model's reaction on a grid: ``niche_reaction`` plus the mixture flow
+    (``mixture_flow``) and, for an organoid, its well-mixed medium (``medium_exchange``).
 
     grid, names: the run's grid and field names (table order); octant: the
     organoid's centre sits at the grid's lower corner (one eighth simulated),
-    else at the box centre. Static and hashable (part of the ``Stepper``).
+    else at the box centre; medium: an organoid (False: a tissue). Static and
+    hashable (part of the ``Stepper``).
     """
 
     grid: Grid
     names: tuple
     octant: bool = True
+    medium: bool = True
 
     def bulk_weight(self, f, p):
         """w of ``medium_exchange``: 0 in the organoid and its unstirred layer, 1 in the bulk."""
@@ -673,16 +716,21 @@ class NicheReaction:
         radius = body_radius(f, p, self.grid, 8 if self.octant else 1)
         edge = radius + p["medium_unstirred_layer"] - MIXING_LENGTH
         h = min(self.grid.spacing)
-        return jnp.clip((radial_distance(self.grid, self.octant, dtype) - edge) / h + 0.5, 0.0, 1.0)
+        x = jnp.clip((radial_distance(self.grid, self.octant, dtype) - edge) / h + 0.5, 0.0, 1.0)
+        # smoothstep, not the linear ramp: no kink where a voxel enters or leaves
+        # the ramp, which finite differences of a whole run kept crossing
+        return x * x * (3.0 - 2.0 * x)
 
     def __call__(self, f, p, t=0.0):
         del t
         d = shared_quantities(f, p)
-        d["bulk"] = self.bulk_weight(f, p)
-        index = {n: i for i, n in enumerate(self.names)}
-        d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
-        d["exchange_rate"] = {s: p["diffusion"][index[s]] / MIXING_LENGTH**2 for s in SOLUTES}
-        return _run_processes(f, p, d)
+        if self.medium:
+            d["bulk"] = self.bulk_weight(f, p)
+            index = {n: i for i, n in enumerate(self.names)}
+            d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
+            d["exchange_rate"] = {s: p["diffusion"][index[s]] / MIXING_LENGTH**2 for s in SOLUTES}
+        r = _run_processes(f, p, d)
+        return r.carry(mixture_flow(f, p, r, self.grid))
 
 
 def loss_bounds(bounds, medium: bool = False) -> dict:

@@ -86,10 +86,11 @@ _ROWS = [
     ("pathway_inhibitor_max", 0.9, "1", "csc_division", "largest fraction of self-renewal/dedifferentiation a Notch/Wnt/Hh inhibitor removes (M14)", "assumed"),
     ("pathway_inhibitor_k", 100.0, "nM", "csc_division", "inhibitor concentration for half effect (M14)", "assumed: IC50 of gamma-secretase inhibitors is tens to hundreds of nM"),
     # --- necrotic debris -------------------------------------------------------------
-    ("debris_lysis_rate", 1.1574e-05, "1/min", "debris_clearance", "lysis/clearance of necrotic debris (1/60 days)", PC.format("necrosis_phase_durations")),
+    ("debris_lysis_rate", 5e-4, "1/min", "debris_clearance", "volume loss of necrotic debris (lysis; the volume freed draws the body inward, mixture_flow)", "ratio of necrotic volume loss to proliferation rate in the Greenspan-type model of Browning et al. 2021 (eLife 10:e73020), gamma about 0.7 (0.66-0.77 for WM983b at three seeding densities, refitted to the means of docs/data/browning2021_confocal_structure.csv with their model; the paper's Table 1 not checked), times tumor_division_rate: 0.7 x 7.2e-4; PhysiCell's lysed necrotic cells lose fluid at 0.05/h = 8.3e-4/min (core/PhysiCell_standard_models.cpp)"),
     ("phagocytosis_rate", 2e-3, "1/min", "debris_clearance", "debris cleared per unit macrophage fraction", "assumed: a macrophage-rich region clears debris in days"),
     # --- mechanics (M18) --------------------------------------------------------------
     ("tissue_mobility", 100.0, "um^2/min", "pressure_flux", "Darcy coefficient: cells drift with v = -k grad(p), p = (phi - packing)+/(1 - packing)", "assumed: lets the front keep pace with a 100-200 um proliferating rim"),
+    ("mixture_flow", 1.0, "1", "mixture_flow", "share of the net volume made or lost that moves the body as an incompressible mixture (0: only the crowding pressure moves cells)", "Greenspan 1972 (Stud Appl Math 51:317) and Ward & King 1997 (IMA J Math Appl Med Biol 14:39): a packed spheroid moves with the volume its cells make and lose"),
     ("packing_fraction", 0.8, "volume fraction", "pressure_flux", "cell fraction of packed, unstressed tissue (the rest is interstitium)", "assumed: cells fill about 80% of a spheroid's volume"),
     # --- oxygen supply, vessels and angiogenesis (M2, M15) -----------------------
     ("blood_o2", 40.0, "mmHg", "vascular_supply", "capillary blood pO2", "assumed: mean capillary pO2 (about 5% O2, as PhysiCell's 38 mmHg physioxia)"),
@@ -219,7 +220,7 @@ _BOUNDS = {
     "chemo_lethality": (0.0, 30.0, "log"),
     "rt_csc_resistance": (0.0, 1.0, "logit"),
 }
-SHARES = ("o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+SHARES = ("mixture_flow", "o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
           "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate", "csc_survival_il6",
           "csc_survival_lactate", "pathway_inhibitor_max", "exosome_inhibitor_max",
           "anti_pd1_max", "ferroptosis_bulk", "car_t_bulk")

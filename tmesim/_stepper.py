@@ -167,6 +167,8 @@ class Rates:
     scale_mobility(name, f)  diffusion coefficient or motility × f (0 < f ≤ 1);
                           only for species declared ``variable_diffusion``
     drift(name, Φ)        cells drift with v = −∇Φ (Φ in um²/min), summed
+    carry(Ψ)              every cell species moves with the bulk velocity u = −∇Ψ
+                          (Ψ (X, Y, Z); not limited by room: the whole mixture moves)
     """
 
     def __init__(self):
@@ -175,6 +177,7 @@ class Rates:
         self.flows: list = []
         self.mobility: dict = {}
         self.potential: dict = {}
+        self.carrier = None
 
     @staticmethod
     def _add(store, name, value, combine=jnp.add):
@@ -199,6 +202,10 @@ class Rates:
 
     def drift(self, name, potential):
         self._add(self.potential, name, potential)
+        return self
+
+    def carry(self, potential):
+        self.carrier = potential if self.carrier is None else self.carrier + potential
         return self
 
 
@@ -388,8 +395,9 @@ class Stepper:
     def _move_cells(self, g: Group, c, params, rates):
         D = self._coefficient(g, params, rates, c)
         frozen = None if rates is None else self._stack(g, rates.potential, 0.0, c)
+        carrier = None if rates is None else rates.carrier
         h = self.dt / g.stages
-        moved = frozen is not None or self.pressure is not None
+        moved = frozen is not None or carrier is not None or self.pressure is not None
         speed = self.cell_speed if moved else None
 
         ones = jnp.ones(c.shape[0], c.dtype)
@@ -406,7 +414,8 @@ class Stepper:
                 push = self.pressure(phi, params)
                 potential = push if frozen is None else (frozen, push)
             return c + h * K.cell_transport_rate(
-                c, self.grid.spacing, D, potential, 1.0 - phi, self.grid.periodic, speed
+                c, self.grid.spacing, D, potential, 1.0 - phi, self.grid.periodic, speed,
+                carrier
             ), None
 
         # a scan, not an unrolled loop: one copy of the pass in the program
