@@ -280,8 +280,9 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
     values for the rest); it is well mixed at those levels beyond an unstirred
     layer of ``medium_unstirred_layer`` um around the organoid
-    (``medium_exchange``), so where the box ends does not matter. Initial cells: a ball of ``radius`` um at the packing
-    fraction (0.8) with a ``csc_fraction`` share of CSCs.
+    (``medium_exchange``), so where the box ends does not matter. Initial
+    cells: a ball of ``radius`` um at the packing fraction (0.8) with a
+    ``csc_fraction`` share of CSCs.
     immune_medium: {"cd8": 0.02, ...} seeds cells in the unstirred layer around
     the organoid (``NicheProblem.layer``), where co-cultured cells settle
     (co-culture). overrides: parameter values; diffusion: coefficients;
