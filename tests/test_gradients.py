@@ -117,7 +117,7 @@ def differences(name, setup, paths):
     Step h = FD_STEP·|x| (FD_STEP where x = 0): central, (L(x+h) − L(x−h))/2h;
     at a lower bound (a switched-off process, a medium level of 0) one-sided
     and second order, (−3L(x) + 4L(x+h) − L(x+2h))/2h, so that it is the
-    right-hand derivative at x itself (the effects of a drug are steepest at 0:
+    right-hand derivative at x itself (at an upper bound the left-hand one) (the effects of a drug are steepest at 0:
     a first-order difference there was off by up to 0.8%).
     """
     key = ("fd", name, tuple(paths))
@@ -126,9 +126,12 @@ def differences(name, setup, paths):
         for path in paths:
             x = float(value(setup.values, path))
             h = FD_STEP * abs(x) if x else FD_STEP
-            lower = setup.problem.bounds.get(path)[0] if path in setup.problem.bounds else -np.inf
+            lower, upper = (setup.problem.bounds.get(path)[:2] if path in setup.problem.bounds
+                            else (-np.inf, np.inf))
             if x - h < lower:
                 stencil = ((x, -1.5 / h), (x + h, 2.0 / h), (x + 2 * h, -0.5 / h))
+            elif x + h > upper:  # a share at 1 (mixture_flow): the left-hand derivative
+                stencil = ((x, 1.5 / h), (x - h, -2.0 / h), (x - 2 * h, 0.5 / h))
             else:
                 stencil = ((x - h, -0.5 / h), (x + h, 0.5 / h))
             stencils.append((len(sets), [w for _, w in stencil]))
