@@ -256,6 +256,10 @@ class Stepper:
     pinned: optional (X, Y, Z) bool mask (static) of voxels where every solute
     is held at its current value (a medium or vessel region: BioFVM's
     Dirichlet nodes), exactly, in every method.
+    params["bulk_level"] (F,), when present, is the level each implicit solve
+    is taken relative to (an organoid's well-mixed medium; ``implicit_step``'s
+    reference). A reaction's ``Rates.carry`` potential moves every cell
+    species with the bulk velocity at each sub-step, beside its drift.
     Faces declared no-flux (``Neumann(0)``) for every species of a group are
     closed statically: no boundary plane is computed for them (fewer kernels
     per RKL stage), so ``params["boundary_flux"]`` is not read there; declare
