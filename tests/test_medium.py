@@ -16,7 +16,7 @@ import tmesim as tm
 STILL = {"tumor_division_rate": 0.0, "csc_division_rate": 0.0, "apoptosis_rate": 0.0}
 
 
-def _o2(setup, n_steps, save_every=None):
+def _o2(setup, n_steps):
     sol = tm.solve(setup.problem, setup.values, n_steps=n_steps)
     assert sol.ok, sol.message(setup.problem)
     return np.asarray(sol.fields[setup.table.index("oxygen")]), sol.fields

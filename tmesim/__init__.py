@@ -5,7 +5,6 @@ from ._describe import describe_model as describe_model
 from ._geometry import NicheProblem as NicheProblem
 from ._geometry import Setup as Setup
 from ._geometry import ball_fraction as ball_fraction
-from ._geometry import equal_volume_radius as equal_volume_radius
 from ._geometry import organoid as organoid
 from ._geometry import tissue as tissue
 from ._grid import Dirichlet as Dirichlet
@@ -18,6 +17,7 @@ from ._model import CELLS as CELLS
 from ._model import DRUGS as DRUGS
 from ._model import FIELD_NAMES as FIELD_NAMES
 from ._model import PROCESSES as PROCESSES
+from ._model import equal_volume_radius as equal_volume_radius
 from ._model import SOLUTES as SOLUTES
 from ._model import niche_reaction as niche_reaction
 from ._model import niche_species as niche_species

@@ -42,7 +42,6 @@ from ._model import (
     SOLUTES,
     STROMA,
     NicheReaction,
-    equal_volume_radius,
     niche_species,
     pressure_flux,
     pressure_stiffness,

@@ -380,7 +380,7 @@ def mixture_flow(f, p, r, grid: Grid):
     over the step (one conjugate-gradient multigrid solve per step,
     ``kernels.implicit_step`` with a step of 1e8 min).
     """
-    occupied = jnp.minimum((f["tumor"] + f["csc"] + f["debris"]) / p["packing_fraction"], 1.0)
+    occupied = occupied_share(f, p)
     made = jnp.zeros_like(occupied)
     for c in CELLS:
         made = made + r.production.get(c, 0.0) - r.loss.get(c, 0.0) * f[c]
@@ -616,6 +616,7 @@ class Process:
     fn: Callable
     loss_bound: Callable | None = None
     kind: str = "reaction"
+    medium_only: bool = False  # acts only where an organoid has a medium
 
     @property
     def term(self) -> str:
@@ -623,7 +624,7 @@ class Process:
 
 
 PROCESSES = (
-    Process("medium_exchange", (), medium_exchange, _medium_exchange_bound),
+    Process("medium_exchange", (), medium_exchange, _medium_exchange_bound, medium_only=True),
     Process("oxygen_uptake", ("M3",), oxygen_uptake, _oxygen_uptake_bound),
     Process("tumor_proliferation", ("M18",), tumor_proliferation),
     Process("csc_division", ("M1", "M4", "M12", "M14"), csc_division),
@@ -677,11 +678,14 @@ def niche_reaction(f, p, t=0.0):
     return _run_processes(f, p, shared_quantities(f, p))
 
 
+def occupied_share(f, p):
+    """Share of each voxel the tumour body occupies, min((T + C + debris)/φ_packed, 1)."""
+    return jnp.minimum((f["tumor"] + f["csc"] + f["debris"]) / p["packing_fraction"], 1.0)
+
+
 def body_radius(f, p, grid: Grid, copies: int):
-    """Equal-volume radius (um) of the tumour body: Σ min((T + C + debris)/φ_packed, 1)·voxel·copies."""
-    body = f["tumor"] + f["csc"] + f["debris"]
-    occupied = jnp.minimum(body / p["packing_fraction"], 1.0)
-    return equal_volume_radius(jnp.sum(occupied) * grid.voxel_volume * copies)
+    """Equal-volume radius (um) of the tumour body: Σ occupied share · voxel · copies."""
+    return equal_volume_radius(jnp.sum(occupied_share(f, p)) * grid.voxel_volume * copies)
 
 
 def radial_distance(grid: Grid, corner: bool, dtype):
@@ -738,7 +742,7 @@ def loss_bounds(bounds, medium: bool = False) -> dict:
     medium: an organoid's (``medium_exchange`` counts)."""
     out: dict = {}
     for proc in PROCESSES:
-        if proc.fn is medium_exchange and not medium:
+        if proc.medium_only and not medium:
             continue
         if proc.loss_bound is not None:
             for name, rate in proc.loss_bound(bounds).items():

@@ -33,7 +33,15 @@ import jax.numpy as jnp
 
 import math
 
-from ._model import DRUGS, IMMUNE, STROMA, equal_volume_radius, proliferation_o2, radial_distance
+from ._model import (
+    DRUGS,
+    IMMUNE,
+    STROMA,
+    equal_volume_radius,
+    occupied_share,
+    proliferation_o2,
+    radial_distance,
+)
 
 UM3_PER_MM3 = 1e9
 UM2_PER_MM2 = 1e6
@@ -88,10 +96,9 @@ def _ramp(x, threshold, half_width):
 
 
 def occupied(problem, fields, values):
-    """Occupied share of every voxel, min((T + C + debris)/φ_packed, 1), (X, Y, Z)."""
+    """Occupied share of every voxel (``_model.occupied_share``), (X, Y, Z)."""
     i = problem.table.index
-    body = fields[i("tumor")] + fields[i("csc")] + fields[i("debris")]
-    return jnp.minimum(body / values["params"]["packing_fraction"], 1.0)
+    return occupied_share({n: fields[i(n)] for n in ("tumor", "csc", "debris")}, values["params"])
 
 
 def _volume(problem, weight):
