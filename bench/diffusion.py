@@ -48,9 +48,9 @@ STEPPER_METHODS = {
     "explicit": ("auto", "auto"),  # oxygen: RKL2 (auto plan); cytokines: forward Euler
     "explicit-rkl1": ("rkl1", "auto"),
     "implicit": ("implicit", "implicit"),  # backward Euler, multigrid-preconditioned CG
-    "lod": ("lod", "lod"),  # BioFVM's scheme: LOD sweeps solved by Thomas
+    "lod": ("lod", "lod"),  # BioFVM's scheme: LOD sweeps (constant coefficients: SPIKE blocks)
 }
-ALL_METHODS = (*STEPPER_METHODS, "tridiag-thomas", "tridiag-lax", "numpy-euler")
+ALL_METHODS = (*STEPPER_METHODS, "tridiag-thomas", "tridiag-lax", "numpy-euler", "biofvm-lod")
 # Arrays read + written per field: per Euler pass, per RKL2 or RKL1 stage (see README).
 ARRAYS_PER_STAGE = {"euler": 2, "rkl2": 5, "rkl1": 3}
 
@@ -351,6 +351,23 @@ def time_numpy_method(n, n_fields, fields, repeats):
     }
 
 
+def time_biofvm(binary: Path, n: int, n_fields: int, repeats: int, steps: int) -> dict:
+    """BioFVM's own LOD solver on the same problem (bench/biofvm_lod.cpp), 2 OpenMP threads
+    unless OMP_NUM_THREADS says otherwise; float64, as BioFVM stores its fields."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    run = subprocess.run([str(binary), str(n), str(n_fields), str(repeats), str(steps)],
+                         capture_output=True, text=True, env=env, check=True)
+    peer = json.loads(run.stdout.strip().splitlines()[-1])
+    times = [t / 1e3 for t in peer["ms_per_step_all"]]
+    return {
+        "bench": "diffusion-step",
+        **timing_fields(None, [t * steps for t in times], steps),
+        "threads": peer["threads"],
+        "plan": [f"BioFVM {peer['version']} diffusion_decay_solver__constant_coefficients_LOD_3D, "
+                 f"float64 (its only precision), {peer['threads']} OpenMP threads"],
+    }
+
+
 # -- provenance and output --------------------------------------------------------
 def cpu_model() -> str:
     try:
@@ -445,6 +462,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--implicit-steps", type=int, default=4, help="steps per call, implicit")
     p.add_argument("--copy-mb", type=int, default=512, help="size of the NumPy copy array")
     p.add_argument("--skip-accuracy", action="store_true", help="no cosine-eigenmode test")
+    p.add_argument("--biofvm", type=Path, default=None,
+                   help="bench/biofvm.sh's binary: time BioFVM's LOD solver in the same run")
     p.add_argument(
         "--out",
         type=Path,
@@ -490,7 +509,7 @@ def main(argv=None) -> int:
                     sweeps = None
                     for method in args.methods:
                         if method in STEPPER_METHODS:
-                            steps = args.implicit_steps if method in ("implicit", "lod") else args.steps
+                            steps = args.implicit_steps if method == "implicit" else args.steps
                             result = time_stepper_method(
                                 method, n, n_fields, dtype, fields, steps, args.repeats
                             )
@@ -501,6 +520,10 @@ def main(argv=None) -> int:
                                     wanted, n, n_fields, dtype, fields, args.repeats
                                 )
                             result = sweeps[method]
+                        elif method == "biofvm-lod":
+                            if args.biofvm is None or dtype_name != args.dtypes[0]:
+                                continue  # BioFVM has one precision: timed once per grid
+                            result = time_biofvm(args.biofvm, n, n_fields, args.repeats, args.steps)
                         else:
                             result = time_numpy_method(n, n_fields, fields_host, args.repeats)
                         line = {
@@ -508,7 +531,7 @@ def main(argv=None) -> int:
                             "method": method,
                             "N": n,
                             "fields": n_fields,
-                            "dtype": dtype_name,
+                            "dtype": "float64" if method == "biofvm-lod" else dtype_name,
                             **result,
                         }
                         line["voxel_updates_per_s"] = n**3 * n_fields / line["step_s"]

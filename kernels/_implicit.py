@@ -16,12 +16,20 @@ test at dt = 0.01 (tests/test_verification.py). ``implicit_step``
 
 First order in time, unconditionally stable, monotone (an M-matrix per sweep).
 Method "lod" of a species.
+
+Where D and the decay are per channel and no voxel is pinned (BioFVM's
+constant-coefficient case, the one its LOD solver handles), each sweep is a
+SPIKE solve by blocks: two batched matrix products along the axis as the data
+lies, no loop over rows and no transpose (``_spike_sweep``). Otherwise the
+sweep moves the axis to the front and runs the Thomas algorithm as a
+``lax.scan`` over rows. Both solve the same system (tested to round-off).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._diffusion import _closed, _per_channel
 
@@ -84,6 +92,14 @@ def thomas_cyclic(a: Array, b: Array, c: Array, d: Array) -> Array:
     return x - fact * z
 
 
+def _face_terms(face, D_edge, dt, h: float):
+    """(diagonal addition, right-hand-side addition) of a boundary row: a Dirichlet face
+    as the flux 2D(value − c)/h, a Neumann face as its inward flux."""
+    w, value, flux = face
+    return (2.0 * dt / h**2 * w * D_edge,
+            dt * (w * 2.0 * D_edge * value / h**2 + (1.0 - w) * flux / h))
+
+
 def _sweep(c: Array, dt, h: float, D: Array, decay: Array, bc, pinned) -> Array:
     """Backward-Euler solve along axis 0 of c (layout (n, F, ...))."""
     n = c.shape[0]
@@ -103,14 +119,13 @@ def _sweep(c: Array, dt, h: float, D: Array, decay: Array, bc, pinned) -> Array:
         diag = 1.0 + r * (d_minus + d_plus) + dt * decay / 3.0
         rhs = c
     else:
-        (w_lo, v_lo, q_lo), (w_hi, v_hi, q_hi) = bc
         zero = jnp.zeros_like(inner[:1])
         d_minus = jnp.concatenate([zero, inner], axis=0)
         d_plus = jnp.concatenate([inner, zero], axis=0)
         diag = 1.0 + r * (d_minus + d_plus) + dt * decay / 3.0
-        diag = diag.at[0].add(r * 2.0 * w_lo * d_lo[0]).at[n - 1].add(r * 2.0 * w_hi * d_hi[0])
-        src_lo = dt * (w_lo * 2.0 * d_lo[0] * v_lo / h**2 + (1.0 - w_lo) * q_lo / h)
-        src_hi = dt * (w_hi * 2.0 * d_hi[0] * v_hi / h**2 + (1.0 - w_hi) * q_hi / h)
+        (add_lo, src_lo), (add_hi, src_hi) = (_face_terms(f, D_edge[0], dt, h)
+                                              for f, D_edge in zip(bc, (d_lo, d_hi)))
+        diag = diag.at[0].add(add_lo).at[n - 1].add(add_hi)
         rhs = c.at[0].add(src_lo).at[n - 1].add(src_hi)
     lower, upper = -r * d_minus, -r * d_plus
     if pinned is not None:
@@ -120,6 +135,129 @@ def _sweep(c: Array, dt, h: float, D: Array, decay: Array, bc, pinned) -> Array:
         rhs = jnp.where(pinned, c, rhs)
     solve = thomas_cyclic if periodic else thomas
     return solve(lower, diag, upper, rhs)
+
+
+# --- Constant coefficients: SPIKE, no loop over the axis and no transpose -------------
+#
+# Where D and the decay are the same in every voxel of a channel and no voxel is
+# pinned (BioFVM's "constant coefficients" case), every line of a channel along an
+# axis has the same matrix T. Split the axis into blocks of k rows; all diagonal
+# blocks equal one tridiagonal B, except the first and last rows, whose diagonals
+# differ by δ₀ and δₙ (the boundary). With y = B⁻¹ d per block, w = B⁻¹e₁ and
+# v = B⁻¹e_k, the solution is (SPIKE: Polizzi & Sameh 2006, Parallel Comput. 32:177)
+#     x_j = y_j − w α_j − v β_j,
+#     α_j = ℓ x_{j−1,k} (+ δ₀ x_{0,1} in block 0),  β_j = u x_{j+1,1} (+ δₙ x_{n} in the last),
+# and the first and last entries of every block solve a small reduced system
+# (2·n/k unknowns per line, the same matrix for every line of a channel). Both
+# block products are unrolled sums over the k rows of a block: XLA fuses each into
+# one pass that reads the field along its own layout (measured at 128³ × 8 float32
+# on 2 CPU cores: 17-29 ms per product, a plain scaled copy 12 ms; an einsum of the
+# same products 33-62 ms, a `lax.scan` of Thomas rows 100-150 ms per sweep).
+
+def _block_size(n: int) -> int | None:
+    """The divisor of n nearest 16 within 4..32 (blocks of the SPIKE solve), or None."""
+    ks = [k for k in range(4, 33) if n % k == 0]
+    return min(ks, key=lambda k: (abs(k - 16), -k)) if ks else None
+
+
+def _spike_operators(lower, diag, upper, delta_lo, delta_hi, n: int, k: int, periodic: bool):
+    """B⁻¹ (F, k, k) and the reduced system's inverse (F, 2n/k, 2n/k) of one axis.
+
+    lower, diag, upper: a channel's interior matrix rows (F,); delta_lo, delta_hi:
+    what the first and last rows add to the diagonal.
+    """
+    nb, m = n // k, 2 * (n // k)
+    eye = jnp.eye(k, dtype=diag.dtype)
+    B = (diag[:, None, None] * eye + lower[:, None, None] * jnp.eye(k, k=-1, dtype=diag.dtype)
+         + upper[:, None, None] * jnp.eye(k, k=1, dtype=diag.dtype))
+    Binv = jnp.linalg.inv(B)
+    w, v = Binv[:, :, 0], Binv[:, :, k - 1]
+    # Unknown 2j is x_{j,first}, 2j+1 is x_{j,last}. Row (j, e) of the reduced system:
+    # x_{j,e} + w_e α_j + v_e β_j = y_{j,e}.
+    j = np.arange(nb)
+    rows, cols, vals = [], [], []
+    for e, i in ((0, 0), (1, k - 1)):
+        r = 2 * j + e
+        prev = (2 * j - 1) % m            # x_{j-1,last}; block 0 wraps (periodic only)
+        nxt = (2 * j + 2) % m             # x_{j+1,first}; the last block wraps
+        keep_prev = j > 0 if not periodic else np.ones(nb, bool)
+        keep_next = j < nb - 1 if not periodic else np.ones(nb, bool)
+        rows += [r[keep_prev], r[keep_next]]
+        cols += [prev[keep_prev], nxt[keep_next]]
+        vals += [jnp.broadcast_to(w[:, i:i + 1] * lower[:, None], (w.shape[0], int(keep_prev.sum()))),
+                 jnp.broadcast_to(v[:, i:i + 1] * upper[:, None], (v.shape[0], int(keep_next.sum())))]
+        if not periodic:
+            rows += [np.array([e]), np.array([m - 2 + e])]
+            cols += [np.array([0]), np.array([m - 1])]
+            vals += [(w[:, i] * delta_lo)[:, None], (v[:, i] * delta_hi)[:, None]]
+    C = jnp.zeros((w.shape[0], m, m), diag.dtype).at[:, np.concatenate(rows), np.concatenate(cols)].add(
+        jnp.concatenate(vals, axis=1))
+    return Binv, w, v, jnp.linalg.inv(jnp.eye(m, dtype=diag.dtype) + C)
+
+
+def _block_product(M: Array, rhs: Array, ax: int, k: int) -> Array:
+    """M (F, k, k) applied to every block of k rows along axis ax of rhs (F, ...).
+
+    One batched matrix product in the layout XLA's CPU dot takes without
+    transposing: the blocks' rows contracted where they lie.
+    """
+    F, n = rhs.shape[0], rhs.shape[ax]
+    outer = int(np.prod(rhs.shape[1:ax], dtype=int))
+    inner = int(np.prod(rhs.shape[ax + 1:], dtype=int))
+    if inner == 1:
+        y = jnp.einsum("fmb,fab->fma", rhs.reshape(F, -1, k), M)
+    elif outer == 1:
+        Mb = jnp.broadcast_to(M[:, None], (F, n // k, k, k))
+        y = jnp.einsum("fjab,fjbq->fjaq", Mb, rhs.reshape(F, n // k, k, inner))
+    else:
+        y = jnp.einsum("fab,fpjbq->fpjaq", M, rhs.reshape(F, outer, n // k, k, inner))
+    return y.reshape(rhs.shape)
+
+
+def _spike_sweep(rhs, ax: int, coefficients, k: int, periodic: bool):
+    """Solve T x = rhs along axis ax of rhs (F, X, Y, Z); coefficients as ``_spike_operators``'."""
+    lower, diag, upper, delta_lo, delta_hi = coefficients
+    n = rhs.shape[ax]
+    nb = n // k
+    Binv, w, v, Rinv = _spike_operators(lower, diag, upper, delta_lo, delta_hi, n, k, periodic)
+    split = rhs.shape[:ax] + (nb, k) + rhs.shape[ax + 1:]
+    y = _block_product(Binv, rhs, ax, k).reshape(split)
+    ends = jnp.concatenate([jax.lax.index_in_dim(y, 0, ax + 1), jax.lax.index_in_dim(y, k - 1, ax + 1)],
+                           axis=ax + 1)                          # y_{j,first}, y_{j,last}
+    letters = "abcdefgh"[: rhs.ndim]
+    spec = letters[:ax] + "r" + letters[ax + 1:]
+    z = jnp.einsum(f"asr,{spec}->{spec.replace('r', 's')}", Rinv,
+                   ends.reshape(rhs.shape[:ax] + (2 * nb,) + rhs.shape[ax + 1:]))
+    z = z.reshape(split[:ax + 1] + (2,) + split[ax + 2:])
+    first = jax.lax.index_in_dim(z, 0, ax + 1)                  # x_{j,first}: (.., nb, 1, ..)
+    last = jax.lax.index_in_dim(z, 1, ax + 1)
+    shape = (rhs.shape[0],) + (1,) * rhs.ndim
+    alpha = lower.reshape(shape) * jnp.roll(last, 1, axis=ax)    # from block j − 1
+    beta = upper.reshape(shape) * jnp.roll(first, -1, axis=ax)   # from block j + 1
+    if not periodic:
+        j = jnp.arange(nb).reshape((nb,) + (1,) * (rhs.ndim - ax))
+        alpha = jnp.where(j == 0, delta_lo.reshape(shape) * first, alpha)
+        beta = jnp.where(j == nb - 1, delta_hi.reshape(shape) * last, beta)
+    coef = (rhs.shape[0],) + (1,) * ax + (k,) + (1,) * (rhs.ndim - ax - 1)
+    x = y - w.reshape(coef) * alpha - v.reshape(coef) * beta
+    return x.reshape(rhs.shape)
+
+
+def _uniform_sweep(c: Array, ax: int, k: int, dt, h: float, D: Array, decay: Array, bc) -> Array:
+    """``_sweep`` along axis ax of c (F, X, Y, Z) for per-channel D and decay (F,), by SPIKE."""
+    r = dt / h**2
+    lower = -r * D
+    diag = 1.0 + 2.0 * r * D + dt * decay / 3.0
+    if bc is None:
+        return _spike_sweep(c, ax, (lower, diag, lower, None, None), k, periodic=True)
+    deltas, n = [], c.shape[ax]
+    for face, end in zip(bc, (0, n - 1)):
+        face = tuple(jnp.reshape(x, -1) for x in (_closed(c) if face is None else face))
+        add, src = _face_terms(face, D, dt, h)
+        deltas.append(add - r * D)                        # one neighbour, plus the face
+        index = (slice(None),) * ax + (end,)
+        c = c.at[index].add(src.reshape((-1,) + (1,) * (c.ndim - 2)))
+    return _spike_sweep(c, ax, (lower, diag, lower, *deltas), k, periodic=False)
 
 
 def lod_step(
@@ -140,7 +278,9 @@ def lod_step(
     periodic); pinned an optional (X, Y, Z) mask; source an optional S added
     to the first sweep's right-hand side as dt·S. Unconditionally stable; first order in
     time with an O(dt) splitting error that vanishes at a steady state which
-    varies along one axis only.
+    varies along one axis only. Per-channel D and decay without ``pinned`` take
+    the SPIKE sweeps along axes of 4 to 32 rows or with such a divisor; the rest
+    take Thomas.
     """
     nd = c.ndim
     D = _per_channel(D, nd)
@@ -148,8 +288,15 @@ def lod_step(
     if source is not None:
         add = dt * jnp.asarray(source, c.dtype)
         c = c + (add if pinned is None else jnp.where(pinned, 0.0, add))
+    leaves = jax.tree_util.tree_leaves(bc)
+    uniform = (pinned is None and D.shape[1:] == decay.shape[1:] == (1,) * (nd - 1)
+               and all(jnp.size(x) == c.shape[0] for x in leaves))
     for axis in range(3):
         ax = axis + 1
+        k = _block_size(c.shape[ax]) if uniform else None
+        if k is not None:
+            c = _uniform_sweep(c, ax, k, dt, spacing[axis], D.reshape(-1), decay.reshape(-1), bc[axis])
+            continue
         cm = jnp.moveaxis(c, ax, 0)
         Dm = jnp.moveaxis(D, ax, 0)
         lam = jnp.moveaxis(decay, ax, 0)

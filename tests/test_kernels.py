@@ -167,6 +167,26 @@ def test_thomas_shared_coefficients_broadcast(rng):
     np.testing.assert_allclose(x, np.linalg.solve(m, d), rtol=1e-12)
 
 
+@pytest.mark.parametrize("kinds", ["dnnddn", "nnppdd", "pppppp"])
+@pytest.mark.parametrize("shape", [(16, 24, 20), (32, 5, 17)])
+def test_lod_constant_coefficients_match_thomas(kinds, shape, rng):
+    """Per-channel D and decay take the SPIKE blocks (no scan, no transpose): the same
+    solve as the Thomas path to round-off, at small and production steps.
+
+    Axes of 16, 24 (blocks of 12), 20, 32 and 5 go by blocks; 17 (no divisor in
+    4..32) falls back to Thomas. An all-false pinned mask forces Thomas everywhere.
+    """
+    F = 3
+    c = jnp.asarray(rng.uniform(size=(F,) + shape))
+    D, lam = jnp.asarray([1e5, 1e3, 50.0]), jnp.asarray([0.1, 0.0, 2.0])
+    bc = face_bc(kinds, values=[2.0, 1.0, 0.5, 0.0, 3.0, 1.5], fluxes=[1.0, -2.0, 0.0, 0.5, 0.0, 0.0],
+                 n_channels=F)
+    for dt in (0.01, 2.0):
+        fast = K.lod_step(c, dt, (20.0, 15.0, 25.0), D, lam, bc)
+        thomas = K.lod_step(c, dt, (20.0, 15.0, 25.0), D, lam, bc, jnp.zeros(shape, bool))
+        np.testing.assert_allclose(fast, thomas, rtol=1e-12, atol=1e-12 * float(jnp.max(thomas)))
+
+
 @pytest.mark.parametrize("kinds", ["nnnnnn", "dnnnpp", "ddppnn", "ppnnpp"])
 def test_lod_step_is_backward_euler_along_x(kinds, rng):
     """On a field varying along x only, one LOD step is one 1D backward-Euler solve.
