@@ -20,7 +20,10 @@ in some of the 512 voxels × 288 steps, an O(h) error of the difference, not
 of the gradient. Since the mixture flow (issue 11) a step of 1e-5 crossed
 enough of them to put the differences 1.3% off for o2_uptake (0.2% for
 the initial radius); at 1e-7 they agree with the gradient to 1e-8
-(measured for o2_uptake, rt_alpha and the initial radius). rtol = 1e-3. The default run checks a representative
+(measured for o2_uptake, rt_alpha and the initial radius). Where the loss
+moves little, 1e-7 is too small instead (the implicit solves' tolerance shows),
+so a value whose gradient misses the 1e-7 difference is compared with the
+1e-4 one (``check``). rtol = 1e-3. The default run checks a representative
 set (at least one parameter per process family, diffusion coefficients, a
 decay, a medium level, a dose level, the initial radius and CSC share);
 ``-m slow`` checks every parameter and every transport, medium and initial
@@ -43,6 +46,7 @@ DOSED = {"chemo": 200.0, "anti_pd1": 5.0, "anti_vegf": 1.0, "csc_inhibitor": 50.
 CO_CULTURE = {"cd8": 0.02, "m1": 0.01, "m2": 0.01, "treg": 0.005, "car_t": 0.005, "msc": 0.005,
               "msc_trail": 0.005, "fibroblast": 0.01, "caf": 0.01}
 FD_STEP = 1e-7
+FD_STEP_WIDE = 1e-4
 RTOL = 1e-3
 
 
@@ -111,21 +115,21 @@ def with_value(values, path, x):
     return tm.set_values(values, {path: x})
 
 
-def differences(name, setup, paths):
+def differences(name, setup, paths, step=FD_STEP):
     """Finite differences of the loss for every path, all in one vmapped call.
 
-    Step h = FD_STEP·|x| (FD_STEP where x = 0): central, (L(x+h) − L(x−h))/2h;
+    Step h = step·|x| (step where x = 0): central, (L(x+h) − L(x−h))/2h;
     at a lower bound (a switched-off process, a medium level of 0) one-sided
     and second order, (−3L(x) + 4L(x+h) − L(x+2h))/2h, so that it is the
     right-hand derivative at x itself (at an upper bound the left-hand one) (the effects of a drug are steepest at 0:
     a first-order difference there was off by up to 0.8%).
     """
-    key = ("fd", name, tuple(paths))
+    key = ("fd", name, tuple(paths), step)
     if key not in _CACHE:
         sets, stencils = [], []
         for path in paths:
             x = float(value(setup.values, path))
-            h = FD_STEP * abs(x) if x else FD_STEP
+            h = step * abs(x) if x else step
             lower, upper = (setup.problem.bounds.get(path)[:2] if path in setup.problem.bounds
                             else (-np.inf, np.inf))
             if x - h < lower:
@@ -151,13 +155,23 @@ def gradient(name, setup):
 
 
 def check(setup, name, path, paths, require_effect=True):
-    """x·∂loss/∂x of ``path`` against its central difference."""
+    """x·∂loss/∂x of ``path`` against its difference at FD_STEP, else at FD_STEP_WIDE.
+
+    Each step has its own way to be wrong, and the gradient must match one of
+    them: the small step is off where the loss moves little, because the implicit
+    solves stop at 1e-10 of their right-hand side, a noise of that order in the
+    loss that h = 1e-7 magnifies a thousandfold (stroma_death, in the slow sweep:
+    −0.228345 at 1e-4 against the gradient's −0.228347); the wide step is off where it
+    crosses kinks (o2_uptake: 1.3% at 1e-5).
+    """
     x = float(value(setup.values, path))
     ad = float(value(gradient(name, setup), path))
     fd = differences(name, setup, paths)[path]
     scale = abs(x) if x else 1.0
     if require_effect:
         assert abs(fd * scale) > 1e-6, f"{path}: the loss does not depend on it (fd = {fd})"
+    if not np.isclose(ad * scale, fd * scale, rtol=RTOL, atol=1e-6):
+        fd = differences(name, setup, paths, FD_STEP_WIDE)[path]
     np.testing.assert_allclose(ad * scale, fd * scale, rtol=RTOL, atol=1e-6, err_msg=path)
 
 
