@@ -80,6 +80,8 @@ def cell_transport_rate(
         ax = axis + 1
         h = spacing[axis]
         n = rho.shape[ax]
+        if n == 1:
+            continue  # no face inside; a periodic wrap would join the voxel to itself
 
         def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, psi_lo, psi_hi,
                      h=h):
