@@ -41,6 +41,7 @@ def test_consuming_ball_in_an_unstirred_layer_matches_the_closed_form():
     np.testing.assert_allclose(o2[0, 0, 0], centre, atol=1.5)
 
 
+@pytest.mark.slow
 def test_doubling_the_box_changes_nothing():
     """A 400 and an 800 um octant box: oxygen and radius after a day agree to 1e-4
     relative (measured 3e-5, next to the small box's faces; the bulk begins 90 um

@@ -4,7 +4,9 @@ Small size: 8³ voxels of 40 um (an organoid octant of 320 um, or a tissue block
 with a tumour of radius 100 um), dt = 5 min; the scenario's treatments, times
 and parameters unchanged. Each outcome is a comparison with a margin; the
 measured values are in the comments. Runs are cached, so a run shared by two
-tests (a baseline) runs once.
+tests (a baseline) runs once. The untreated niche and the chemotherapy relapse
+run by default; the five treatment comparisons (two to eight runs each) with
+``-m slow``.
 """
 
 import pathlib
@@ -75,6 +77,7 @@ def test_chemo_relapse(tmp_path_factory):
     assert obs["tumor_volume"][-1] > 3.0 * nadir  # regrowth after the last dose
 
 
+@pytest.mark.slow
 def test_chemo_plus_csc_inhibitor_regrows_less(tmp_path_factory):
     chemo, _ = run_small(tmp_path_factory, "chemo_relapse")
     both, _ = run_small(tmp_path_factory, "chemo_csc_inhibitor")
@@ -82,6 +85,7 @@ def test_chemo_plus_csc_inhibitor_regrows_less(tmp_path_factory):
     assert both["csc_fraction"][-1] < 0.5 * chemo["csc_fraction"][-1]
 
 
+@pytest.mark.slow
 def test_exosome_inhibitor_fewer_cafs_and_m2(tmp_path_factory):
     treated, _ = run_small(tmp_path_factory, "exosome_inhibitor")
     untreated, _ = run_small(tmp_path_factory, "exosome_inhibitor", drop=("dose",))
@@ -89,6 +93,7 @@ def test_exosome_inhibitor_fewer_cafs_and_m2(tmp_path_factory):
     assert treated["m2_total"][-1] < 0.8 * untreated["m2_total"][-1]
 
 
+@pytest.mark.slow
 def test_anti_vegf_fewer_vessels_more_hypoxia_more_cscs(tmp_path_factory):
     treated, _ = run_small(tmp_path_factory, "anti_vegf")
     untreated, _ = run_small(tmp_path_factory, "anti_vegf", drop=("dose",))
@@ -110,6 +115,7 @@ def _pd1_effect(tmp_path_factory, sets=()):
     return 1.0 - treated["tumor_volume"][-1] / untreated["tumor_volume"][-1]
 
 
+@pytest.mark.slow
 def test_anti_pd1_effect_grows_with_t_cells_and_shrinks_with_suppression(tmp_path_factory):
     base = _pd1_effect(tmp_path_factory)
     more_t = _pd1_effect(tmp_path_factory, ("geometry.co_culture.cd8=0.05",))
@@ -126,6 +132,7 @@ def test_anti_pd1_effect_grows_with_t_cells_and_shrinks_with_suppression(tmp_pat
     assert cytokines < 0.5 * base
 
 
+@pytest.mark.slow
 def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
     both, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1")
     msc, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1", drop=("dose",))

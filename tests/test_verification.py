@@ -188,6 +188,7 @@ def test_oxygen_in_consuming_sphere():
     assert abs(1.0 / np.cosh(x) / expected - 1.0) > 0.1  # the finite R_b matters here
 
 
+@pytest.mark.slow
 def test_production_step_oxygen_matches_a_fine_step():
     """The untreated organoid at the production step dt = 2 min (oxygen and lactate
     implicit) against dt = 0.05 min (every solute explicit, RKL2) after 4 hours:
