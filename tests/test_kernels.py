@@ -173,8 +173,9 @@ def test_lod_constant_coefficients_match_thomas(kinds, shape, rng):
     """Per-channel D and decay take the SPIKE blocks (no scan, no transpose): the same
     solve as the Thomas path to round-off, at small and production steps.
 
-    Axes of 16, 24 (blocks of 12), 20, 32 and 5 go by blocks; 17 (no divisor in
-    4..32) falls back to Thomas. An all-false pinned mask forces Thomas everywhere.
+    Axes of 16, 24 (blocks of 12), 20, 32, 5, 12 and 8 go by blocks (5, 12 and 8 in
+    one block, periodic for 12 and 8); 17 (no divisor in 4..32) falls back to Thomas.
+    An all-false pinned mask forces Thomas everywhere.
     """
     F = 3
     c = jnp.asarray(rng.uniform(size=(F,) + shape))
