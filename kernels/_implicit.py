@@ -152,7 +152,7 @@ def _sweep(c: Array, dt, h: float, D: Array, decay: Array, bc, pinned) -> Array:
 # product is one batched dot in the layout the data has (measured at 128³ × 8
 # float32 on 2 CPU cores: a whole step of three sweeps 146 ms, against 150-170 ms
 # for one sweep by a `lax.scan` of Thomas rows with its transposes; the same products
-# as unrolled sums over a block's rows do not vectorise, 69-240 ms per sweep).
+# as unrolled sums over a block's rows do not vectorise, 94-240 ms per sweep).
 
 def _block_size(n: int) -> int | None:
     """The divisor of n nearest 16 within 4..32 (blocks of the SPIKE solve), or None."""
