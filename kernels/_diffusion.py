@@ -23,6 +23,7 @@ steady state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -227,12 +228,30 @@ def explicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None) -> Arr
     return _add_boundary(new, _boundary_planes(c, spacing, D, bc), dt, pinned)
 
 
-def rkl2_stages(dt: float, rho: float) -> int:
-    """Fewest RKL2 stages s ≥ 2 with dt·ρ ≤ (s² + s − 2)/2 (Meyer et al. 2014)."""
-    s = 2
-    while (s * s + s - 2) / 2.0 < dt * rho:
+def _fewest_stages(x: float, extra: int, smallest: int) -> int:
+    """Fewest s ≥ ``smallest`` with s(s + 1) ≥ m, in closed form.
+
+    m = 2(⌈x⌉ + 1) for RKL2 (``extra`` = 2) and ⌈x⌉ for RKL1 (``extra`` = 0); s(s + 1) is
+    an integer, so rounding x up loses nothing. An integer square root makes it exact for
+    any finite x and O(1): counting up from s = 2 took about √x iterations, and hung for
+    a diffusion coefficient of 1e30.
+    """
+    if not math.isfinite(x):
+        raise ValueError(f"RKL stages for dt·ρ = {x!r}: expected a finite step and spectral "
+                         f"radius (a finite diffusion coefficient, decay and time step)")
+    m = extra * (max(math.ceil(x), 0) + 1) if extra else max(math.ceil(x), 0)
+    s = (math.isqrt(4 * m + 1) - 1) // 2  # largest s with s(s + 1) ≤ m
+    while s * (s + 1) < m:
         s += 1
-    return s
+    return max(s, smallest)
+
+
+def rkl2_stages(dt: float, rho: float) -> int:
+    """Fewest RKL2 stages s ≥ 2 with dt·ρ ≤ (s² + s − 2)/2 (Meyer et al. 2014).
+
+    (s² + s − 2)/2 ≥ x  ⇔  s(s + 1) ≥ 2(⌈x⌉ + 1), solved in closed form.
+    """
+    return _fewest_stages(dt * rho, 2, 2)
 
 
 def rkl2_coefficients(stages: int) -> tuple[np.ndarray, float]:
@@ -257,11 +276,8 @@ def rkl2_coefficients(stages: int) -> tuple[np.ndarray, float]:
 
 
 def rkl1_stages(dt: float, rho: float) -> int:
-    """Fewest RKL1 stages s ≥ 1 with dt·ρ ≤ s² + s (Meyer et al. 2012)."""
-    s = 1
-    while s * s + s < dt * rho:
-        s += 1
-    return s
+    """Fewest RKL1 stages s ≥ 1 with dt·ρ ≤ s² + s (Meyer et al. 2012), in closed form."""
+    return _fewest_stages(dt * rho, 0, 1)
 
 
 def rkl1_coefficients(stages: int) -> tuple[np.ndarray, float]:

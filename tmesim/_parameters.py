@@ -249,6 +249,121 @@ for _q in PARAMETERS:
     assert _q.lower <= _q.value <= _q.upper, _q.name
 
 
+# --------------------------------------------------------------------------
+# domains: the values a parameter can take at all, by its meaning and unit (the bounds
+# above are the narrower range a run is built for, and may be widened within these)
+DIFFUSION_MAX = 1e6  # um²/min (1.7e-4 cm²/s): above any solute's diffusion coefficient in
+# water at 37 °C (oxygen 3e-5 cm²/s = 1.8e5 um²/min; the smallest ions about 1e-4 cm²/s)
+
+
+class Domain(NamedTuple):
+    """The values a quantity can take: lower and upper limit, each open or closed, and why."""
+
+    lower: float
+    upper: float
+    lower_open: bool = False
+    upper_open: bool = False
+    why: str = ""
+
+    def __contains__(self, v) -> bool:
+        return (math.isfinite(v) and (v > self.lower if self.lower_open else v >= self.lower)
+                and (v < self.upper if self.upper_open else v <= self.upper))
+
+    @property
+    def text(self) -> str:
+        lo = f"> {self.lower:g}" if self.lower_open else f">= {self.lower:g}"
+        if self.upper == math.inf:
+            return lo
+        if self.lower == 0.0 and self.upper == 1.0 and not (self.lower_open or self.upper_open):
+            return "between 0 and 1"
+        return f"{lo} and {'<' if self.upper_open else '<='} {self.upper:g}"
+
+
+# Shares, probabilities and volume fractions: [0, 1]. The uptake ratios of stromal and
+# immune cells are ratios by meaning, but the oxygen loss bound that sizes the plan
+# (``_model._oxygen_uptake_bound``) assumes no cell respires more than a tumour cell.
+FRACTIONS = ("progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+             "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate",
+             "csc_survival_il6", "csc_survival_lactate", "pathway_inhibitor_max",
+             "exosome_inhibitor_max", "anti_pd1_max", "mixture_flow", "vessel_seed",
+             "o2_uptake_stroma", "o2_uptake_immune")
+# Relative levels and ratios (unit 1) that may exceed 1: >= 0.
+RATIOS = ("pdl1_tumor", "pdl1_csc", "pdl1_hif", "csc_efflux", "chemo_lethality",
+          "ferroptosis_bulk", "car_t_bulk", "rt_csc_resistance")
+# Quantities that divide: the half-saturation constants (*_k), the oxygen reference of
+# the division ramp, the shape of the oxygen factor, the unstirred layer's thickness.
+POSITIVES = ("o2_reference", "o2_proliferation_shape", "medium_unstirred_layer")
+# Ramps from a start to a full level: the start must lie above (the ramp divides by the gap).
+ORDERED = (("o2_reference", "o2_proliferation_threshold"),
+           ("o2_hypoxic_threshold", "o2_hypoxic_saturation"),
+           ("o2_necrosis_threshold", "o2_necrosis_max"))
+_SPECIAL = {
+    "packing_fraction": Domain(0.0, 1.0, True, True, "a volume fraction; the crowding pressure "
+                               "divides by it and by 1 - it"),
+    "vessel_max": Domain(0.0, 1.0, True, False, "a volume fraction; vessel growth divides by it"),
+    "treg_k": Domain(0.0, 1.0, True, False, "a volume fraction that divides"),
+    "rt_oer": Domain(1.0, math.inf, False, False, "an oxygen enhancement ratio: oxygen "
+                     "sensitises, so at least 1"),
+}
+
+
+def _domain(q: Parameter) -> Domain:
+    if q.name in _SPECIAL:
+        return _SPECIAL[q.name]
+    if q.name in ("o2_uptake_stroma", "o2_uptake_immune"):
+        return Domain(0.0, 1.0, why="uptake relative to a tumour cell's, at most 1: the "
+                      "oxygen loss bound that sizes the plan assumes it")
+    if q.name in FRACTIONS:
+        return Domain(0.0, 1.0, why="a share, probability or volume fraction")
+    if q.name.endswith("_k") or q.name in POSITIVES:
+        return Domain(0.0, math.inf, True, why=f"a constant that divides ({q.unit})")
+    if q.unit == "um^2/min":
+        return Domain(0.0, DIFFUSION_MAX, why="a mobility (um^2/min), at most a fast "
+                      "molecule's diffusion coefficient in water")
+    if q.unit in RATE_UNITS:
+        return Domain(0.0, math.inf, why=f"a rate or coefficient ({q.unit})")
+    if q.unit in ("mmHg", "nM"):
+        return Domain(0.0, math.inf, why=f"a level ({q.unit})")
+    assert q.name in RATIOS, f"parameter {q.name} ({q.unit}): classify its domain"
+    return Domain(0.0, math.inf, why="a relative level or ratio")
+
+
+DOMAINS: dict[str, Domain] = {q.name: _domain(q) for q in PARAMETERS}
+_MEANING = {q.name: q.meaning for q in PARAMETERS}
+for _q in PARAMETERS:
+    assert _q.value in DOMAINS[_q.name], _q.name
+    assert _q.lower in DOMAINS[_q.name] and (
+        _q.upper in DOMAINS[_q.name] or _q.upper == math.inf), _q.name
+assert set(FRACTIONS + RATIOS + POSITIVES + tuple(_SPECIAL)) <= set(_names)
+
+
+def domain_error(path: str, value) -> str | None:
+    """Why ``value`` cannot be the value at ``path`` (a parameter name, 'diffusion.X' or
+    'decay.X'), or None when it can (whatever the bounds the run is built for)."""
+    group, key = _split(path)
+    if group == "params" and key in DOMAINS:
+        d = DOMAINS[key]
+        if value not in d:
+            return (f"expected a value {d.text} ({d.why}; {key}: {_MEANING[key]}), "
+                    f"got {value!r}")
+    elif group == "diffusion" and not 0.0 <= value <= DIFFUSION_MAX:
+        return (f"expected a non-negative diffusion coefficient of at most {DIFFUSION_MAX:g} "
+                f"um^2/min (faster than any solute diffuses in water; oxygen's is about 1e5), "
+                f"got {value!r}")
+    elif group == "decay" and not 0.0 <= value < math.inf:
+        return f"expected a decay rate (1/min) >= 0, got {value!r}"
+    return None
+
+
+def order_error(values: dict) -> str | None:
+    """A ramp whose start does not lie above its full level (``ORDERED``), or None."""
+    for high, low in ORDERED:
+        if not values[high] > values[low]:
+            return (f"expected {high} > {low} (the ramp between them divides by the gap), "
+                    f"got {values[high]:g} and {values[low]:g}")
+    return None
+
+
 # Parameter sets per cell line: {name: (values that differ from the defaults, source)}.
 # A scenario names one (``cell_line = "wm793b"``); its own [parameters] override it.
 # Browning et al. 2021 (eLife 10:e73020; docs/data/browning2021_incucyte_outer_radius.csv,
@@ -369,6 +484,10 @@ class Bounds:
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                 raise ValueError(f"bounds of {path!r}: expected finite lower <= upper, "
                                  f"got [{lo:g}, {hi:g}]")
+            for v in (lo, hi):
+                why = domain_error(path, v)
+                if why is not None:
+                    raise ValueError(f"bounds of {path!r}: {why}")
             merged[path] = (lo, hi, scale)
         return Bounds(tuple((k, *v) for k, v in merged.items()))
 
