@@ -1,5 +1,9 @@
 """Small builders shared by the tests."""
 
+import contextlib
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import tmesim.kernels as K
@@ -25,3 +29,17 @@ def face_bc(kinds, values=None, fluxes=None, n_channels=1, dtype=jnp.float64):
 def fitted_order(hs, errors):
     """Slope of log(error) against log(h) by least squares."""
     return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
+
+
+@contextlib.contextmanager
+def held_open(path):
+    """Another process holds ``path`` open for writing with h5py (as a live run does)."""
+    hold = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
+            "print('open', flush=True); sys.stdin.read()")
+    writer = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "open\n"
+        yield
+    finally:
+        writer.communicate("")

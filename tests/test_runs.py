@@ -11,8 +11,18 @@ import time
 import h5py
 import numpy as np
 import pytest
+from helpers import held_open
 
-from tmesim import SOLUTES, ScenarioError, main, scenario_from_text
+from tmesim import (
+    SOLUTES,
+    RunError,
+    ScenarioError,
+    load_scenario,
+    main,
+    run_scenario,
+    scenario_from_text,
+)
+from tmesim._output import latest_checkpoint, read_status, snapshot_count
 
 SCENARIOS = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 UNTREATED = SCENARIOS / "untreated_niche.toml"
@@ -108,32 +118,25 @@ def test_run_inspect_plot_and_file_layout(tmp_path, capsys):
         assert out.with_suffix(suffix).stat().st_size > 0
     # an existing output is not overwritten
     assert main(args) == 2
-    assert "exists" in capsys.readouterr().err
+    assert "pass --overwrite" in capsys.readouterr().err
     with h5py.File(out) as h5:
         meta = h5["meta"].attrs
-        assert meta["status"] == "complete"
+        assert read_status(h5) == ("complete", "") and meta["format"] == 2
         assert ("untreated hypoxic niche" in meta["scenario"]
                 and "grid.n=8" in list(meta["overrides"]))
         assert h5["time"].shape == (3,) and h5["time"][-1] == 1440.0
         tumor = h5["fields/tumor"]
-        assert tumor.shape == (3, 8, 8, 8) and tumor.chunks == (1, 8, 8, 8)
-        assert tumor.compression == "gzip" and tumor.attrs["units"] == "volume fraction"
+        assert tumor.shape == (3, 8, 8, 8) and tumor.chunks is None  # contiguous, in place
+        assert tumor.attrs["units"] == "volume fraction"
         assert h5["observables/tumor_radius"].shape == (3,)
         assert h5["params/o2_uptake"].attrs["unit"] == "mmHg/min"
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3 snapshots, day 0 to 1" in text and "tumor_radius" in text
     # a file that a live run holds open for writing can still be inspected
-    hold = ("import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
-            "print('open', flush=True); sys.stdin.read()")
-    writer = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline() == "open\n"
+    with held_open(out):
         assert main(["inspect", str(out)]) == 0
         assert "3 snapshots, day 0 to 1" in capsys.readouterr().out
-    finally:
-        writer.communicate("")
     png = tmp_path / "p.png"
     assert main(["plot", str(out), "-o", str(png), "--fields", "oxygen,csc", "--days", "0,1"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -188,14 +191,14 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with h5py.File(killed) as h5:  # readable, with every completed snapshot
-        assert h5["meta"].attrs["status"] == "running"
-        n = h5["time"].shape[0]
+        assert read_status(h5)[0] == "running"
+        n = snapshot_count(h5)
         assert 1 <= n < 13
         assert np.isfinite(h5["fields/tumor"][n - 1]).all()
     assert subprocess.run(_tmesim("resume", str(killed), "-q"), capture_output=True,
                           env=env).returncode == 0
     with h5py.File(full) as a, h5py.File(killed) as b:
-        assert b["meta"].attrs["status"] == "complete"
+        assert read_status(b)[0] == "complete"
         np.testing.assert_array_equal(a["time"][...], b["time"][...])
         for name in a["fields"]:
             assert np.array_equal(a["fields"][name][...], b["fields"][name][...]), name
@@ -204,21 +207,24 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
 
 
-def test_a_failing_run_stops_with_field_place_and_time(tmp_path, capsys):
-    """A dose of 1e39 nM overflows float32 (an input the validator does not refuse): the
-    loop's status stops the run at the first non-finite state, naming the field, the voxel
-    and the day; the file keeps its snapshots and last good checkpoint, marked failed."""
+def test_a_failing_run_stops_with_field_place_and_time(tmp_path):
+    """A dose of 1e39 nM overflows float32. The validator refuses it in a scenario, so it is
+    put into the validated scenario's data as a script could: the loop's status stops the
+    run at the first non-finite state, naming the field, the voxel and the day, with the
+    likely cause; the file keeps its snapshots and last good checkpoint, marked failed."""
     out = tmp_path / "f.h5"
-    sets = TINY + ["run.days=1", "run.checkpoint_every_days=0.5",
-                   'dose=[{drug = "chemo", level_nM = 1e39, start_day = 0.5}]']
-    assert main(["run", str(UNTREATED), "-o", str(out), "-q"]
-                + sum((["--set", s] for s in sets), [])) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
+    sc = load_scenario(UNTREATED, TINY + ["run.days=1", "run.checkpoint_every_days=0.5",
+                                          'dose=[{drug = "chemo", level_nM = 1.0, '
+                                          'start_day = 0.5}]'])
+    sc.data["dose"][0]["level_nM"] = 1e39
+    with pytest.raises(RunError) as info:
+        run_scenario(sc, out, progress=None)
+    err = str(info.value)
     assert "non-finite value" in err and "in chemo at voxel" in err and "day 0.5" in err
+    assert "likely cause" in err
     with h5py.File(out) as h5:
-        assert h5["meta"].attrs["status"] == "failed"
-        assert "chemo" in h5["meta"].attrs["message"]
-        np.testing.assert_array_equal(h5["time"][...], [0.0, 720.0])
-        assert max(int(ds.attrs["step"]) for ds in h5["checkpoint"].values()) == 144
-        assert np.isfinite(h5["fields/chemo"][...]).all()
+        status, message = read_status(h5)
+        assert status == "failed" and "chemo" in message and "likely cause" in message
+        np.testing.assert_array_equal(h5["time"][:snapshot_count(h5)], [0.0, 720.0])
+        assert latest_checkpoint(h5)[0] == 144
+        assert np.isfinite(h5["fields/chemo"][:snapshot_count(h5)]).all()

@@ -17,8 +17,8 @@ from ._model import CELLS as CELLS
 from ._model import DRUGS as DRUGS
 from ._model import FIELD_NAMES as FIELD_NAMES
 from ._model import PROCESSES as PROCESSES
-from ._model import equal_volume_radius as equal_volume_radius
 from ._model import SOLUTES as SOLUTES
+from ._model import equal_volume_radius as equal_volume_radius
 from ._model import niche_reaction as niche_reaction
 from ._model import niche_species as niche_species
 from ._model import radiotherapy as radiotherapy
@@ -34,9 +34,11 @@ from ._parameters import default_parameters as default_parameters
 from ._parameters import get_value as get_value
 from ._parameters import set_values as set_values
 from ._parameters import value_paths as value_paths
+from ._run import Interrupted as Interrupted
 from ._run import RunError as RunError
 from ._run import resume as resume
 from ._run import run_scenario as run_scenario
+from ._run import stop_on_signals as stop_on_signals
 from ._scenario import Scenario as Scenario
 from ._scenario import ScenarioError as ScenarioError
 from ._scenario import load_scenario as load_scenario

@@ -3,57 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
 from ._inspect import DEFAULT_PLOT_FIELDS, DEFAULT_PLOT_OBSERVABLES
 
 
-def _png_path(h5_path: str) -> str:
-    import os
-
-    return os.path.splitext(h5_path)[0] + ".png"
-
-
 def _run(args) -> int:
-    import os
-
-    from ._inspect import plot_file
-    from ._output import xdmf_path
-    from ._run import run_scenario
+    from ._run import run_scenario, stop_on_signals
     from ._scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, args.set or ())
-    output = args.output or os.path.splitext(os.path.basename(args.scenario))[0] + ".h5"
-    if os.path.exists(output) and not args.overwrite:
-        raise ValueError(f"{output} exists; pass --overwrite to replace it, or "
-                         f"'tmesim resume {output}' to continue it")
-    print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
-          f"{scenario.total_steps} steps of {scenario.dt:g} min -> {output}", file=sys.stderr)
-    run_scenario(scenario, output, shlex.join(sys.argv), _progress(args))
-    _finish(output, xdmf_path(output), plot_file(output, _png_path(output)))
-    return 0
+    with stop_on_signals():
+        scenario = load_scenario(args.scenario, args.set or ())
+        output = args.output or os.path.splitext(os.path.basename(args.scenario))[0] + ".h5"
+        if not args.quiet:
+            print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
+                  f"{scenario.total_steps} steps of {scenario.dt:g} min -> {output}",
+                  file=sys.stderr)
+        run_scenario(scenario, output, shlex.join(sys.argv), _progress(args), args.overwrite)
+        return _finish(output, args.quiet)
 
 
 def _resume(args) -> int:
-    from ._inspect import plot_file
-    from ._output import xdmf_path
-    from ._run import resume
+    from ._run import resume, stop_on_signals
 
-    resume(args.file, _progress(args))
-    _finish(args.file, xdmf_path(args.file), plot_file(args.file, _png_path(args.file)))
-    return 0
+    with stop_on_signals():
+        resume(args.file, _progress(args))
+        return _finish(args.file, args.quiet)
 
 
 def _progress(args):
     return None if args.quiet else sys.stderr
 
 
-def _finish(*paths) -> None:
-    from ._inspect import inspect_text
+def _finish(path, quiet: bool) -> int:
+    """After a run: the summary (unless quiet), the summary plot of the fields that were stored."""
+    from ._inspect import inspect_text, plot_file
+    from ._output import png_path, xdmf_path
+    from ._run import _STOP
 
-    print(inspect_text(paths[0]))
-    print("wrote " + ", ".join(paths))
+    if _STOP:  # a signal after the last step: the run is complete, skip the plot
+        return 128 + _STOP[0]
+    if not quiet:
+        print(inspect_text(path))
+    written = [path, xdmf_path(path)]
+    try:
+        written.append(plot_file(path, png_path(path)))
+    except OSError as err:  # a full disk: the run file is complete, the picture can wait
+        print(f"tmesim: warning: cannot write {png_path(path)} ({err}); the run file is "
+              f"complete: draw it later with tmesim plot {path}", file=sys.stderr)
+    print("wrote " + ", ".join(written))
+    return 0
 
 
 def _inspect(args) -> int:
@@ -69,9 +70,15 @@ def _plot(args) -> int:
     def names(text, default):
         return tuple(x for x in text.split(",") if x) if text else default
 
-    days = [float(d) for d in args.days.split(",")] if args.days else None
-    png = plot_file(args.file, args.output or _png_path(args.file),
-                    names(args.fields, DEFAULT_PLOT_FIELDS), days,
+    from ._output import png_path
+
+    try:
+        days = [float(d) for d in args.days.split(",")] if args.days else None
+    except ValueError:
+        raise ValueError(f"--days {args.days}: expected comma-separated numbers of days, "
+                         "e.g. 0,5,10") from None
+    png = plot_file(args.file, args.output or png_path(args.file),
+                    names(args.fields, None), days,
                     names(args.observables, DEFAULT_PLOT_OBSERVABLES))
     print(f"wrote {png}")
     return 0
@@ -126,17 +133,40 @@ def main(argv=None) -> int:
                     f"(default {','.join(DEFAULT_PLOT_OBSERVABLES)})")
     pp.set_defaults(run=_plot)
     args = parser.parse_args(argv)
-    from ._run import RunError
-
     try:
-        return args.run(args)
+        from ._run import Interrupted, RunError  # imports JAX: seconds
+    except KeyboardInterrupt:
+        print(f"tmesim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    try:
+        code = args.run(args)
+        sys.stdout.flush()  # here, so a reader that left early is caught below
+        return code
+    except BrokenPipeError:  # `tmesim inspect FILE | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
+    except Interrupted as err:
+        # leave at once: a compile may still run on the worker thread, and tearing
+        # the interpreter down around it can crash; the run file is already closed
+        print(f"tmesim {args.command}: {err}", file=sys.stderr)
+        _quiet_stdout()
+        sys.stderr.flush()
+        os._exit(128 + err.signum)
     except (ValueError, OSError, RunError) as err:
         print(f"tmesim {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tmesim {args.command}: interrupted; the output keeps every snapshot so far "
-              "(continue with tmesim resume FILE)", file=sys.stderr)
+        print(f"tmesim {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_stdout() -> None:
+    """Flush stdout, or point it at /dev/null when its reader is gone (no error at exit)."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 
+from ._output import open_run, read_status, reading, sidecar_tag, snapshot_count
 from ._scenario import MIN_PER_DAY
 
 DEFAULT_PLOT_FIELDS = ("tumor", "csc", "debris", "oxygen")
 DEFAULT_PLOT_OBSERVABLES = ("tumor_radius", "csc_fraction", "hypoxic_fraction", "necrotic_fraction")
 
 
-def _open(path) -> h5py.File:
-    """Open a run file for reading, also while a live run holds it open for writing
-    (no file lock: every snapshot the run has flushed is there to read)."""
-    try:
-        h5 = h5py.File(path, "r", locking=False)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot open as HDF5 ({err})") from None
-    for key in ("meta", "grid", "time", "fields", "observables"):
-        if key not in h5:
-            h5.close()
-            raise ValueError(f"{path}: /{key} missing: not a tmesim run file")
-    return h5
-
-
 def inspect_text(path) -> str:
     """What is in a run file: scenario, versions, grid, fields, times, observables, checkpoint."""
     from ._output import latest_checkpoint
 
-    with _open(path) as h5:
+    with open_run(path) as h5, reading(path):
         m = h5["meta"].attrs
         g = h5["grid"].attrs
-        t = h5["time"][...] / MIN_PER_DAY
+        n = snapshot_count(h5)
+        t = h5["time"][:n] / MIN_PER_DAY
+        status, message = read_status(h5)
         lines = [f"{path}: {m['name']} "
-                 f"({m['status']}{': ' + m['message'] if m.get('message') else ''})",
+                 f"({status}{': ' + message if message else ''})",
                  f"  written by tmesim {m['tmesim_version']}, JAX {m['jax_version']}, "
                  f"on {m['device']}; seed {m['seed']}",
                  f"  scenario from {m['scenario_source']}"
@@ -52,28 +40,33 @@ def inspect_text(path) -> str:
                          f"(step {ck[0]}; resume with: tmesim resume {path})")
         lines.append(f"  fields ({len(h5['fields'])}), shape (time, x, y, z):")
         for name, ds in h5["fields"].items():
-            last = f"  last: min {ds[-1].min():.4g}, max {ds[-1].max():.4g}" if ds.shape[0] else ""
+            last = f"  last: min {ds[n - 1].min():.4g}, max {ds[n - 1].max():.4g}" if n else ""
             lines.append(f"    {name:<20} {ds.attrs['units']:<16}{last}")
         lines.append("  observables (at the last snapshot):")
         for name, ds in h5["observables"].items():
-            last = f"{ds[-1]:.4g}" if ds.shape[0] else "-"
+            last = f"{ds[n - 1]:.4g}" if n else "-"
             lines.append(f"    {name:<26} {last:>10} {ds.attrs['units']:<16} {ds.attrs['meaning']}")
     return "\n".join(lines)
 
 
-def plot_file(path, png, fields=DEFAULT_PLOT_FIELDS, days=None,
+def plot_file(path, png, fields=None, days=None,
               series=DEFAULT_PLOT_OBSERVABLES) -> str:
-    """PNG: mid-plane slices of ``fields`` at ``days`` (default: 3 spread over the run)
-    and time courses."""
+    """PNG: mid-plane slices of ``fields`` (default: the default fields that were stored)
+    at ``days`` (default: 3 spread over the run; days outside it are refused) and time
+    courses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with _open(path) as h5:
-        t = h5["time"][...] / MIN_PER_DAY
-        if len(t) == 0:
-            raise ValueError(f"{path}: /time is empty: no snapshot to plot")
+    with open_run(path) as h5, reading(path):
+        n = snapshot_count(h5)  # a live run's file: only the complete snapshots
+        t = h5["time"][:n] / MIN_PER_DAY
+        if n == 0:
+            raise ValueError(f"{path}: no complete snapshot to plot yet")
+        if fields is None:  # the defaults that were stored, else the first stored fields
+            fields = tuple(f for f in DEFAULT_PLOT_FIELDS if f in h5["fields"]) or \
+                tuple(h5["fields"])[:len(DEFAULT_PLOT_FIELDS)]
         for name in fields:
             if name not in h5["fields"]:
                 raise ValueError(f"{path}: /fields/{name} not stored "
@@ -85,6 +78,11 @@ def plot_file(path, png, fields=DEFAULT_PLOT_FIELDS, days=None,
         if days is None:
             picks = sorted({0, len(t) // 2, len(t) - 1})
         else:
+            half = 0.5 * (t[1] - t[0]) if n > 1 else 0.0
+            outside = [d for d in days if not t[0] - half <= d <= t[-1] + half]
+            if outside:
+                raise ValueError(f"{path}: --days {','.join(f'{d:g}' for d in outside)}: "
+                                 f"outside the snapshots stored, day {t[0]:g} to {t[-1]:g}")
             picks = [int(np.argmin(np.abs(t - d))) for d in days]
         octant = int(h5["grid"].attrs["copies"]) == 8
         spacing = h5["grid"].attrs["spacing"]
@@ -115,13 +113,13 @@ def plot_file(path, png, fields=DEFAULT_PLOT_FIELDS, days=None,
                 a.axis("off")
                 continue
             ds = h5["observables"][series[c]]
-            a.plot(t, ds[...], "k.-", ms=3)
+            a.plot(t, ds[:n], "k.-", ms=3)
             a.set_title(f"{series[c]} ({ds.attrs['units']})", fontsize=8)
             a.set_xlabel("day", fontsize=7)
             a.tick_params(labelsize=6)
         plane = "z = 0 mirror plane (through the organoid centre)" if octant else "mid-plane z"
         fig.suptitle(f"{h5['meta'].attrs['name']}: slices in the {plane}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    fig.savefig(png, dpi=110, metadata={"Source": sidecar_tag(path)})
     plt.close(fig)
     return str(png)

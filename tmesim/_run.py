@@ -15,10 +15,15 @@ place and the time, keeping every snapshot and the last good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,11 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._geometry import Setup, organoid, tissue
-from ._observables import observables
-from ._output import Output, latest_checkpoint, write_xdmf
+from ._observables import OBSERVABLES, observables
+from ._output import (
+    Output,
+    OutputError,
+    latest_checkpoint,
+    png_path,
+    reading,
+    sidecar_of,
+    xdmf_path,
+)
 from ._parameters import CELL_LINES
 from ._scenario import MIN_PER_DAY, Scenario, ScenarioError, scenario_from_text
-from ._solve import solve, start_state
+from ._solve import Status, solve, start_state
 
 
 class RunError(RuntimeError):
@@ -74,16 +87,93 @@ def _observe(problem, fields, values):
     return observables(problem, fields, values)
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM (see ``stop_on_signals``): its file, if it has one,
+    was closed with status "interrupted" and resumes with ``tmesim resume``."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+_STOP: list[int] = []  # signals received since stop_on_signals was installed
+_WORKER: ThreadPoolExecutor | None = None
+_COMPILE_SECONDS = [0.0]  # time JAX spent tracing, lowering and compiling, all threads
+
+
+def _count_compile(event: str, duration: float, **_) -> None:
+    if event.startswith("/jax/core/compile/"):
+        _COMPILE_SECONDS[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within it, SIGINT and SIGTERM stop a run cleanly (the command line uses this).
+
+    A signal only records itself; the run acts on it between two writes of its
+    file (never inside one) or, while JAX computes or compiles on the worker
+    thread, within 0.1 s: it closes the file with status "interrupted" and
+    raises ``Interrupted``. The previous handlers come back on leaving. Off the
+    main thread (where Python cannot take signals) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _STOP.append(signum)
+
+    _STOP.clear()
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        _STOP.clear()
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def _check_stop() -> None:
+    if _STOP:
+        name = signal.Signals(_STOP[0]).name
+        raise Interrupted(_STOP[0], f"stopped by {name}")
+
+
+def _compute(fn, *args):
+    """``fn(*args)`` on a worker thread while this thread waits, polling for a stop
+    request: a signal during a compile of minutes is acted on at once, and the
+    HDF5 writes stay on this thread, between computations."""
+    global _WORKER
+    _check_stop()
+    if _WORKER is None:
+        _WORKER = ThreadPoolExecutor(1, thread_name_prefix="tmesim-compute")
+    future = _WORKER.submit(fn, *args)
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            _check_stop()
+
+
 class Progress:
     """Elapsed time and ETA on stderr, at most every ``every`` seconds
-    (default: $TMESIM_PROGRESS_SECONDS, else 2)."""
+    (default: $TMESIM_PROGRESS_SECONDS, else 2). The ETA leaves out the time JAX
+    spent compiling, so the first lines are not inflated by the compile."""
 
     def __init__(self, total_steps: int, first_step: int, stream=sys.stderr, every=None):
         if every is None:
             every = float(os.environ.get("TMESIM_PROGRESS_SECONDS", 2.0))
         self.total, self.first, self.stream, self.every = total_steps, first_step, stream, every
         self.start = time.perf_counter()
+        self.compile0 = _COMPILE_SECONDS[0]
         self.last = -math.inf
+
+    def note(self, text: str) -> None:
+        if self.stream is not None:
+            print(f"  {text}", file=self.stream, flush=True)
 
     def __call__(self, step: int, dt: float, final: bool = False) -> None:
         now = time.perf_counter()
@@ -91,11 +181,13 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.start
+        compiling = _COMPILE_SECONDS[0] - self.compile0
         done = step - self.first
         left = self.total - step
-        eta = f"{_clock(elapsed / done * left)}" if done > 0 else "?"
+        eta = f"{_clock(max(elapsed - compiling, 0.0) / done * left)}" if done > 0 else "?"
         print(f"  day {step * dt / MIN_PER_DAY:7.2f} of {self.total * dt / MIN_PER_DAY:g} "
-              f"({100 * step / self.total:3.0f}%)  elapsed {_clock(elapsed)}  ETA {eta}",
+              f"({100 * step / self.total:3.0f}%)  elapsed {_clock(elapsed)}"
+              f"{f' (compiling {_clock(compiling)})' if compiling >= 1 else ''}  ETA {eta}",
               file=self.stream, flush=True)
 
 
@@ -104,62 +196,147 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stderr) -> str:
+def _busy(path: str) -> bool:
+    """Whether another process holds ``path`` open through HDF5 (its file lock, an
+    flock; not seen where HDF5_USE_FILE_LOCKING=FALSE turned HDF5's locks off)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: HDF5's own lock still refuses a second writer
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _check_target(path: str, overwrite: bool) -> None:
+    """Refuse to write ``path`` (and its sidecars) where that would destroy something:
+    an existing file without ``overwrite``, a file another process is writing, or a
+    sidecar name taken by something that is not this run file's sidecar."""
+    sidecars = (xdmf_path(path), png_path(path))
+    present = [p for p in (path, *sidecars) if os.path.exists(p)]
+    if present and not overwrite:
+        hint = f", or 'tmesim resume {path}' to continue it" if os.path.exists(path) else ""
+        raise OutputError(f"{', '.join(present)} exist{'s' if len(present) == 1 else ''}; "
+                          f"pass --overwrite to replace {'it' if len(present) == 1 else 'them'}"
+                          f"{hint}")
+    if os.path.exists(path) and _busy(path):
+        raise OutputError(f"{path}: another process has the file open (a run still going?); "
+                          "it was not touched")
+    for p in sidecars:
+        if os.path.exists(p) and not sidecar_of(p, path):
+            raise OutputError(f"{p}: exists and is not the sidecar of {os.path.basename(path)} "
+                              "(another run's, or not tmesim's); it was not touched: move it, "
+                              "or write the run elsewhere with -o")
+
+
+def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stderr,
+                 overwrite: bool = False) -> str:
     """Run a scenario from the start, writing ``path`` (HDF5) and its XDMF sidecar.
 
     ``command`` is recorded in /meta; ``progress``: a stream for progress lines,
-    or None. Returns the path once the file is complete and closed.
+    or None. An existing ``path`` (or sidecar) is refused unless ``overwrite``,
+    and never replaced while another process has it open. The file is built
+    under a temporary name and takes ``path`` once it holds the first
+    checkpoint, so a run that fails or is stopped before that leaves any
+    previous file as it was. Returns the path once the file is complete and closed.
     """
-    built = build(scenario)
-    out = Output.create(path, scenario, built.setup, command)
-    fields = start_state(built.setup.problem, built.setup.values)
-    _write(out, built, 0, fields, checkpoint=True)
+    path = str(path)
+    _check_target(path, overwrite)
+    try:
+        built = _compute(build, scenario)
+        fields = _compute(start_state, built.setup.problem, built.setup.values)
+        obs, host = _compute(_observe_host, built, fields)
+    except Interrupted as err:
+        raise Interrupted(err.signum, f"{err} before the first snapshot; {path} was not "
+                          "written") from None
+    slots = scenario.total_steps // scenario.output_steps + 1
+    out = Output.create(path, scenario, built.setup, command, slots)
+    try:
+        _write(out, built, 0, host, obs, checkpoint=True)
+        if os.path.exists(path) and (not overwrite or _busy(path)):
+            raise OutputError(f"{path}: another run started writing it meanwhile; "
+                              "it was not touched")
+        try:
+            _check_stop()  # the last moment a signal leaves no file behind
+        except Interrupted as err:
+            raise Interrupted(err.signum, f"{err} before the first snapshot; {path} was not "
+                              "written") from None
+        out.publish()
+    except BaseException:
+        out.discard()
+        raise
     return _loop(out, built, 0, fields, progress)
 
 
 def resume(path, progress=sys.stderr) -> str:
     """Continue the run in ``path`` from its newest checkpoint (killed or finished).
 
-    Returns the path once the file is complete and closed.
+    Writes nothing until the file, its scenario and its checkpoint are checked;
+    the file's space was reserved when it was created, so a full disk does not
+    stop a resume. Returns the path once the file is complete and closed.
     """
+    path = str(path)
+    out = Output.open(path)
     try:
-        out = Output.open(path)
-    except OSError as err:
-        raise RunError(f"{path}: cannot open the run file ({err})") from None
-    try:
-        meta = out.h5["meta"].attrs
-        overrides = tuple(o for o in meta["overrides"] if o)
-        scenario = scenario_from_text(str(meta["scenario"]), f"{path}:/meta/scenario", overrides)
-        state = latest_checkpoint(out.h5)
-        if state is None:
-            raise RunError(f"{path}: /checkpoint: no complete checkpoint to resume from")
-    except KeyError as err:
-        out.close()
-        raise RunError(f"{path}: not a tmesim run file (missing {err})") from None
-    except Exception:
+        with reading(path):
+            meta = out.h5["meta"].attrs
+            overrides = tuple(str(o) for o in meta["overrides"] if o)
+            scenario = scenario_from_text(str(meta["scenario"]), f"{path}:/meta/scenario",
+                                          overrides)
+            state = latest_checkpoint(out.h5)
+            if state is None:
+                raise RunError(f"{path}: /checkpoint: no complete checkpoint to resume from")
+            step, n_outputs, fields = state
+            built = _compute(build, scenario)
+            shape = (len(built.setup.table),) + built.setup.grid.shape
+            dtype = np.dtype(jnp.result_type(built.setup.values["params"]["o2_uptake"]))
+            slots = scenario.total_steps // scenario.output_steps + 1
+            names = (set(out.h5["fields"]), set(out.h5["observables"]))
+            if names != (set(scenario.stored_fields), set(OBSERVABLES)):
+                raise RunError(f"{path}: /fields and /observables hold other names than this "
+                               "tmesim writes for its scenario (a file of another version?)")
+            if (fields.shape != shape or fields.dtype != dtype
+                    or out.h5["time"].shape != (slots,) or not 0 < n_outputs <= slots
+                    or step != (n_outputs - 1) * scenario.output_steps):
+                raise RunError(f"{path}: /checkpoint: state of shape {fields.shape} "
+                               f"{fields.dtype} at step {step} after {n_outputs} snapshots does "
+                               f"not match the scenario's {shape} {dtype} with {slots} "
+                               "snapshots")
+        out.reserve()  # a copy may have lost the reserved room: refuse before writing
+    except BaseException:
         out.close()
         raise
-    step, n_outputs, fields = state
-    built = build(scenario)
-    shape = (len(built.setup.table),) + built.setup.grid.shape
-    dtype = np.dtype(jnp.result_type(built.setup.values["params"]["o2_uptake"]))
-    if fields.shape != shape or fields.dtype != dtype:
-        out.close()
-        raise RunError(f"{path}: /checkpoint: state of shape {fields.shape} {fields.dtype} does "
-                       f"not match the scenario's {shape} {dtype}")
     out.truncate(n_outputs)
     out.set_status("running")
-    write_xdmf(out.path, out.h5)
+    out.sidecar()
     return _loop(out, built, step, jnp.asarray(fields), progress)
 
 
-def _write(out: Output, built: Built, step: int, fields, checkpoint: bool) -> None:
+def _observe_host(built: Built, fields):
+    """Observables (floats) and the fields as a host array, on the worker thread."""
     problem, values = built.setup.problem, built.setup.values
     obs = {k: float(v) for k, v in _observe(problem, fields, values).items()}
-    f = np.asarray(fields)
-    out.snapshot(step * built.scenario.dt, f, list(built.setup.table.names), obs)
+    return obs, np.asarray(fields)
+
+
+def _write(out: Output, built: Built, step: int, host, obs, checkpoint: bool) -> None:
+    out.snapshot(step * built.scenario.dt, host, list(built.setup.table.names), obs)
     if checkpoint:
-        out.checkpoint(step, f)
+        out.checkpoint(step, host)
+
+
+def _chunk(problem, values, fields, every, step, built):
+    sol = solve(problem, values, fields, n_steps=every, start=step)
+    if not bool(sol.ok):
+        return sol, None, None
+    obs, host = _observe_host(built, sol.fields)
+    return sol, obs, host
 
 
 def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
@@ -167,23 +344,63 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     problem, values = built.setup.problem, built.setup.values
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
     show = Progress(total, step, progress)
+    if step < total:
+        show.note("compiling the step, then running (the ETA leaves the compile out)")
     try:
         while step < total:
-            sol = solve(problem, values, fields, n_steps=every, start=step)
-            if not bool(sol.ok):
-                raise RunError(sol.message(problem))
+            sol, obs, host = _compute(_chunk, problem, values, fields, every, step, built)
+            if obs is None:
+                raise RunError(failure_message(sol, problem))
             fields, step = sol.fields, step + every
-            _write(out, built, step, fields, checkpoint=step % ckpt == 0 or step == total)
+            _write(out, built, step, host, obs, checkpoint=step % ckpt == 0 or step == total)
             show(step, sc.dt, final=step == total)
     except RunError as err:
-        out.set_status("failed", str(err))
-        out.close()
+        _close(out, "failed", str(err))
         raise RunError(f"{err}; the file keeps every snapshot before it and the last good "
                        f"checkpoint") from None
+    except Interrupted as err:
+        day = step * sc.dt / MIN_PER_DAY
+        _close(out, "interrupted", f"{err} at day {day:g}")
+        raise Interrupted(err.signum, f"{out.path}: {err} at day {day:g}; the file keeps "
+                          f"every snapshot so far (continue with tmesim resume {out.path})"
+                          ) from None
     except KeyboardInterrupt:
-        out.set_status("interrupted", f"at day {step * sc.dt / MIN_PER_DAY:g}")
-        out.close()
+        _close(out, "interrupted", f"at day {step * sc.dt / MIN_PER_DAY:g}")
+        raise
+    except OSError as err:
+        _close(out, "failed", str(err))
+        raise OutputError(f"{out.path}: cannot write the run file ({err}); it keeps every "
+                          "snapshot and checkpoint completed before") from None
+    except BaseException as err:  # a bug: say so in the file, keep the traceback
+        _close(out, "failed", f"internal error: {type(err).__name__}: {err}")
         raise
     out.set_status("complete")
     out.close()
     return out.path
+
+
+def _close(out: Output, status: str, message: str) -> None:
+    """Record how the run ended and close the file, whatever state the disk is in."""
+    try:
+        out.set_status(status, message)
+    except (OSError, RuntimeError):
+        pass  # the status is advisory; every completed snapshot and checkpoint is in place
+    try:
+        out.close()
+    except (OSError, RuntimeError):
+        pass
+
+
+_CAUSES = {
+    Status.NONFINITE: "likely cause: a rate, diffusion coefficient or dose too large for the "
+                      "time step (try a smaller run.dt_min) or a parameter outside its "
+                      "physical range",
+    Status.NEGATIVE: "likely cause: cells moved or were consumed faster than the step allows "
+                     "(try a smaller run.dt_min, or lower motility and death rates)",
+}
+
+
+def failure_message(sol, problem) -> str:
+    """The solve's failure in words, with the likely cause."""
+    cause = _CAUSES.get(int(sol.status.code))
+    return sol.message(problem) + (f" ({cause})" if cause else "")
