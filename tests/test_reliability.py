@@ -75,6 +75,7 @@ def test_after_creation_a_run_changes_only_data_in_place(tmp_path):
     regions = _raw_regions(path)
     before = _structure(path, regions)  # closed: the superblock's "open for writing" flag clear
     out = Output.open(path)
+    assert read_status(out.h5) == ("running", "")
     names = list(built.setup.table.names)
     for k in range(5):
         out.snapshot(k * 360.0, host + k, names, obs)
@@ -239,6 +240,7 @@ def _kill_and_resume(tmp_path, reference, moments):
             started = True
             with h5py.File(out, "r") as h5:  # a valid file: no recovery tool needed
                 n = snapshot_count(h5)
+                assert read_status(h5)[0] in ("running", "complete")
                 assert n >= 1 and np.isfinite(h5["time"][:n]).all()
                 assert latest_checkpoint(h5) is not None
                 assert np.isfinite(h5["fields/tumor"][n - 1]).all()

@@ -166,8 +166,9 @@ class Output:
             "name": scenario.name, "python": sys.version.split()[0],
         })
         # shape (1,), not scalars: HDF5 allocates a scalar's storage at its first write
-        _placed(meta, "status", (1,), f"S{STATUS_BYTES}", b"running")
-        _placed(meta, "message", (1,), f"S{MESSAGE_BYTES}", b"")
+        # written here, not as fill values: h5py passes a string fill value as a pointer
+        _placed(meta, "status", (1,), f"S{STATUS_BYTES}")[0] = b"running"
+        _placed(meta, "message", (1,), f"S{MESSAGE_BYTES}")[0] = b""
         grid = setup.grid
         g = h5.create_group("grid")
         g.attrs.update({"shape": grid.shape, "spacing": grid.spacing,
