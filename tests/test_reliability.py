@@ -93,8 +93,11 @@ def test_after_creation_a_run_changes_only_data_in_place(tmp_path):
         assert np.isnan(h5["time"][3:]).all()  # slots not (or no longer) written
         step, outputs, state = latest_checkpoint(h5)
         assert (step, outputs) == (288, 5) and np.array_equal(state, host + 4)
-    # the blocks are reserved, not a sparse promise
+    # the blocks are reserved, not a sparse promise; the mode is a plain new file's
     assert os.stat(path).st_blocks * 512 >= size
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
 
 
 def _limit_file_size(limit):
@@ -315,6 +318,25 @@ def test_sigint_before_the_file_exists_writes_nothing(tmp_path):
     assert proc.wait(timeout=120) == 130, err
     assert "was not written" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["one CPU", "two host devices"])
+def test_the_same_file_on_one_cpu_and_with_two_host_devices(tmp_path, reference, how):
+    """Bit for bit the reference (run on every core, one device): pinned to one CPU with
+    taskset (XLA's thread pools shrink to it), or with XLA told to make two CPU devices."""
+    out = tmp_path / "d.h5"
+    cmd = _tmesim("run", str(UNTREATED), "-o", str(out), "-q", *SETS)
+    env = dict(ENV)
+    if how == "one CPU":
+        if shutil.which("taskset") is None:
+            pytest.skip("no taskset here")
+        cmd = ["taskset", "-c", "0", *cmd]
+    else:
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    _same_run(reference, out)
 
 
 @pytest.mark.slow

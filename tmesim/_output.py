@@ -125,6 +125,10 @@ class Output:
         except OSError as err:
             raise OutputError(f"{path}: cannot create the run file ({err.strerror})") from None
         try:
+            if hasattr(os, "fchmod"):  # a plain new file's mode, not mkstemp's 0600
+                mask = os.umask(0o022)
+                os.umask(mask)
+                os.fchmod(fd, 0o666 & ~mask)
             _allocate(fd, path, _planned_bytes(scenario, setup, snapshots))
             os.ftruncate(fd, 0)  # the room exists: give it back to HDF5, which starts anew
         except BaseException:
