@@ -252,25 +252,21 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
         built = _compute(build, scenario)
         fields = _compute(start_state, built.setup.problem, built.setup.values)
         obs, host = _compute(_observe_host, built, fields)
+        slots = scenario.total_steps // scenario.output_steps + 1
+        out = Output.create(path, scenario, built.setup, command, slots)
+        try:
+            _write(out, built, 0, host, obs, checkpoint=True)
+            if os.path.exists(path) and (not overwrite or _busy(path)):
+                raise OutputError(f"{path}: another run started writing it meanwhile; "
+                                  "it was not touched")
+            _check_stop()  # the last moment a signal leaves no file behind
+            out.publish()
+        except BaseException:
+            out.discard()
+            raise
     except Interrupted as err:
         raise Interrupted(err.signum, f"{err} before the first snapshot; {path} was not "
                           "written") from None
-    slots = scenario.total_steps // scenario.output_steps + 1
-    out = Output.create(path, scenario, built.setup, command, slots)
-    try:
-        _write(out, built, 0, host, obs, checkpoint=True)
-        if os.path.exists(path) and (not overwrite or _busy(path)):
-            raise OutputError(f"{path}: another run started writing it meanwhile; "
-                              "it was not touched")
-        try:
-            _check_stop()  # the last moment a signal leaves no file behind
-        except Interrupted as err:
-            raise Interrupted(err.signum, f"{err} before the first snapshot; {path} was not "
-                              "written") from None
-        out.publish()
-    except BaseException:
-        out.discard()
-        raise
     return _loop(out, built, 0, fields, progress)
 
 
