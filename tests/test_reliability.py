@@ -194,7 +194,10 @@ def test_a_really_full_disk(tmp_path, reference):
               f"{tm} resume k.h5 -q; echo resume=$?; cp k.h5 {tmp_path}/out.h5")
     done = _in_small_tmpfs(disk, size, script)
     if done is None:
-        pytest.skip("no tmpfs can be mounted here (needs unshare -rm, user namespaces)")
+        pytest.skip("this machine lets no unprivileged process mount a tmpfs (`unshare -rm` "
+                    "needs user namespaces), so a really full disk cannot be made here; the "
+                    "full-disk cases still run with a file-size limit (test_no_room_..., "
+                    "test_resume_needs_no_room)")
     out = done.stdout
     assert "big=2" in out and "big.h5" not in out.split("big=2")[1].split("Filesystem")[0]
     assert "no room for the run file" in done.stderr
@@ -330,7 +333,8 @@ def test_the_same_file_on_one_cpu_and_with_two_host_devices(tmp_path, reference,
     env = dict(ENV)
     if how == "one CPU":
         if shutil.which("taskset") is None:
-            pytest.skip("no taskset here")
+            pytest.skip("`taskset` (util-linux) is not installed, so the run cannot be "
+                        "pinned to one CPU; the two-device case still runs")
         cmd = ["taskset", "-c", "0", *cmd]
     else:
         env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
