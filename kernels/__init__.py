@@ -49,3 +49,9 @@ from ._implicit import thomas as thomas
 from ._implicit import thomas_cyclic as thomas_cyclic
 from ._transport import cell_transport_rate as cell_transport_rate
 from ._transport import transport_limit as transport_limit
+from ._radial import radial_cell_transport_rate as radial_cell_transport_rate
+from ._radial import radial_diffusion_rate as radial_diffusion_rate
+from ._radial import radial_diffusion_step as radial_diffusion_step
+from ._radial import radial_transport_limit as radial_transport_limit
+from ._radial import shell_geometry as shell_geometry
+from ._transport import face_transfer as face_transfer

@@ -25,6 +25,8 @@ Properties, all tested:
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +37,34 @@ Array = jax.Array
 
 def _zeros_face(x: Array, axis: int) -> Array:
     return jnp.zeros_like(_slice(x, 0, 1, axis))
+
+
+def face_transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, psi_lo, psi_hi,
+                  h: float, max_speed: float | None = None):
+    """Net transfer T (volume fraction per minute of a cube of side h) across one face.
+
+    The face flux of the module docstring divided by h: T·h is the flux per
+    unit area (um/min), so a finite volume of volume V behind a face of area A
+    gains T·h·A/V (``radial_cell_transport_rate``). phi_lo, phi_hi: tuples of
+    the potential's parts on the two sides, or None (no drift); psi_lo, psi_hi:
+    the carrier Ψ, or None.
+    """
+    hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
+    v = 0.0
+    if phi_lo is not None:
+        v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
+        if max_speed is not None:
+            v = jnp.clip(v, -max_speed, max_speed)
+        fwd = hop + jnp.maximum(v, 0.0) / h
+        bwd = hop + jnp.maximum(-v, 0.0) / h
+    out = fwd * r_lo * room_hi - bwd * r_hi * room_lo
+    if psi_lo is not None:
+        u = -(psi_hi - psi_lo) / h
+        if max_speed is not None:
+            left = max_speed - jnp.abs(v)
+            u = jnp.clip(u, -left, left)
+        out = out + (jnp.maximum(u, 0.0) * r_lo - jnp.maximum(-u, 0.0) * r_hi) / h
+    return out
 
 
 def cell_transport_rate(
@@ -83,24 +113,7 @@ def cell_transport_rate(
         if n == 1:
             continue  # no face inside; a periodic wrap would join the voxel to itself
 
-        def transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, psi_lo, psi_hi,
-                     h=h):
-            hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
-            v = 0.0
-            if potential is not None:
-                v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
-                if max_speed is not None:
-                    v = jnp.clip(v, -max_speed, max_speed)
-                fwd = hop + jnp.maximum(v, 0.0) / h
-                bwd = hop + jnp.maximum(-v, 0.0) / h
-            out = fwd * r_lo * room_hi - bwd * r_hi * room_lo
-            if carrier is not None:
-                u = -(psi_hi - psi_lo) / h
-                if max_speed is not None:
-                    left = max_speed - jnp.abs(v)
-                    u = jnp.clip(u, -left, left)
-                out = out + (jnp.maximum(u, 0.0) * r_lo - jnp.maximum(-u, 0.0) * r_hi) / h
-            return out
+        transfer = partial(face_transfer, h=h, max_speed=max_speed)
 
         def cut(x, start, stop, ax=ax):
             if x is None:

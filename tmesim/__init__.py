@@ -6,11 +6,13 @@ from ._geometry import NicheProblem as NicheProblem
 from ._geometry import Setup as Setup
 from ._geometry import ball_fraction as ball_fraction
 from ._geometry import organoid as organoid
+from ._geometry import spheroid as spheroid
 from ._geometry import tissue as tissue
 from ._grid import Dirichlet as Dirichlet
 from ._grid import Grid as Grid
 from ._grid import Neumann as Neumann
 from ._grid import Periodic as Periodic
+from ._grid import RadialGrid as RadialGrid
 from ._inspect import inspect_text as inspect_text
 from ._inspect import plot_file as plot_file
 from ._model import CELLS as CELLS
@@ -54,6 +56,7 @@ from ._solve import start_state as start_state
 from ._species import Species as Species
 from ._species import SpeciesTable as SpeciesTable
 from ._stepper import FieldView as FieldView
+from ._stepper import RadialStepper as RadialStepper
 from ._stepper import Rates as Rates
 from ._stepper import Stepper as Stepper
 from ._stepper import plan_transport as plan_transport

@@ -23,6 +23,7 @@ values = {
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._grid import Dirichlet, Grid, Neumann, Periodic
+from ._grid import Dirichlet, Grid, Neumann, Periodic, RadialGrid
 from ._model import (
     CELLS,
     DEFAULT_DECAY,
@@ -42,15 +43,17 @@ from ._model import (
     SOLUTES,
     STROMA,
     NicheReaction,
+    integrate,
     niche_species,
     pressure_flux,
     pressure_stiffness,
+    radial_distance,
     radiotherapy,
 )
 from ._parameters import Bounds, check_bounds, default_parameters, within_bounds
 from ._solve import Problem
 from ._species import SpeciesTable
-from ._stepper import StaticArray, Stepper
+from ._stepper import RadialStepper, StaticArray, Stepper
 from ._treatment import drug_levels, events_at, inject, medium_levels, schedule
 
 TISSUE_O2 = 38.0  # mmHg: PhysiCell's physioxic tissue level, the tissue's initial oxygen
@@ -66,8 +69,10 @@ def ball_fraction(grid: Grid, radius, centre=None, sub: int = 4):
     δ = h/sub, so the fraction (and the ball's volume, within 1% of 4πR³/3
     once R spans a few voxels) changes smoothly with R and ``jax.grad``
     through it is exact. centre: (x, y, z) in um, the domain centre by default.
-    Works on a traced radius.
+    Works on a traced radius. On a ``RadialGrid``: ``shell_fraction`` (exact).
     """
+    if isinstance(grid, RadialGrid):
+        return shell_fraction(grid, radius)
     centre = [e / 2 for e in grid.extent] if centre is None else centre
     offsets = (np.arange(sub) + 0.5) / sub - 0.5
     delta = min(grid.spacing) / sub
@@ -84,6 +89,18 @@ def ball_fraction(grid: Grid, radius, centre=None, sub: int = 4):
             inside = jnp.clip((radius - r) / delta + 0.5, 0.0, 1.0)
             total = total + jnp.sum(inside, axis=-1)
     return total / sub**3
+
+
+def shell_fraction(grid: RadialGrid, radius):
+    """Volume fraction (n,) of each shell inside the ball of ``radius`` (um), exactly:
+    (clip(R, r_in, r_out)³ − r_in³)/(r_out³ − r_in³); continuous and differentiable in R
+    (traced R allowed), and Σ fraction · V_i = 4πR³/3 while R ≤ n h."""
+    radius = jnp.asarray(radius)
+    dtype = radius.dtype if jnp.issubdtype(radius.dtype, jnp.floating) else jnp.float32
+    r = grid.faces()
+    lo, hi = jnp.asarray(r[:-1], dtype), jnp.asarray(r[1:], dtype)
+    inside = jnp.clip(radius, lo, hi)
+    return (inside**3 - lo**3) / jnp.asarray(r[1:] ** 3 - r[:-1] ** 3, dtype)
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,53 @@ class NicheProblem(Problem):
     def centre(self):
         return (0.0, 0.0, 0.0) if self.copies == 8 else None
 
+    @property
+    def radial(self) -> bool:
+        """A radially symmetric organoid (``tmesim.spheroid``: a ``RadialGrid`` of shells)."""
+        return isinstance(self.grid, RadialGrid)
+
+    # -- geometry: what the observables and the initial state ask of the grid ----
+    def ball(self, radius):
+        """Volume fraction of each voxel (shell) inside the ball of ``radius`` about the centre."""
+        return ball_fraction(self.grid, radius, self.centre)
+
+    def integrate(self, x):
+        """∫ x dV over the whole body (um³ · x's unit): the octant's copies counted."""
+        return integrate(x, self.grid, self.copies)
+
+    def mean(self, x):
+        """Mean of x over the domain (by volume)."""
+        if self.radial:
+            return self.integrate(x) / float(np.sum(self.grid.volumes()))
+        return jnp.mean(x)
+
+    def distance(self, dtype):
+        """Distance (um) of every voxel (shell) centre from the organoid's centre."""
+        return radial_distance(self.grid, self.copies == 8, dtype)
+
+    def projected_area(self, occ):
+        """Area (um²) of the body's shadow along z, each column covered as far as its most
+        occupied voxel. A column at distance s from the axis of a radially symmetric body
+        meets the shells r ≥ s, the most occupied of them (the equatorial one, r = s, for a
+        body fuller inside): A = ∫ 2π s · max_{r ≥ s} occ(r) ds, each shell's ring
+        π(r_out² − r_in²) times the running maximum from outside. On a Cartesian grid:
+        Σ over columns of max_z(occ)·h_x·h_y (an octant's shadow is a quarter)."""
+        if self.radial:
+            r = self.grid.faces()
+            ring = jnp.asarray(math.pi * (r[1:] ** 2 - r[:-1] ** 2), occ.dtype)
+            return jnp.sum(jax.lax.cummax(occ, axis=0, reverse=True) * ring)
+        hx, hy, _ = self.grid.spacing
+        shadow = jnp.max(occ, axis=2)
+        return jnp.sum(shadow) * hx * hy * (4.0 if self.copies == 8 else 1.0)
+
+    def shell_mean(self, field, radius):
+        """Mean of ``field`` on the sphere of ``radius`` (um) about the centre: voxels (shell
+        centres) weighted by a hat of half-width h in their distance from it (continuous in
+        radius; on shells, linear interpolation between the two nearest centres)."""
+        h = min(self.grid.spacing)
+        w = jnp.maximum(1.0 - jnp.abs(self.distance(field.dtype) - radius) / h, 0.0)
+        return jnp.sum(w * field) / jnp.maximum(jnp.sum(w), 1e-30)
+
     # -- values -------------------------------------------------------------
     def check_values(self, values, where: str = "values") -> None:
         check_bounds(values, self.bounds, where)
@@ -128,7 +192,7 @@ class NicheProblem(Problem):
         """The initial fields (F, X, Y, Z) from the values (traced; differentiable in them)."""
         init, p = values["initial"], values["params"]
         dtype = jnp.result_type(init["radius_um"])
-        ball = ball_fraction(self.grid, init["radius_um"], self.centre).astype(dtype)
+        ball = self.ball(init["radius_um"]).astype(dtype)
         out = {"tumor": p["packing_fraction"] * ball * (1.0 - init["csc_fraction"]),
                "csc": p["packing_fraction"] * ball * init["csc_fraction"]}
         outside = 1.0 - ball
@@ -181,9 +245,8 @@ class NicheProblem(Problem):
         whole medium would put more cells in a larger box."""
         radius = values["initial"]["radius_um"]
         if ball is None:
-            ball = ball_fraction(self.grid, radius, self.centre)
-        outer = ball_fraction(self.grid, radius + values["params"]["medium_unstirred_layer"],
-                              self.centre)
+            ball = self.ball(radius)
+        outer = self.ball(radius + values["params"]["medium_unstirred_layer"])
         return (outer - ball).astype(ball.dtype)
 
     def event_aux(self, values):
@@ -248,10 +311,14 @@ def _checked(mapping, known, what: str) -> dict:
 
 
 def _build(grid, geometry, octant, values, bounds, dt, dtype, pattern=None) -> Setup:
-    table = niche_species(grid.boundary if geometry == "organoid" else None, bounds)
+    radial = isinstance(grid, RadialGrid)
+    # a spheroid's outer face is the medium, as an organoid octant's outer faces are
+    boundary = (Neumann(), Dirichlet(0.0)) * 3 if radial else grid.boundary
+    table = niche_species(boundary if geometry == "organoid" else None, bounds)
     reaction = NicheReaction(grid, table.names, octant, medium=geometry == "organoid")
-    stepper = Stepper(grid, table, dt, reaction, cell_speed=MAX_CELL_SPEED,
-                      pressure=pressure_flux, pressure_stiffness=pressure_stiffness(bounds))
+    stepper = (RadialStepper if radial else Stepper)(
+        grid, table, dt, reaction, cell_speed=MAX_CELL_SPEED, pressure=pressure_flux,
+        pressure_stiffness=pressure_stiffness(bounds))
     problem = NicheProblem(grid, table, stepper, bounds, geometry, octant,
                            None if pattern is None else StaticArray(pattern))
     values = jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype), values)
@@ -291,8 +358,38 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     faces = (Neumann(), Dirichlet(0.0)) * 3 if octant else (Dirichlet(0.0),) * 6
     grid = Grid((n, n, n), spacing, faces)
     fits = n * spacing if octant else n * spacing / 2
+    return _organoid(grid, fits, octant, radius, csc_fraction, dt, medium, immune_medium,
+                     overrides, dtype, diffusion, bounds, schedule_values)
+
+
+def spheroid(n=40, spacing=15.0, radius=100.0, csc_fraction=0.05, dt=2.0, medium=None,
+             immune_medium=None, overrides=None, dtype=jnp.float32, diffusion=None,
+             bounds=None, schedule_values=None) -> Setup:
+    """A spherical organoid as a radially symmetric body: ``organoid``'s model in n shells.
+
+    The same species, processes, medium, values, bounds and treatments as
+    ``organoid`` (the same keyword arguments, less ``octant``), on a
+    ``RadialGrid`` of n shells of ``spacing`` um (the domain's radius is
+    n·spacing; its outer face is the medium, as the octant's outer faces).
+    Spherical finite volumes (docs/radial.md): one exact tridiagonal solve per
+    solute per step, cell transport through the shells' faces. Use it where
+    the organoid stays spherical (calibration of growth curves and radii):
+    about 200 times cheaper than a 24³ octant. ``tmesim.solve``,
+    ``tmesim.observables``, ``set_values``, bounds, ``jax.grad``/``vmap`` work
+    on it as on the organoid. Good values: spacing 10-15 um, dt 2 min (5 min: radii
+    within 0.5-4% of dt = 2 by day 21, docs/radial.md).
+    """
+    grid = RadialGrid(n, spacing)
+    return _organoid(grid, n * grid.spacing[0], False, radius, csc_fraction, dt, medium,
+                     immune_medium, overrides, dtype, diffusion, bounds, schedule_values)
+
+
+def _organoid(grid, fits, octant, radius, csc_fraction, dt, medium, immune_medium, overrides,
+              dtype, diffusion, bounds, schedule_values) -> Setup:
     if not 0 < radius < fits:
-        raise ValueError(f"organoid radius {radius} um does not fit in the {n * spacing} um box")
+        where = (f"spheroid domain of radius {fits:g} um" if isinstance(grid, RadialGrid)
+                 else f"{grid.extent[0]} um box")
+        raise ValueError(f"organoid radius {radius} um does not fit in the {where}")
     medium = _checked(medium, SOLUTES, "medium")
     seeded = _checked(immune_medium, CO_CULTURE, "immune_medium")
     values = _common_values(overrides, diffusion, dtype)

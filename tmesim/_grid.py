@@ -75,6 +75,8 @@ class Grid:
     spacing: tuple[float, float, float] = (20.0, 20.0, 20.0)
     boundary: tuple = (Neumann(),) * 6
 
+    axis_names = ("x", "y", "z")
+
     def __post_init__(self):
         shape = tuple(int(n) for n in self.shape)
         if len(shape) != 3 or any(n < 3 for n in shape):
@@ -115,3 +117,60 @@ class Grid:
         x, y, z = self.mesh()
         cx, cy, cz = (e / 2 for e in self.extent)
         return np.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
+
+
+@dataclass(frozen=True)
+class RadialGrid:
+    """Spherical shells about a body's centre: a radially symmetric domain (static, hashable).
+
+    n: shells (≥ 3); spacing: shell thickness h in um (one number, or a
+    1-tuple). Shell i spans [i h, (i+1) h]; its centre radius is (i + 1/2) h,
+    its volume 4π((i+1)³ − i³)h³/3. The centre face is closed by the geometry
+    (area 0); the outer face, r = n h, is where the domain ends (an
+    organoid's medium). ``shape`` is (n,), ``spacing`` (h,), so the code that
+    reads a grid's shape or its smallest spacing reads this one alike.
+    """
+
+    n: int
+    spacing: tuple[float] = (20.0,)
+
+    def __post_init__(self):
+        n = int(self.n)
+        if n < 3:
+            raise ValueError(f"RadialGrid.n must be an integer ≥ 3, got {self.n!r}")
+        h = self.spacing
+        h = (float(h),) if isinstance(h, (int, float)) else tuple(float(x) for x in h)
+        if len(h) != 1 or not (math.isfinite(h[0]) and h[0] > 0):
+            raise ValueError(f"RadialGrid.spacing must be one positive length in um, "
+                             f"got {self.spacing!r}")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "spacing", h)
+
+    axis_names = ("r",)
+    periodic = (False,)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.n,)
+
+    @property
+    def extent(self) -> tuple[float]:
+        """Outer radius (um)."""
+        return (self.n * self.spacing[0],)
+
+    def centers(self, axis: int = 0) -> np.ndarray:
+        """Shell-centre radii (um), (n,)."""
+        return (np.arange(self.n) + 0.5) * self.spacing[0]
+
+    def faces(self) -> np.ndarray:
+        """Face radii (um), (n + 1,): 0, h, …, n h."""
+        return np.arange(self.n + 1) * self.spacing[0]
+
+    def face_areas(self) -> np.ndarray:
+        """4π r² of every face (um²), (n + 1,)."""
+        return 4.0 * math.pi * self.faces() ** 2
+
+    def volumes(self) -> np.ndarray:
+        """Shell volumes 4π(r_{i+1}³ − r_i³)/3 (um³), (n,)."""
+        r = self.faces()
+        return 4.0 * math.pi * (r[1:] ** 3 - r[:-1] ** 3) / 3.0

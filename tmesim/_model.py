@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 from . import kernels as K
-from ._grid import Dirichlet, Grid
+from ._grid import Dirichlet, Grid, RadialGrid
 from ._species import Species, SpeciesTable
 from ._stepper import Rates
 
@@ -359,6 +359,18 @@ def pressure_flux(phi, p):
         1.0 - p["packing_fraction"])
 
 
+def net_volume_made(f, r, like):
+    """S = Σ_cells (P − L·c) + conversions into cells: the net cell volume the reaction
+    ``r`` makes per minute (division less death and lysis), shaped like ``like``."""
+    made = jnp.zeros_like(like)
+    for c in CELLS:
+        made = made + r.production.get(c, 0.0) - r.loss.get(c, 0.0) * f[c]
+    for src, dst, rate in r.flows:
+        if dst in CELLS:  # a conversion between cells makes no volume: its loss is in r.loss
+            made = made + rate * f[src]
+    return made
+
+
 MIXTURE_STIFF = 1e8  # min: the backward-Euler "step" that turns implicit_step into a Poisson solve
 
 
@@ -378,17 +390,18 @@ def mixture_flow(f, p, r, grid: Grid):
     hollowing. m = ``mixture_flow`` (1: on; 0: only ``pressure_flux``, which
     still relieves any crowding above the packing fraction). Ψ is frozen
     over the step (one conjugate-gradient multigrid solve per step,
-    ``kernels.implicit_step`` with a step of 1e8 min).
+    ``kernels.implicit_step`` with a step of 1e8 min; on a ``RadialGrid`` the
+    same equation in spherical shells, one tridiagonal solve,
+    ``kernels.radial_diffusion_step``).
     """
     occupied = occupied_share(f, p)
-    made = jnp.zeros_like(occupied)
-    for c in CELLS:
-        made = made + r.production.get(c, 0.0) - r.loss.get(c, 0.0) * f[c]
-    for src, dst, rate in r.flows:
-        if dst in CELLS:  # a conversion between cells makes no volume: its loss is in r.loss
-            made = made + rate * f[src]
+    source = p["mixture_flow"] * net_volume_made(f, r, occupied) / p["packing_fraction"]
     h = min(grid.spacing)
-    source = p["mixture_flow"] * made / p["packing_fraction"]
+    if isinstance(grid, RadialGrid):  # the same equation in spherical shells
+        psi = K.radial_diffusion_step(jnp.zeros_like(occupied)[None], MIXTURE_STIFF, h,
+                                      jnp.ones((1,), occupied.dtype),
+                                      ((1.0 - occupied) / h**2)[None], None, source[None])
+        return psi[0]
     bc = tuple(None if grid.periodic[a] else (None, None) for a in range(3))
     one = jnp.ones((1,), occupied.dtype)
     psi = K.implicit_step(jnp.zeros_like(occupied)[None], MIXTURE_STIFF, grid.spacing, one,
@@ -683,14 +696,25 @@ def occupied_share(f, p):
     return jnp.minimum((f["tumor"] + f["csc"] + f["debris"]) / p["packing_fraction"], 1.0)
 
 
-def body_radius(f, p, grid: Grid, copies: int):
-    """Equal-volume radius (um) of the tumour body: Σ occupied share · voxel · copies."""
-    return equal_volume_radius(jnp.sum(occupied_share(f, p)) * grid.voxel_volume * copies)
+def integrate(x, grid, copies: int = 1):
+    """∫ x dV (um³ · x's unit) over the body: Σ x · voxel · copies on a Cartesian grid
+    (copies = 8 for an octant), Σ x_i V_i over the shells of a ``RadialGrid``."""
+    if isinstance(grid, RadialGrid):
+        return jnp.sum(x * jnp.asarray(grid.volumes(), x.dtype), axis=-1)
+    return jnp.sum(x) * grid.voxel_volume * copies
 
 
-def radial_distance(grid: Grid, corner: bool, dtype):
+def body_radius(f, p, grid, copies: int):
+    """Equal-volume radius (um) of the tumour body: ∫ occupied share dV (``integrate``)."""
+    return equal_volume_radius(integrate(occupied_share(f, p), grid, copies))
+
+
+def radial_distance(grid, corner: bool, dtype):
     """Distance (um) of every voxel centre (X, Y, Z) from the organoid's or
-    tumour's centre: the grid's lower corner (an octant) or the box centre."""
+    tumour's centre: the grid's lower corner (an octant) or the box centre;
+    on a ``RadialGrid``, the shell-centre radii (n,)."""
+    if isinstance(grid, RadialGrid):
+        return jnp.asarray(grid.centers(), dtype)
     axes = []
     for a in range(3):
         x = grid.centers(a) - (0.0 if corner else grid.extent[a] / 2)
@@ -706,7 +730,10 @@ class NicheReaction:
     grid, names: the run's grid and field names (table order); octant: the
     organoid's centre sits at the grid's lower corner (one eighth simulated),
     else at the box centre; medium: an organoid (False: a tissue). Static and
-    hashable (part of the ``Stepper``).
+    hashable (part of the ``Stepper``). On a ``RadialGrid`` (a spherical
+    organoid, ``tmesim.spheroid``; octant False) the same terms, with distances,
+    volumes and the mixture flow of the shells (``radial_distance``,
+    ``integrate``, ``mixture_flow``).
     """
 
     grid: Grid

@@ -40,7 +40,6 @@ from ._model import (
     equal_volume_radius,
     occupied_share,
     proliferation_o2,
-    radial_distance,
 )
 
 UM3_PER_MM3 = 1e9
@@ -96,37 +95,29 @@ def _ramp(x, threshold, half_width):
 
 
 def occupied(problem, fields, values):
-    """Occupied share of every voxel (``_model.occupied_share``), (X, Y, Z)."""
+    """Occupied share of every voxel (``_model.occupied_share``), (X, Y, Z) or (n,) shells."""
     i = problem.table.index
     return occupied_share({n: fields[i(n)] for n in ("tumor", "csc", "debris")}, values["params"])
 
 
-def _volume(problem, weight):
-    return jnp.sum(weight) * problem.grid.voxel_volume * problem.copies
-
-
 def projected_area(problem, occ):
-    """Area (um²) of the body's shadow along z: Σ over columns of max_z(occupied)·h_x·h_y.
+    """Area (um²) of the body's shadow along z (``NicheProblem.projected_area``).
 
     A column is covered as far as its most occupied voxel is (for a ball, the
     one at the equator, whose occupied share is the share of the column's
     footprint inside the ball's outline); the column's summed thickness would
     count a footprint barely touched by the outline as covered, because a
     sphere's chord grows as the square root of the depth inside its edge. An
-    octant's shadow is a quarter of the whole one (z = 0 is its equator).
+    octant's shadow is a quarter of the whole one (z = 0 is its equator); a
+    radially symmetric body's is ∫ 2π s · occ ds over the equatorial shells.
     """
-    hx, hy, _ = problem.grid.spacing
-    shadow = jnp.max(occ, axis=2)
-    return jnp.sum(shadow) * hx * hy * (4.0 if problem.copies == 8 else 1.0)
+    return problem.projected_area(occ)
 
 
 def shell_mean(problem, field, radius):
     """Mean of ``field`` on the sphere of ``radius`` (um) about the centre: voxels
     weighted by a hat of half-width h in their distance from it (continuous in radius)."""
-    h = min(problem.grid.spacing)
-    r = radial_distance(problem.grid, problem.copies == 8, field.dtype)
-    w = jnp.maximum(1.0 - jnp.abs(r - radius) / h, 0.0)
-    return _ratio(jnp.sum(w * field), jnp.sum(w))
+    return problem.shell_mean(field, radius)
 
 
 def radial_profile(problem, fields, name, radii):
@@ -136,44 +127,50 @@ def radial_profile(problem, fields, name, radii):
 
 
 def observables(problem, fields, values, step=None) -> dict:
-    """Every observable of ``OBSERVABLES`` for one state (F, X, Y, Z), as scalars."""
+    """Every observable of ``OBSERVABLES`` for one state (F, X, Y, Z) or (F, n) shells, as scalars.
+
+    Integrals, means and shadows come from the problem's geometry
+    (``NicheProblem.integrate``, ``mean``, ``projected_area``, ``shell_mean``), so a
+    3D grid and a radially symmetric one give the same quantities.
+    """
     del step
     i = problem.table.index
-    vv = problem.grid.voxel_volume * problem.copies / UM3_PER_MM3
+    integral = problem.integrate
     live = fields[i("tumor")] + fields[i("csc")]
     debris = fields[i("debris")]
     o2 = fields[i("oxygen")]
-    live_sum = jnp.sum(live)
+    live_sum = integral(live)
     hypoxic = hypoxic_weight(o2, values["params"]["o2_hypoxic_threshold"])
     p = values["params"]
     occ = occupied(problem, fields, values)
-    radius = equal_volume_radius(_volume(problem, occ))
+    radius = equal_volume_radius(integral(occ))
     necrotic = occ * _ratio(debris, live + debris)
-    necrotic_radius = equal_volume_radius(_volume(problem, necrotic))
+    necrotic_radius = equal_volume_radius(integral(necrotic))
     arrested = occ * _ramp(proliferation_o2(o2, p), ARREST_LEVEL, ARREST_HALF_WIDTH)
     pimonidazole = occ * _ramp(o2, PIMONIDAZOLE_O2, HYPOXIC_HALF_WIDTH)
     area = projected_area(problem, occ)
+    debris_sum = integral(debris)
     out = {
-        "tumor_volume": live_sum * vv,
+        "tumor_volume": live_sum / UM3_PER_MM3,
         "tumor_radius": radius,
         "necrotic_radius": necrotic_radius,
-        "arrested_radius": equal_volume_radius(_volume(problem, arrested)),
-        "hypoxic_radius": equal_volume_radius(_volume(problem, pimonidazole)),
+        "arrested_radius": equal_volume_radius(integral(arrested)),
+        "hypoxic_radius": equal_volume_radius(integral(pimonidazole)),
         "viable_rim": radius - necrotic_radius,
         "projected_area": area / UM2_PER_MM2,
         "projected_area_fold": area / (math.pi * values["initial"]["radius_um"] ** 2),
-        "dead_cell_volume": jnp.sum(debris) * vv,
-        "csc_fraction": _ratio(jnp.sum(fields[i("csc")]), live_sum),
-        "hypoxic_fraction": _ratio(jnp.sum(live * hypoxic), live_sum),
-        "necrotic_fraction": _ratio(jnp.sum(debris), live_sum + jnp.sum(debris)),
+        "dead_cell_volume": debris_sum / UM3_PER_MM3,
+        "csc_fraction": _ratio(integral(fields[i("csc")]), live_sum),
+        "hypoxic_fraction": _ratio(integral(live * hypoxic), live_sum),
+        "necrotic_fraction": _ratio(debris_sum, live_sum + debris_sum),
         "min_oxygen": jnp.min(o2),
-        "tumor_oxygen": _ratio(jnp.sum(o2 * live), live_sum),
-        "vessel_density": jnp.mean(fields[i("vessel")]),
+        "tumor_oxygen": _ratio(integral(o2 * live), live_sum),
+        "vessel_density": problem.mean(fields[i("vessel")]),
     }
     for d in PROFILE_DEPTHS:
         out[f"o2_depth_{d:g}"] = shell_mean(problem, o2, radius - d)
     for c in STROMA + IMMUNE:
-        out[f"{c}_total"] = jnp.sum(fields[i(c)]) * vv
+        out[f"{c}_total"] = integral(fields[i(c)]) / UM3_PER_MM3
     for d in DRUGS:
-        out[f"{d}_exposure"] = _ratio(jnp.sum(fields[i(d)] * live), live_sum)
+        out[f"{d}_exposure"] = _ratio(integral(fields[i(d)] * live), live_sum)
     return out

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._geometry import Setup, organoid, tissue
+from ._geometry import Setup, organoid, spheroid, tissue
 from ._observables import OBSERVABLES, observables
 from ._output import (
     Output,
@@ -73,6 +73,8 @@ def build(scenario: Scenario) -> Built:
         if geo["kind"] == "organoid":
             setup = organoid(octant=geo["octant"], medium=geo["medium"],
                              immune_medium=geo["co_culture"], **common)
+        elif geo["kind"] == "spheroid":
+            setup = spheroid(medium=geo["medium"], immune_medium=geo["co_culture"], **common)
         else:
             setup = tissue(vessel_spacing=geo["vessel_spacing_um"],
                            vessel_density=geo["vessel_density"], stroma=geo["stroma"],
@@ -247,6 +249,12 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
     previous file as it was. Returns the path once the file is complete and closed.
     """
     path = str(path)
+    if scenario.data["geometry"]["kind"] == "spheroid":
+        raise ScenarioError(
+            f"{scenario.source}: geometry.kind = \"spheroid\" (a radially symmetric organoid) "
+            "is for tmesim.solve and calibration only: a run file stores 3D fields (x, y, z). "
+            "Run the same organoid in 3D with kind = \"organoid\", or build the spheroid with "
+            "tmesim.spheroid(...) and advance it with tmesim.solve")
     _check_target(path, overwrite)
     try:
         built = _compute(build, scenario)

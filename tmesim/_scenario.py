@@ -111,11 +111,14 @@ RUN = {
     "seed": Key(INTEGER, False, 0, _between(0, 2**63 - 1), help="random seed (tissue vessels)"),
 }
 GRID = {
-    "n": Key(INTEGER, True, check=_between(3, 1024), help="voxels per axis"),
-    "spacing_um": Key(NUMBER, False, 20.0, _positive, help="voxel size"),
+    "n": Key(INTEGER, True, check=_between(3, 1024), help="voxels per axis (spheroid: shells)"),
+    "spacing_um": Key(NUMBER, False, 20.0, _positive,
+                      help="voxel size (spheroid: shell thickness)"),
 }
 GEOMETRY = {
-    "kind": Key(STRING, True, choices=("organoid", "tissue")),
+    "kind": Key(STRING, True, choices=("organoid", "tissue", "spheroid"),
+                help="spheroid: a spherical organoid, radially symmetric (grid.n shells of "
+                     "grid.spacing_um; for tmesim.solve and calibration, not tmesim run)"),
     "radius_um": Key(NUMBER, False, 150.0, _positive, help="initial tumour radius"),
     "csc_fraction": Key(NUMBER, False, 0.05, _fraction, help="CSC share of the initial tumour"),
     "octant": Key(BOOL, False, True, help="organoid: simulate one eighth (mirror faces)"),
@@ -507,6 +510,12 @@ def _validate(raw: dict, source: str, overrides=()) -> dict:
         "geometry.co_culture", geo["co_culture"], CELLS,
         lambda name, v: None if 0 <= v <= 1 else f"expected a volume fraction between 0 and 1, "
                                                  f"got {v!r}", "a volume fraction")
+    if geo["kind"] == "spheroid":
+        for key in ("octant", "vessel_spacing_um", "vessel_density", "stroma", "periodic"):
+            if key in top["geometry"]:
+                what = "an octant's mirror planes" if key == "octant" else "a tissue"
+                check.fail(f"geometry.{key}", f"not a key of a spheroid (radially symmetric: "
+                                              f"the key is for {what}); remove it")
     _check_consistency(check, data)
     return data
 
@@ -647,15 +656,26 @@ def _check_consistency(check: _Checker, data: dict) -> None:
                                       f"tenth of a cell; cells are volume fractions of a "
                                       f"voxel), got {h:g}")
     box = grid["n"] * h
+    spheroid = geo["kind"] == "spheroid"
     copies = 8 if geo["kind"] == "organoid" and geo["octant"] else 1
-    room = box if copies == 8 else box / 2
-    if geo["radius_um"] >= room:
+    room = box if copies == 8 or spheroid else box / 2
+    if spheroid:  # shells: no voxel-count or 3D memory limits
+        if geo["radius_um"] >= room:
+            check.fail("geometry.radius_um",
+                       f"expected a tumour inside the spheroid's domain (radius < grid.n x "
+                       f"grid.spacing_um = {room:g} um), got {geo['radius_um']:g}",
+                       ("grid.n", "grid.spacing_um"))
+        if geo["radius_um"] < h / 2:
+            check.fail("geometry.radius_um",
+                       f"expected a radius of at least half a shell ({h / 2:g} um), "
+                       f"got {geo['radius_um']:g}", ("grid.spacing_um",))
+    elif geo["radius_um"] >= room:
         check.fail("geometry.radius_um",
                    f"expected a tumour that fits the grid (radius < {room:g} um "
                    f"for {grid['n']} voxels of {h:g} um), "
                    f"got {geo['radius_um']:g}", ("grid.n", "grid.spacing_um", "geometry.octant"))
     smallest = h * (3.0 * copies / (4.0 * math.pi)) ** (1.0 / 3.0)
-    if geo["radius_um"] < smallest:
+    if not spheroid and geo["radius_um"] < smallest:
         part = "one eighth of the ball (an octant)" if copies == 8 else "the ball"
         check.fail("geometry.radius_um",
                    f"a tumour of radius {geo['radius_um']:g} um fills less than one voxel of "
@@ -663,7 +683,8 @@ def _check_consistency(check: _Checker, data: dict) -> None:
                    f"radius_um >= {smallest:.3g} um, or voxels of at most "
                    f"{geo['radius_um'] / smallest * h:.3g} um",
                    ("grid.spacing_um", "geometry.octant"))
-    _check_memory(check, grid["n"], run["dtype"])
+    if not spheroid:
+        _check_memory(check, grid["n"], run["dtype"])
     if geo["kind"] == "tissue" and (geo["medium"] or geo["co_culture"]):
         which = "geometry.medium" if geo["medium"] else "geometry.co_culture"
         check.fail(which, "only an organoid has a medium; a tissue gets cells and drugs "

@@ -160,7 +160,8 @@ class Solution(NamedTuple):
         grid = st.grid
         name = st.table.names[int(self.status.channel)]
         index = np.unravel_index(int(self.status.voxel), grid.shape)
-        where = ", ".join(f"{'xyz'[a]} = {grid.centers(a)[index[a]]:g} um" for a in range(3))
+        where = ", ".join(f"{axis} = {grid.centers(a)[index[a]]:g} um"
+                          for a, axis in enumerate(grid.axis_names))
         step = int(self.status.step)
         what = "a non-finite value (NaN or inf)" if code == Status.NONFINITE else \
             "a negative density"
@@ -190,7 +191,8 @@ def _guard(stepper: Stepper, blocks, status: Status, step, ran):
     def locate(_):
         f = stepper.merge(blocks)
         kinds = np.array([s.kind == "cell" for s in stepper.table])
-        negative = jnp.asarray(kinds)[:, None, None, None] & (f < -NEGATIVE_TOLERANCE)
+        kinds = kinds.reshape((-1,) + (1,) * len(stepper.grid.shape))
+        negative = jnp.asarray(kinds) & (f < -NEGATIVE_TOLERANCE)
         bad = jnp.where(finite, negative, ~jnp.isfinite(f))  # the failure the code names
         flat = jnp.argmax(bad.reshape(-1)).astype(jnp.int32)
         n_vox = int(np.prod(stepper.grid.shape))

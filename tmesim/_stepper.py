@@ -285,13 +285,17 @@ class Stepper:
         if self.pinned is not None and self.pinned.array.shape != self.grid.shape:
             raise ValueError(f"Stepper.pinned: expected shape {self.grid.shape}, "
                              f"got {self.pinned.array.shape}")
-        groups = plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed,
-                                self.pressure_stiffness)
-        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "groups", self._plan())
         names = self.table.names
         where = {names[ch]: (gi, j)
-                 for gi, g in enumerate(groups) for j, ch in enumerate(g.channels)}
+                 for gi, g in enumerate(self.groups) for j, ch in enumerate(g.channels)}
         object.__setattr__(self, "_where", where)
+
+    def _plan(self) -> tuple:
+        """The transport groups (``plan_transport``); a geometry with its own operators
+        (``RadialStepper``) plans its own."""
+        return plan_transport(self.grid, self.table, self.dt, self.max_stages, self.cell_speed,
+                              self.pressure_stiffness)
 
     def describe(self) -> list[str]:
         """One line per group: method, stages and species names."""
@@ -356,7 +360,7 @@ class Stepper:
         if g.variable and rates is not None:
             factor = self._stack(g, rates.mobility, 1.0, c)
             if factor is not None:
-                return D[:, None, None, None] * factor
+                return D.reshape(D.shape + (1,) * len(self.grid.shape)) * factor
         return D
 
     def _transport_solutes(self, g: Group, c, params, rates, pinned):
@@ -417,16 +421,18 @@ class Stepper:
                 # pass ran 3 times slower (85 against 29 ms per sub-step, 64³)
                 push = self.pressure(phi, params)
                 potential = push if frozen is None else (frozen, push)
-            return c + h * K.cell_transport_rate(
-                c, self.grid.spacing, D, potential, 1.0 - phi, self.grid.periodic, speed,
-                carrier
-            ), None
+            return c + h * self._cell_rate(c, D, potential, 1.0 - phi, speed, carrier), None
 
         # a scan, not an unrolled loop: one copy of the pass in the program
         # (unrolled, 17 sub-steps made a gradient take minutes to compile);
         # reverse mode keeps each sub-step's input and recomputes the pass
         substep = jax.checkpoint(substep, prevent_cse=False)
         return jax.lax.scan(substep, c, None, length=g.stages)[0]
+
+    def _cell_rate(self, c, D, potential, room, speed, carrier):
+        """∂ρ/∂t of the cell transport on this grid (``kernels.cell_transport_rate``)."""
+        return K.cell_transport_rate(c, self.grid.spacing, D, potential, room,
+                                     self.grid.periodic, speed, carrier)
 
     def _inflows(self, view, rates):
         """Per destination, what each conversion carried over in this step."""
@@ -467,3 +473,85 @@ class Stepper:
     def step(self, c, params, t=0.0):
         """One step: reaction terms read at the start, then every group over dt."""
         return self.merge(self.step_blocks(self.split(c), params, t))
+
+
+def plan_radial(grid, table: SpeciesTable, dt: float, cell_speed: float = 0.0,
+                pressure_stiffness: float = 0.0):
+    """Transport groups on a ``RadialGrid``: every solute that diffuses or decays in one
+    "radial" group (solved exactly, any dt), species with neither "static", the
+    cells one "cell" group with sub-steps from ``kernels.radial_transport_limit``."""
+    if not (dt > 0 and math.isfinite(dt)):
+        raise ValueError(f"time step must be a positive number of minutes, got {dt!r}")
+    static, solutes, variable = [], [], False
+    for i, s in enumerate(table):
+        if s.kind == "cell":
+            continue
+        if s.diffusion == 0 and s.decay == 0:
+            static.append(i)
+        else:
+            solutes.append(i)
+            variable = variable or s.variable_diffusion
+    groups = []
+    if static:
+        groups.append(Group("static", tuple(static)))
+    if solutes:
+        groups.append(Group("radial", tuple(solutes), 1, variable))
+    cells = table.channels("cell")
+    if cells:
+        mu = max(table.species[i].diffusion for i in cells)
+        limit = (K.radial_transport_limit(grid.spacing[0], grid.n, mu, cell_speed,
+                                          pressure_stiffness)
+                 if mu or cell_speed or pressure_stiffness else math.inf)
+        groups.append(Group("cell", cells, max(1, math.ceil(dt / limit)), True))
+    return tuple(sorted(groups, key=lambda g: g.channels[0]))
+
+
+@dataclass(frozen=True)
+class RadialStepper(Stepper):
+    """The ``Stepper``'s step on a ``RadialGrid`` (spherical shells; kernels/_radial.py).
+
+    The same step: the reaction read once at the step's start, cells and
+    matrix by the exact update of ``_react_in_place``, then the cells' upwind
+    volume-filling transport in sub-steps (pressure re-evaluated at each,
+    drift potentials and the carrier Ψ as in 3D), now through the shells'
+    faces; every solute that diffuses or decays in one backward-Euler step
+    of ∇·(D∇c) − (λ + L)c + P with L, P frozen, solved exactly (one
+    tridiagonal system per solute, ``kernels.radial_diffusion_step``): what
+    the 3D "implicit" method solves to a tolerance. Its fixed point is the
+    discrete steady state at any dt.
+
+    Faces: the centre is closed by the geometry; the outer face is closed
+    for cells and, for solutes, holds the value ``params["boundary_value"]``
+    reads on its last row ((6, F) as the organoid's ``inputs`` give it, or
+    (F,)): the medium. Without "boundary_value" the outer face is closed.
+    ``pinned`` voxels are not supported.
+    """
+
+    def __post_init__(self):
+        if self.pinned is not None:
+            raise ValueError("RadialStepper: pinned voxels are not supported")
+        super().__post_init__()
+
+    def _plan(self) -> tuple:
+        return plan_radial(self.grid, self.table, self.dt, self.cell_speed,
+                           self.pressure_stiffness)
+
+    def _transport_solutes(self, g: Group, c, params, rates, pinned):
+        channels = np.asarray(g.channels)
+        D = self._coefficient(g, params, rates, c)
+        lam = params["decay"][channels]
+        source = None
+        if rates is not None:
+            loss = self._stack(g, rates.loss, 0.0, c)
+            if loss is not None:
+                lam = lam[:, None] + loss
+            source = self._stack(g, rates.production, 0.0, c)
+        outer = None
+        if "boundary_value" in params:
+            level = jnp.asarray(params["boundary_value"])
+            outer = level.reshape((-1, level.shape[-1]))[-1][channels]
+        return K.radial_diffusion_step(c, self.dt, self.grid.spacing[0], D, lam, outer, source)
+
+    def _cell_rate(self, c, D, potential, room, speed, carrier):
+        return K.radial_cell_transport_rate(c, self.grid.spacing[0], D, potential, room, speed,
+                                            carrier)

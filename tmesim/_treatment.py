@@ -77,7 +77,7 @@ def inject(fields, table, amounts, site):
     """
     cells = np.array([table.index(c) for c in CELLS])
     phi = jnp.sum(fields[cells], axis=0)
-    add = amounts[:, None, None, None] * site[None]
+    add = amounts.reshape(amounts.shape + (1,) * site.ndim) * site[None]
     total = jnp.sum(add, axis=0)
     room = jnp.maximum(1.0 - phi, 0.0)
     scale = jnp.where(total > room, room / jnp.where(total > 0, total, 1.0), 1.0)
