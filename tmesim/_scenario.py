@@ -395,7 +395,7 @@ def parse_value(text: str):
     or a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except (tomllib.TOMLDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # TOMLDecodeError, or an integer of > 4300 digits
         return text
 
 
@@ -470,6 +470,9 @@ def scenario_from_text(text: str, source: str = "<scenario>", overrides=()) -> S
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ScenarioError(f"{source}: not valid TOML: {err}") from None
+    except ValueError:  # Python's limit on converting digits to int
+        raise ScenarioError(f"{source}: not valid TOML here: an integer of more than 4300 "
+                            f"digits") from None
     except RecursionError:
         raise ScenarioError(f"{source}: not valid TOML here: arrays or tables nested too "
                             f"deeply") from None
