@@ -57,15 +57,42 @@ def _finish(path, quiet: bool) -> int:
     return 0
 
 
+def _fit(args) -> int:
+    from ._fit import fit, parameter_file_path
+    from ._fitplot import fit_text, plot_fit
+    from ._run import stop_on_signals
+
+    settings = {k: v for k, v in (("starts", args.starts), ("iterations", args.iterations),
+                                  ("batch", args.batch), ("seed", args.seed)) if v is not None}
+    if args.no_profiles:
+        settings["profiles"] = []
+    output = args.output or os.path.splitext(os.path.basename(args.problem))[0] + "_fit.h5"
+    with stop_on_signals():
+        fit(args.problem, output, overwrite=args.overwrite, progress=_progress(args),
+            settings=settings)
+    if not args.quiet:
+        print(fit_text(output))
+    written = [output, parameter_file_path(output)] + plot_fit(output)
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def _inspect(args) -> int:
+    from ._fitplot import fit_text, is_fit_result
     from ._inspect import inspect_text
 
-    print(inspect_text(args.file))
+    print(fit_text(args.file) if is_fit_result(args.file) else inspect_text(args.file))
     return 0
 
 
 def _plot(args) -> int:
+    from ._fitplot import is_fit_result, plot_fit
     from ._inspect import plot_file
+
+    if is_fit_result(args.file):
+        prefix = os.path.splitext(args.output)[0] if args.output else None
+        print("wrote " + ", ".join(plot_fit(args.file, prefix)))
+        return 0
 
     def names(text, default):
         return tuple(x for x in text.split(",") if x) if text else default
@@ -120,11 +147,25 @@ def main(argv=None) -> int:
     sp.add_argument("file", help="HDF5 run file")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sp.set_defaults(run=_resume)
-    ip = sub.add_parser("inspect", help="what is in a run file")
+    fp = sub.add_parser("fit", help="fit a calibration problem (PEtab-style tables); writes "
+                        "an HDF5 result, the fitted parameters as TOML and PNGs")
+    fp.add_argument("problem", help="problem file (TOML naming a scenario and four tables)")
+    fp.add_argument("-o", "--output", help="HDF5 result (default: the problem's name + _fit.h5); "
+                    "an existing one from the same files is resumed")
+    fp.add_argument("--starts", type=int, help="number of starts (overrides [fit] starts)")
+    fp.add_argument("--iterations", type=int, help="iterations per start at most")
+    fp.add_argument("--batch", type=int, help="starts advanced together under vmap")
+    fp.add_argument("--seed", type=int, help="seed of the starting points")
+    fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
+    fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")
+    fp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    fp.set_defaults(run=_fit)
+    ip = sub.add_parser("inspect", help="what is in a run file or a fit result")
     ip.add_argument("file", help="HDF5 run file")
     ip.set_defaults(run=_inspect)
-    pp = sub.add_parser("plot", help="PNG of mid-plane slices and observable time courses")
-    pp.add_argument("file", help="HDF5 run file")
+    pp = sub.add_parser("plot", help="PNG of mid-plane slices and observable time courses; "
+                        "for a fit result: fit against data, waterfall, profiles")
+    pp.add_argument("file", help="HDF5 run file or fit result")
     pp.add_argument("-o", "--output", help="PNG file (default: next to the HDF5 file)")
     pp.add_argument("--fields",
                     help=f"comma-separated fields (default {','.join(DEFAULT_PLOT_FIELDS)})")

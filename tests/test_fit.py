@@ -1,0 +1,324 @@
+"""Calibration (issue 13): problem tables, the objective's gradient, recovery, no recompiles, resume.
+
+The recovery problem is synthetic: a spheroid (tmesim.spheroid) simulated with known
+parameters, its outer and necrotic radii sampled with 5% normal noise, fitted from
+starts perturbed by up to 2x; each parameter the fit reports identifiable must lie
+within its 95% profile interval, and the interval must cover the truth.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tmesim
+from tmesim._fit import Objective, Optimiser, fit, perturbed_points, to_scale
+from tmesim._fitplot import fit_text, plot_fit
+from tmesim._petab import ProblemError, load_problem
+
+TRUTH = {"tumor_division_rate": 0.0011, "o2_uptake": 700.0}
+NOMINAL = {"tumor_division_rate": 0.00072, "o2_uptake": 1000.0}
+DAYS = (0.5, 1.0, 1.5, 2.0)
+REPLICATES = 4
+
+SCENARIO = """name = "synthetic spheroid"
+[run]
+days = 2.0
+dt_min = 10.0
+output_every_days = 0.5
+dtype = "float64"
+[grid]
+n = 16
+spacing_um = 30.0
+[geometry]
+kind = "{kind}"
+radius_um = 300.0
+"""
+
+
+def write_problem(folder, measurements, *, kind="spheroid", fit_settings="", parameters=None,
+                  observables=None, conditions=None, scenario=None, extra=""):
+    os.makedirs(folder, exist_ok=True)
+    files = {
+        "scenario.toml": scenario or SCENARIO.format(kind=kind),
+        "conditions.tsv": conditions or "conditionId\tgeometry.radius_um\nball\t300\n",
+        "observables.tsv": observables or (
+            "observableId\tobservableFormula\tnoiseFormula\tnoiseDistribution\n"
+            "outer\ttumor_radius\t0.05 * tumor_radius\tnormal\n"
+            "necrotic\tnecrotic_radius\t0.05 * necrotic_radius + 1\tnormal\n"),
+        "parameters.tsv": parameters or (
+            "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+            f"tumor_division_rate\tlog\t0.0002\t0.004\t{NOMINAL['tumor_division_rate']}\t1\n"
+            f"o2_uptake\tlog\t300\t1500\t{NOMINAL['o2_uptake']}\t1\n"),
+        "measurements.tsv": measurements,
+        "problem.toml": ('name = "synthetic"\nscenario = "scenario.toml"\n'
+                         'measurements = "measurements.tsv"\nconditions = "conditions.tsv"\n'
+                         'observables = "observables.tsv"\nparameters = "parameters.tsv"\n'
+                         + extra + "[fit]\n" + fit_settings),
+    }
+    for name, text in files.items():
+        with open(os.path.join(folder, name), "w") as fh:
+            fh.write(text)
+    return os.path.join(folder, "problem.toml")
+
+
+def placeholder_measurements(days=DAYS):
+    rows = ["observableId\tsimulationConditionId\ttime\tmeasurement"]
+    for t in days:
+        rows.append(f"outer\tball\t{t:g}\t300")
+        rows.append(f"necrotic\tball\t{t:g}\t50")
+    return "\n".join(rows) + "\n"
+
+
+def synthetic_measurements(tmp_path, seed=7):
+    """Outer and necrotic radii of the truth at DAYS, REPLICATES each, with 5% noise."""
+    path = write_problem(tmp_path / "truth", placeholder_measurements())
+    obj = Objective(load_problem(path))
+    theta = np.array([to_scale(TRUTH[p], "log") for p in obj.ids])
+    h, _, _ = obj.evaluate(jnp.asarray(theta))
+    back = np.empty(len(obj.order), int)
+    back[obj.order] = np.arange(len(obj.order))
+    h = np.asarray(h)[back]
+    rng = np.random.default_rng(seed)
+    fp = obj.fp
+    rows = ["observableId\tsimulationConditionId\ttime\tmeasurement\treplicateId"]
+    for k in range(len(h)):
+        oid = fp.observables[fp.measurements.observable[k]].id
+        t = fp.measurements.time_min[k] / 1440.0
+        sd = 0.05 * h[k] + (1.0 if oid == "necrotic" else 0.0)
+        for r in range(REPLICATES):
+            rows.append(f"{oid}\tball\t{t:g}\t{h[k] + sd * rng.standard_normal():.6f}\t{r}")
+    return "\n".join(rows) + "\n", dict(zip(
+        [f"{fp.observables[o].id}@{t / 1440:g}" for o, t in zip(fp.measurements.observable,
+                                                                  fp.measurements.time_min)], h))
+
+
+# --------------------------------------------------------------------------
+# bad tables: file, row and column named; nothing written
+BAD = [
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\n"
+     "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\n", "row 1: missing column(s) estimate"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlog\t0\t0.004\t0.0007\t1\n", "row 2, column 'lowerBound'"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlog\t0.0002\t0.004\tfast\t1\n", "row 2, column 'nominalValue': expected a number"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t1\ntumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t1\n",
+     "row 3, column 'parameterId': 'tumor_division_rate' is listed twice"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlogg\t0.0002\t0.004\t0.0007\t1\n", "did you mean 'log'"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlog\t0.004\t0.0002\t0.0007\t1\n", "column 'upperBound'"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "growth\tlog\t0.0002\t0.004\t0.0007\t1\n", "neither a model value"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "diffusion.oxygn\tlog\t5e4\t1.5e5\t1e5\t1\n", "did you mean diffusion.oxygen"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+     "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t0\n", "no parameter is estimated"),
+    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\tobjectivePriorType\n"
+     "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t1\tnormal\n", "objectivePriorParameters"),
+    ("observables.tsv", "observableId\tobservableFormula\nouter\ttumor_radiuss\nnecrotic\tnecrotic_radius\n",
+     "row 2, column 'observableFormula': unknown name 'tumor_radiuss'"),
+    ("observables.tsv", "observableId\tobservableFormula\nouter\t__import__('os').system('true')\n"
+     "necrotic\tnecrotic_radius\n", "row 2, column 'observableFormula'"),
+    ("observables.tsv", "observableId\tobservableFormula\tnoiseDistribution\nouter\ttumor_radius\tcauchy\n"
+     "necrotic\tnecrotic_radius\tnormal\n", "row 2, column 'noiseDistribution'"),
+    ("observables.tsv", "observableId\tobservableFormula\tnoiseFormula\nouter\ttumor_radius\tnoiseParameter1_outer\n"
+     "necrotic\tnecrotic_radius\t1\n", "column 'noiseParameters'"),
+    ("measurements.tsv", "observableId\tsimulationConditionId\ttime\tmeasurement\nouter\tball\t1\t300\n"
+     "outr\tball\t2\t310\n", "row 3, column 'observableId': unknown observable 'outr'; did you mean 'outer'"),
+    ("measurements.tsv", "observableId\tsimulationConditionId\ttime\tmeasurement\nouter\tball\t-1\t300\n",
+     "row 2, column 'time'"),
+    ("measurements.tsv", "observableId\tsimulationConditionId\ttime\tmeasurement\nouter\tbal\t1\t300\n",
+     "row 2, column 'simulationConditionId': unknown condition 'bal'"),
+    ("measurements.tsv", "observableId\tsimulationConditionId\ttime\tmeasurement\nouter\tball\t1\n",
+     "row 2: 3 cells, expected 4"),
+    ("measurements.tsv", "observableId,simulationConditionId,time,measurement\nouter,ball,1,300\n",
+     "row 1: one column"),
+    ("measurements.tsv", "", "the measurement table is empty"),
+    ("conditions.tsv", "conditionId\tgeometry.radius_um\nball\t-300\n",
+     "row 2, column 'conditionId': condition 'ball' does not make a valid scenario"),
+    ("conditions.tsv", "conditionId\tgeometry.radius_um\to2_uptake\nball\t300\t800\n",
+     "row 2, column 'o2_uptake': 'o2_uptake' is also in the parameter table"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_tables_are_refused_with_file_row_and_column(tmp_path, name, text, expected):
+    path = write_problem(tmp_path, placeholder_measurements())
+    with open(tmp_path / name, "w") as fh:
+        fh.write(text)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ProblemError) as err:
+        load_problem(path)
+    message = str(err.value)
+    assert expected in message, message
+    if expected.startswith("row") or "row" in expected:
+        assert str(tmp_path / name) in message, message
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_bad_problem_file_and_settings(tmp_path):
+    path = write_problem(tmp_path, placeholder_measurements(), fit_settings="startz = 3\n")
+    with pytest.raises(ProblemError, match=r"fit.startz: unknown setting; did you mean 'starts'"):
+        load_problem(path)
+    path = write_problem(tmp_path, placeholder_measurements(), fit_settings="starts = 0\n")
+    with pytest.raises(ProblemError, match=r"fit.starts: expected 1 to 10000, got 0"):
+        load_problem(path)
+    path = write_problem(tmp_path, placeholder_measurements())
+    with open(tmp_path / "measurements.tsv", "wb") as fh:
+        fh.write(b"observableId\t\xff\n")
+    with pytest.raises(ProblemError, match=r"measurements.tsv: not a text file: byte 0xff"):
+        load_problem(path)
+
+
+def test_command_line_reports_a_bad_table(tmp_path, capsys):
+    path = write_problem(tmp_path, "observableId\tsimulationConditionId\ttime\tmeasurement\n"
+                                   "outer\tball\tsoon\t300\n")
+    assert tmesim.main(["fit", str(path), "-o", str(tmp_path / "r.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "measurements.tsv: row 2, column 'time': expected a number, got 'soon'" in err
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_formulas_and_noise_parameters(tmp_path):
+    """A scale parameter in the formula, noise from the measurement table, log transform."""
+    obs = ("observableId\tobservableFormula\tobservableTransformation\tnoiseFormula\n"
+           "outer\tscale * tumor_radius\tlog\tnoiseParameter1_outer\n"
+           "necrotic\tnecrotic_radius + 1\tlin\t2\n")
+    pars = ("parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+            "tumor_division_rate\tlog\t0.0002\t0.004\t0.00072\t1\n"
+            "scale\tlin\t0.5\t2\t1\t0\n")
+    meas = ("observableId\tsimulationConditionId\ttime\tmeasurement\tnoiseParameters\n"
+            "outer\tball\t1\t320\t0.1\nnecrotic\tball\t1\t40\t\n")
+    obj = Objective(load_problem(write_problem(tmp_path, meas, observables=obs,
+                                               parameters=pars)))
+    theta = jnp.asarray(obj.nominal)
+    h, sigma, terms = obj.evaluate(theta)
+    sim, ok = obj.simulate(theta)
+    assert bool(ok)
+    r = float(sim["tumor_radius"][list(obj.order).index(0)])
+    k = list(obj.order).index(0)
+    assert float(h[k]) == pytest.approx(r)
+    assert float(sigma[k]) == pytest.approx(0.1)
+    # log-normal NLL of 320 around the model's radius, with PEtab's Jacobian term log(m)
+    want = 0.5 * math.log(2 * math.pi * 0.01) + 0.5 * ((math.log(320) - math.log(r)) / 0.1) ** 2 \
+        + math.log(320)
+    assert float(terms[k]) == pytest.approx(want, rel=1e-12)
+
+
+# --------------------------------------------------------------------------
+def test_no_recompilation_across_iterations(tmp_path):
+    path = write_problem(tmp_path, placeholder_measurements(DAYS[:2]))
+    obj = Objective(load_problem(path))
+    opt = Optimiser(obj, "lbfgs", 0.05)
+    theta = np.stack([obj.nominal, obj.nominal + 0.2])
+    state = opt.init(theta)
+    value, grad = obj.value_and_grad_batch(theta)
+    traced = obj.traces
+    x = jnp.asarray(theta)
+    mask = jnp.ones_like(x)
+    done, rejected = jnp.zeros(2, bool), jnp.zeros(2, jnp.int32)
+    counts = []
+    for _ in range(4):
+        x, state, value, grad, rejected = opt.step(x, state, value, grad, mask, done, rejected)
+        counts.append(obj.traces)
+    assert counts[0] > traced  # the step traced the objective once (value and line search)
+    assert counts[1:] == [counts[0]] * 3, counts  # and never again
+    assert np.all(np.isfinite(np.asarray(value)))
+
+
+def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path):
+    """The whole objective (3D octant, 1 day, every process) against central differences."""
+    scenario = SCENARIO.format(kind="organoid").replace("n = 16", "n = 6").replace(
+        "spacing_um = 30.0", "spacing_um = 60.0").replace("radius_um = 300.0", "radius_um = 200.0")
+    meas = ("observableId\tsimulationConditionId\ttime\tmeasurement\n"
+            "outer\tball\t0.5\t230\nouter\tball\t1\t250\nnecrotic\tball\t1\t40\n")
+    path = write_problem(tmp_path, meas, scenario=scenario,
+                         conditions="conditionId\tgeometry.radius_um\nball\t200\n")
+    obj = Objective(load_problem(path))
+    theta = np.array(obj.nominal) + 0.1
+    _, grad = obj.value_and_grad_batch(theta[None])
+    f = jax.jit(obj.nll)
+    eps = 1e-4
+    for i in range(len(theta)):
+        e = np.zeros_like(theta)
+        e[i] = eps
+        fd = (float(f(jnp.asarray(theta + e))) - float(f(jnp.asarray(theta - e)))) / (2 * eps)
+        # central differences in float64 at eps = 1e-4 on the log scale: truncation ~1e-8
+        # relative, round-off ~1e-16 * |NLL| / eps
+        assert float(grad[0, i]) == pytest.approx(fd, rel=1e-5, abs=1e-7), (obj.ids[i], fd)
+
+
+# --------------------------------------------------------------------------
+def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
+    meas, _ = synthetic_measurements(tmp_path)
+    settings = ("starts = 2\niterations = 30\nprofile_points = 2\nprofile_iterations = 10\n"
+                "seed = 3\n")
+    path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
+    fp = load_problem(path)
+    obj = Objective(fp)
+    starts = perturbed_points(obj, 2, seed=11, factor=2.0)
+    out = str(tmp_path / "fit" / "result.h5")
+    fit(fp, out, progress=None, starts=starts)
+    with h5py.File(out, "r") as h5:
+        ids = [x.decode() for x in h5["parameters/id"][...]]
+        value = h5["summary/value"][...]
+        prof = h5["summary/profile"][...]
+        ident = h5["summary/identifiable"][...]
+        assert h5["meta"].attrs["status"] == "complete"
+        assert h5["starts/history"].shape[0] == 2
+        assert np.isfinite(h5["laplace/covariance"][...]).all()
+    for i, pid in enumerate(ids):
+        assert ident[i], (pid, prof[i])
+        assert prof[i, 0] <= value[i] <= prof[i, 1], (pid, value[i], prof[i])
+        assert prof[i, 0] <= TRUTH[pid] <= prof[i, 1], (pid, TRUTH[pid], prof[i])
+        # the data determine both rates: intervals well inside the bounds
+        assert prof[i, 1] / prof[i, 0] < 3.0, (pid, prof[i])
+    text = fit_text(out)
+    assert "tumor_division_rate" in text and "NOT IDENTIFIABLE" not in text
+    pngs = plot_fit(out)
+    assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 3
+    with open(os.path.splitext(out)[0] + ".parameters.toml") as fh:
+        assert "tumor_division_rate = " in fh.read()
+
+
+def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import tmesim._fit as F
+
+    meas, _ = synthetic_measurements(tmp_path)
+    settings = "starts = 2\niterations = 4\nprofiles = []\n"
+    path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
+    whole = str(tmp_path / "fit" / "whole.h5")
+    fit(path, whole, progress=None)
+    cut = str(tmp_path / "fit" / "cut.h5")
+    real, calls = F._write_state, []
+
+    def dying(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # after the second iteration's write
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(F, "_write_state", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, cut, progress=None)
+    monkeypatch.setattr(F, "_write_state", real)
+    with h5py.File(cut, "r") as h5:
+        assert h5["meta"].attrs["stage"] == "optimise" and h5["starts"].attrs["iteration"] == 2
+    fit(path, cut, progress=None)
+    with h5py.File(whole, "r") as a, h5py.File(cut, "r") as b:
+        np.testing.assert_array_equal(a["starts/theta"][...], b["starts/theta"][...])
+        np.testing.assert_array_equal(a["starts/history"][...], b["starts/history"][...])
+        np.testing.assert_array_equal(a["best/theta"][...], b["best/theta"][...])
+    # a different problem file refuses to resume this result
+    with open(tmp_path / "fit" / "parameters.tsv", "a") as fh:
+        fh.write("apoptosis_rate\tlog\t1e-6\t1e-4\t5e-5\t0\n")
+    with pytest.raises(F.FitError, match="different parameters file"):
+        fit(path, cut, progress=None)

@@ -1,0 +1,1027 @@
+"""Calibration: ``tmesim fit PROBLEM`` and ``tmesim.fit``.
+
+The objective is PEtab's negative log-likelihood (NLL) of the measurements
+(``tmesim._petab``) plus the priors' negative log densities, as a function of
+the estimated parameters on their scale (log, log10, logit or lin): the
+optimiser's coordinates. One call of the objective runs every condition of the
+problem through ``tmesim.solve`` (conditions that share their structure under
+one ``vmap``), so a loss and its exact gradient are one compiled program, and
+new parameter values never recompile (``Objective.traces`` counts the traces).
+
+The fit, in stages, each written to the result file when it completes a step
+(so a fit killed at any moment resumes from its last iteration):
+
+1. ``optimise``: multi-start L-BFGS (optax, zoom line search) or Adam from
+   a Latin hypercube on the parameter scale, prior draws, or the nominal
+   values perturbed by a factor; the starts advance together under ``vmap``
+   (``batch`` at a time). A step whose update or value is not finite is
+   rejected (the start keeps its point); a start stops when its largest
+   gradient entry is below ``tolerance`` or after ``iterations``.
+2. ``laplace``: the Hessian of the NLL at the best point by central
+   differences of the exact gradient (2P gradients), its inverse the
+   covariance on the parameter scale (Laplace's approximation); Wald intervals.
+3. ``profiles``: for each profiled parameter, points on both sides of the
+   optimum at which the others are re-optimised (warm-started from the
+   optimum; every point of every profile batched under ``vmap``); the 95%
+   interval is where the profile rises by χ²₁(0.95)/2 = 1.92; a profile that
+   stays below that on a side is flagged: not identifiable there.
+4. ``done``: the simulated observables of every condition on a fine time
+   grid and at the measurement times (residuals), and the fitted parameter set
+   as a TOML file a scenario can name (``parameters_file``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._observables import OBSERVABLES, observables
+from ._parameters import set_values
+from ._petab import FitProblem, ProblemError, load_problem
+from ._run import RunError, _check_stop, build
+from ._scenario import MIN_PER_DAY, load_scenario
+from ._solve import SaveAt, solve
+
+CHI2_95 = 3.841458820694124  # χ²₁ quantile at 0.95: a profile interval is Δ NLL ≤ CHI2_95 / 2
+RESULT_FORMAT = 1
+STAGES = ("optimise", "laplace", "profiles", "done")
+REJECTIONS = 5  # consecutive rejected steps after which a start stops
+LINESEARCH_STEPS = 12  # zoom line-search evaluations per L-BFGS iteration at most
+PLOT_EVERY_DAYS = 0.25
+
+
+class FitError(RunError):
+    """A fit that cannot go on (its result file, or a problem it cannot evaluate)."""
+
+
+# --------------------------------------------------------------------------
+# parameter scales
+def to_scale(x, scale, xp=np):
+    if scale == "log":
+        return xp.log(x)
+    if scale == "log10":
+        return xp.log10(x)
+    if scale == "logit":
+        return xp.log(x) - xp.log1p(-x)
+    return x
+
+
+def from_scale(z, scale, xp=np):
+    if scale == "log":
+        return xp.exp(z)
+    if scale == "log10":
+        return 10.0 ** z
+    if scale == "logit":
+        return 1.0 / (1.0 + xp.exp(-z))
+    return z
+
+
+def _prior_nll(kind, a, b, x, z):
+    """Negative log density of a PEtab prior at the linear value x (scaled value z)."""
+    if kind.startswith("parameterScale"):
+        v, kind = z, kind[len("parameterScale"):].lower()
+    else:
+        v = x
+    if kind == "uniform":
+        return jnp.where((v >= a) & (v <= b), jnp.log(b - a), jnp.inf)
+    if kind == "normal":
+        return 0.5 * jnp.log(2 * jnp.pi * b * b) + 0.5 * ((v - a) / b) ** 2
+    if kind == "laplace":
+        return jnp.log(2 * b) + jnp.abs(v - a) / b
+    # logNormal: log x ~ N(a, b)
+    return 0.5 * jnp.log(2 * jnp.pi * b * b) + jnp.log(x) + 0.5 * ((jnp.log(x) - a) / b) ** 2
+
+
+# --------------------------------------------------------------------------
+@dataclass
+class _Group:
+    """Conditions that share their structure: one vmapped solve."""
+
+    problem: object
+    conditions: list  # condition indices
+    values: dict  # stacked values (leading axis: conditions)
+    steps: np.ndarray  # (C, S) save steps
+    n_steps: int
+    members: np.ndarray  # measurement indices, in the order of ``flat``
+    flat: np.ndarray  # index into (C * S) of each member
+
+
+class Objective:
+    """The NLL of a ``FitProblem`` as a function of the estimated parameters on their scale.
+
+    ``nll(theta)``: scalar; ``value_and_grad_batch(thetas)``: (B,), (B, P), one
+    compiled call; ``predict(theta)``: simulated observables (see ``predictions``).
+    ``traces`` counts how often the NLL has been traced (compiled).
+    """
+
+    def __init__(self, fp: FitProblem):
+        self.fp = fp
+        dtype = fp.settings["dtype"]
+        if dtype == "float64" and not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+        self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
+        est = fp.estimated
+        self.ids = tuple(q.id for q in est)
+        self.scales = tuple(q.scale for q in est)
+        self.lower = np.array([to_scale(q.lower, q.scale) for q in est])
+        self.upper = np.array([to_scale(q.upper, q.scale) for q in est])
+        self.nominal = np.array([to_scale(q.nominal, q.scale) for q in est])
+        self.model = tuple(i for i, q in enumerate(est) if q.model)
+        self.fixed = {q.id: q.nominal for q in fp.parameters if not q.estimate}
+        fixed_model = {k: v for k, v in self.fixed.items() if any(
+            q.id == k and q.model for q in fp.parameters)}
+        widen = []
+        for q in est:
+            if q.model:
+                widen.append(f"bounds.{q.id}=[{q.lower!r}, {q.upper!r}]")
+        ms = fp.measurements
+        self.dt = fp.scenario.dt
+        steps = np.rint(ms.time_min / self.dt).astype(np.int64)
+        self.steps = steps
+        groups: dict = {}
+        for ci, cond in enumerate(fp.conditions):
+            sc = load_scenario(fp.scenario_path, fp.overrides + tuple(widen) + cond.overrides
+                               + (f'run.dtype="{dtype}"',))
+            setup = build(sc).setup
+            try:
+                values = set_values(setup.values, fixed_model)
+                setup.problem.check_values(values, f"{fp.texts['parameters'][0]}: fixed values")
+            except (KeyError, ValueError) as err:
+                raise ProblemError(f"condition {cond.id!r}: {err}") from None
+            leaves, tree = jax.tree_util.tree_flatten(values)
+            key = (setup.problem, tree, tuple(np.shape(x) for x in leaves))
+            groups.setdefault(key, []).append((ci, values))
+        self.groups = []
+        for (problem, _, _), members in groups.items():
+            cis = [ci for ci, _ in members]
+            per = [np.unique(steps[ms.condition == ci]) for ci in cis]
+            width = max(len(p) for p in per)
+            table = np.stack([np.pad(p, (0, width - len(p)), mode="edge") for p in per])
+            idx, flat = [], []
+            for c, ci in enumerate(cis):
+                for m in np.flatnonzero(ms.condition == ci):
+                    idx.append(m)
+                    flat.append(c * width + int(np.searchsorted(per[c], steps[m])))
+            stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[v for _, v in members])
+            self.groups.append(_Group(problem, cis, stacked, table, int(table.max()),
+                                      np.array(idx), np.array(flat)))
+        self.order = np.concatenate([g.members for g in self.groups])
+        self.names = sorted({n for o in fp.observables for n in
+                             (*o.formula.names, *o.noise.names) if n in OBSERVABLES})
+        self._noise = self._noise_tables()
+        self.traces = 0
+        self._jit_vg = None
+        self._jit_predict = None
+
+    # -- pieces ---------------------------------------------------------------
+    def _noise_tables(self):
+        """Per measurement (in ``order``) and K: constant part and parameter references."""
+        ms = self.fp.measurements
+        width = max((len(p) for p in ms.noise), default=0)
+        const = np.zeros((len(ms), width))
+        refs = []  # (k, position in order, parameter id)
+        for pos, m in enumerate(self.order):
+            for k, v in enumerate(ms.noise[m]):
+                if isinstance(v, str):
+                    refs.append((k, pos, v))
+                else:
+                    const[pos, k] = v
+        return const, refs
+
+    def linear(self, theta):
+        """Linear values {id: x} of the estimated parameters, plus the fixed ones."""
+        out = {pid: from_scale(theta[i], s, jnp) for i, (pid, s) in
+               enumerate(zip(self.ids, self.scales))}
+        return {**{k: jnp.asarray(v, self.dtype) for k, v in self.fixed.items()}, **out}
+
+    def simulate(self, theta):
+        """Model observables at every measurement (in ``order``) and whether every solve ran."""
+        x = self.linear(theta)
+        model = {self.ids[i]: x[self.ids[i]] for i in self.model}
+        ckpt = self.fp.settings["checkpoints"]
+        got = {n: [] for n in self.names}
+        ok = jnp.asarray(True)
+        for g in self.groups:
+            def one(values, steps, g=g):
+                v = set_values(values, model)
+                sol = solve(g.problem, v, n_steps=g.n_steps, save=SaveAt(steps, observables),
+                            checkpoints=ckpt)
+                return {n: sol.saved[n] for n in self.names}, sol.ok
+
+            saved, good = jax.vmap(one)(g.values, jnp.asarray(g.steps, jnp.int32))
+            ok = ok & jnp.all(good)
+            for n in self.names:
+                got[n].append(saved[n].reshape(-1)[g.flat])
+        return {n: jnp.concatenate(v) for n, v in got.items()}, ok
+
+    def evaluate(self, theta, sim=None):
+        """(prediction h, sigma, per-measurement NLL) in ``order``, from simulated observables."""
+        fp = self.fp
+        ms = fp.measurements
+        if sim is None:
+            sim, _ = self.simulate(theta)
+        x = self.linear(theta)
+        obs = ms.observable[self.order]
+        const, refs = self._noise
+        h = jnp.zeros(len(self.order), self.dtype)
+        sigma = jnp.ones(len(self.order), self.dtype)
+        for oi, o in enumerate(fp.observables):
+            sel = np.flatnonzero(obs == oi)
+            if not len(sel):
+                continue
+            env = {n: sim[n][sel] for n in self.names} | x
+            for k in range(const.shape[1]):
+                col = jnp.asarray(const[sel, k], self.dtype)
+                for kk, pos, pid in refs:
+                    if kk == k:
+                        col = jnp.where(jnp.asarray(sel == pos), x[pid], col)
+                env[f"noiseParameter{k + 1}_{o.id}"] = col
+            h = h.at[sel].set(jnp.broadcast_to(o.formula(env, jnp), sel.shape))
+            sigma = sigma.at[sel].set(jnp.broadcast_to(o.noise(env, jnp), sel.shape))
+        m = jnp.asarray(ms.value[self.order], self.dtype)
+        terms = jnp.zeros_like(h)
+        for oi, o in enumerate(fp.observables):
+            sel = np.flatnonzero(obs == oi)
+            if not len(sel):
+                continue
+            y, mm, s = h[sel], m[sel], sigma[sel]
+            jac = 0.0
+            if o.transformation == "log":
+                y, mm, jac = jnp.log(y), jnp.log(mm), jnp.log(mm)
+            elif o.transformation == "log10":
+                y, mm, jac = jnp.log10(y), jnp.log10(mm), jnp.log(mm * math.log(10.0))
+            if o.distribution == "normal":
+                t = 0.5 * jnp.log(2 * jnp.pi * s * s) + 0.5 * ((mm - y) / s) ** 2 + jac
+            else:
+                t = jnp.log(2 * s) + jnp.abs(mm - y) / s + jac
+            terms = terms.at[sel].set(t)
+        return h, sigma, terms
+
+    def nll(self, theta):
+        """The objective: NLL of the measurements plus the priors' (inf where not evaluable).
+
+        Each coordinate is clipped to its bounds first, so the objective is constant
+        outside them along that coordinate and a line search may step past a bound
+        (the optimiser then projects the point back onto the box) instead of meeting
+        an infinite value there.
+        """
+        self.traces += 1
+        theta = jnp.clip(theta, jnp.asarray(self.lower, theta.dtype),
+                         jnp.asarray(self.upper, theta.dtype))
+        sim, ok = self.simulate(theta)
+        _, sigma, terms = self.evaluate(theta, sim)
+        total = jnp.sum(terms)
+        x = self.linear(theta)
+        for i, pid in enumerate(self.ids):
+            q = self.fp.parameter(pid)
+            if q.prior is not None:
+                kind, (a, b) = q.prior
+                total = total + _prior_nll(kind, a, b, x[pid], theta[i])
+        good = ok & jnp.all(sigma > 0) & jnp.isfinite(total)
+        return jnp.where(good, total, jnp.inf)
+
+    def value_and_grad_batch(self, thetas):
+        if self._jit_vg is None:
+            self._jit_vg = jax.jit(jax.vmap(jax.value_and_grad(self.nll)))
+        return self._jit_vg(jnp.asarray(thetas, self.dtype))
+
+    def predictions(self, theta, every_days: float = PLOT_EVERY_DAYS) -> dict:
+        """Per condition: times (days) and every observable of the observable table on a grid
+        of ``every_days`` up to the condition's last measurement, and at the measurements."""
+        theta = jnp.asarray(theta, self.dtype)
+        ms = self.fp.measurements
+        out = {}
+        x = self.linear(theta)
+        model = {self.ids[i]: x[self.ids[i]] for i in self.model}
+        every = max(1, round(every_days * MIN_PER_DAY / self.dt))
+        for g in self.groups:
+            grid = np.arange(0, g.n_steps + every, every)
+            grid = np.minimum(grid, g.n_steps)
+
+            @jax.jit
+            def run(values, model=model, g=g, grid=grid):
+                def one(v):
+                    v = set_values(v, model)
+                    return solve(g.problem, v, n_steps=g.n_steps,
+                                 save=SaveAt(jnp.asarray(grid, jnp.int32), observables)).saved
+                return jax.vmap(one)(values)
+
+            saved = jax.device_get(run(g.values))
+            for c, ci in enumerate(g.conditions):
+                env = {n: np.asarray(saved[n][c]) for n in self.names}
+                env |= {k: float(v) for k, v in x.items()}
+                series = {}
+                for o in self.fp.observables:
+                    noise = {f"noiseParameter{k}_{o.id}": 1.0 for k in range(1, 10)}
+                    series[o.id] = np.broadcast_to(np.asarray(o.formula(env | noise, np)),
+                                                   grid.shape).copy()
+                last = ms.time_min[ms.condition == ci].max()
+                keep = grid * self.dt <= last + self.dt
+                out[self.fp.conditions[ci].id] = (grid[keep] * self.dt / MIN_PER_DAY,
+                                                  {k: v[keep] for k, v in series.items()})
+        return out
+
+
+# --------------------------------------------------------------------------
+# starting points
+def starting_points(obj: Objective, n: int, seed: int, sampling: str, spread: float = 2.0):
+    """(n, P) points on the parameter scale: the nominal values first, then a Latin hypercube
+    between the bounds (``lhs``), draws from each parameter's initialization (else objective)
+    prior, uniform on the scale without one (``prior``)."""
+    rng = np.random.default_rng(seed)
+    P = len(obj.ids)
+    lo, hi = obj.lower, obj.upper
+    pts = np.empty((n, P))
+    pts[0] = obj.nominal
+    m = n - 1
+    if m:
+        if sampling == "lhs":
+            u = (rng.permuted(np.tile(np.arange(m), (P, 1)), axis=1).T + rng.random((m, P))) / m
+            pts[1:] = lo + u * (hi - lo)
+        else:
+            for i, pid in enumerate(obj.ids):
+                q = obj.fp.parameter(pid)
+                prior = q.init_prior or q.prior
+                draws = rng.uniform(lo[i], hi[i], m)
+                if prior is not None:
+                    kind, (a, b) = prior
+                    scaled = kind.startswith("parameterScale")
+                    k = kind[len("parameterScale"):].lower() if scaled else kind
+                    if k == "uniform":
+                        d = rng.uniform(a, b, m)
+                    elif k == "normal":
+                        d = rng.normal(a, b, m)
+                    elif k == "laplace":
+                        d = rng.laplace(a, b, m)
+                    else:
+                        d = np.exp(rng.normal(a, b, m))
+                    if not scaled:
+                        with np.errstate(all="ignore"):
+                            d = to_scale(d, q.scale)
+                    draws = np.where(np.isfinite(d), d, draws)
+                pts[1:, i] = np.clip(draws, lo[i], hi[i])
+    return pts
+
+
+def perturbed_points(obj: Objective, n: int, seed: int, factor: float) -> np.ndarray:
+    """(n, P): the nominal linear values times factor^U(−1, 1) each (log-uniform), clipped to the
+    bounds; the synthetic recovery test's 'starts perturbed by up to 2x'."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, len(obj.ids)))
+    for i, pid in enumerate(obj.ids):
+        q = obj.fp.parameter(pid)
+        x = q.nominal * factor ** rng.uniform(-1, 1, n)
+        out[:, i] = np.clip(to_scale(np.clip(x, q.lower, q.upper), q.scale), obj.lower[i],
+                            obj.upper[i])
+    return out
+
+
+# --------------------------------------------------------------------------
+class Optimiser:
+    """One compiled step for a batch of points: L-BFGS (zoom line search) or Adam, masked
+    coordinates held fixed, non-finite steps rejected, finished members frozen."""
+
+    def __init__(self, obj: Objective, kind: str, learning_rate: float):
+        self.obj, self.kind = obj, kind
+        if kind == "lbfgs":
+            self.opt = optax.lbfgs(
+                memory_size=10,
+                linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=LINESEARCH_STEPS,
+                                                          initial_guess_strategy="one"))
+        else:
+            self.opt = optax.adam(learning_rate)
+        self._step = jax.jit(jax.vmap(self._one))
+        self._init = jax.jit(jax.vmap(self.opt.init))
+
+    def init(self, thetas):
+        with jax.numpy_dtype_promotion("standard"):
+            state = self._init(jnp.asarray(thetas, self.obj.dtype))
+        # strong types: the update returns strongly typed scalars where init made weak ones,
+        # and a weak type in the carried state would compile the step a second time
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), state)
+
+    def _one(self, theta, state, value, grad, mask, done, rejected):
+        nll = self.obj.nll
+        g = grad * mask
+        if self.kind == "lbfgs":
+            updates, new_state = self.opt.update(g, state, theta, value=value, grad=g,
+                                                 value_fn=nll)
+            new_value = optax.tree_utils.tree_get(new_state, "value")
+            new_grad = optax.tree_utils.tree_get(new_state, "grad")
+            new_theta = self._project(optax.apply_updates(theta, updates * mask))
+        else:
+            updates, new_state = self.opt.update(g, state, theta)
+            new_theta = self._project(optax.apply_updates(theta, updates * mask))
+            new_value, new_grad = jax.value_and_grad(nll)(new_theta)
+        good = (jnp.all(jnp.isfinite(new_theta)) & jnp.isfinite(new_value)
+                & jnp.all(jnp.isfinite(new_grad)) & (new_value <= value + 1e-12 * jnp.abs(value)
+                                                     if self.kind == "lbfgs" else True))
+        keep = done | ~good
+
+        def pick(new, old):
+            return jnp.where(keep, old, new)
+
+        state = jax.tree_util.tree_map(pick, new_state, state)
+        rejected = jnp.where(done, rejected, jnp.where(good, 0, rejected + 1))
+        return (pick(new_theta, theta), state, pick(new_value, value), pick(new_grad, grad),
+                rejected)
+
+    def _project(self, theta):
+        return jnp.clip(theta, jnp.asarray(self.obj.lower, theta.dtype),
+                        jnp.asarray(self.obj.upper, theta.dtype))
+
+    def step(self, thetas, state, values, grads, mask, done, rejected):
+        # optax's L-BFGS mixes int32 and int64 counters under x64: standard promotion
+        # for it, whatever the caller's setting (the tests run strict)
+        with jax.numpy_dtype_promotion("standard"):
+            return self._step(thetas, state, values, grads, mask, done, rejected)
+
+
+# --------------------------------------------------------------------------
+# the result file
+def _atomic_write(path: str, fill) -> None:
+    """Write an HDF5 file through a temporary beside it, fsync'd, renamed over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            fill(h5)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def _strings(values):
+    return np.array([str(v).encode() for v in values], dtype=h5py.string_dtype())
+
+
+@dataclass
+class FitState:
+    """Everything a fit has computed so far (what the result file holds)."""
+
+    stage: str
+    starts: np.ndarray  # (S, P) starting points (scale)
+    theta: np.ndarray  # (S, P) current points
+    value: np.ndarray  # (S,)
+    grad: np.ndarray  # (S, P) gradient at theta (carried by the optimiser: kept for a resume)
+    history: np.ndarray  # (S, I+1) NLL per iteration (NaN: not reached)
+    iteration: int
+    done: np.ndarray  # (S,) bool
+    rejected: np.ndarray  # (S,) int
+    opt_leaves: list | None  # optimiser state of the batch in progress
+    batch_start: int  # first start of the batch in progress
+    best: np.ndarray | None = None
+    best_value: float = math.nan
+    hessian: np.ndarray | None = None
+    profile_points: np.ndarray | None = None  # (J, 4): parameter index, side, scaled value, done
+    profile_values: np.ndarray | None = None  # (J,) NLL (NaN: not done)
+    profile_theta: np.ndarray | None = None  # (J, P)
+    seconds: float = 0.0
+
+
+def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status: str,
+                 message: str, final: dict | None = None) -> None:
+    def fill(h5):
+        from . import __version__
+
+        m = h5.create_group("meta")
+        m.attrs.update({"format": RESULT_FORMAT, "kind": "tmesim fit", "tmesim": __version__,
+                        "jax": jax.__version__, "device": str(jax.devices()[0]),
+                        "problem": os.path.abspath(fp.path), "name": fp.name,
+                        "stage": st.stage, "status": status, "message": message,
+                        "seconds": st.seconds, "command": " ".join(sys.argv)})
+        src = m.create_group("files")
+        for role, (p, text) in fp.texts.items():
+            d = src.create_dataset(role, data=text)
+            d.attrs["path"] = os.path.abspath(p)
+        g = h5.create_group("parameters")
+        est = fp.estimated
+        g["id"] = _strings(obj.ids)
+        g["scale"] = _strings(obj.scales)
+        g["lower"] = np.array([q.lower for q in est])
+        g["upper"] = np.array([q.upper for q in est])
+        g["nominal"] = np.array([q.nominal for q in est])
+        s = h5.create_group("starts")
+        s["initial"] = st.starts
+        s["theta"] = st.theta
+        s["value"] = st.value
+        s["grad"] = st.grad
+        s["history"] = st.history
+        s["done"] = st.done
+        s["rejected"] = st.rejected
+        s.attrs.update({"iteration": st.iteration, "batch_start": st.batch_start})
+        if st.opt_leaves is not None:
+            o = s.create_group("optimiser_state")
+            for i, leaf in enumerate(st.opt_leaves):
+                o[f"{i:03d}"] = np.asarray(leaf)
+        if st.best is not None:
+            b = h5.create_group("best")
+            b["theta"] = st.best
+            b["value"] = np.array([st.best_value])
+            b["linear"] = np.array([float(from_scale(z, sc)) for z, sc in zip(st.best, obj.scales)])
+        if st.hessian is not None:
+            h5["laplace/hessian"] = st.hessian
+        if st.profile_points is not None:
+            h5["profiles/points"] = st.profile_points
+            h5["profiles/value"] = st.profile_values
+            h5["profiles/theta"] = st.profile_theta
+        if final:
+            for key, v in final.items():
+                h5[key] = v
+    _atomic_write(path, fill)
+
+
+def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise FitError(f"{path}: cannot open the fit result to resume it ({err})") from None
+    with h5:
+        if h5.get("meta") is None or h5["meta"].attrs.get("kind") != "tmesim fit":
+            raise FitError(f"{path}: not a tmesim fit result")
+        for role, (_, text) in fp.texts.items():
+            stored = h5["meta/files"].get(role)
+            if stored is None or stored.asstr()[()] != text:
+                raise FitError(f"{path}: was made from a different {role} file than "
+                               f"{fp.texts[role][0]}; start a new fit (--overwrite) or restore it")
+        s = h5["starts"]
+        leaves = None
+        if "optimiser_state" in s:
+            o = s["optimiser_state"]
+            leaves = [o[k][...] for k in sorted(o)]
+        st = FitState(str(h5["meta"].attrs["stage"]), s["initial"][...], s["theta"][...],
+                      s["value"][...], s["grad"][...], s["history"][...],
+                      int(s.attrs["iteration"]),
+                      s["done"][...], s["rejected"][...], leaves, int(s.attrs["batch_start"]),
+                      seconds=float(h5["meta"].attrs["seconds"]))
+        if "best" in h5:
+            st.best = h5["best/theta"][...]
+            st.best_value = float(h5["best/value"][0])
+        if "laplace/hessian" in h5:
+            st.hessian = h5["laplace/hessian"][...]
+        if "profiles/points" in h5:
+            st.profile_points = h5["profiles/points"][...]
+            st.profile_values = h5["profiles/value"][...]
+            st.profile_theta = h5["profiles/theta"][...]
+    return st
+
+
+# --------------------------------------------------------------------------
+class _Progress:
+    def __init__(self, stream, every: float = 10.0):
+        self.stream, self.every, self.last, self.t0 = stream, every, -math.inf, time.monotonic()
+
+    def __call__(self, text: str, done: float | None = None, force: bool = False):
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        eta = ""
+        if done is not None and 0 < done < 1:
+            eta = f", ETA {(now - self.t0) * (1 - done) / done / 60:.1f} min"
+        print(f"tmesim fit: {text} ({(now - self.t0) / 60:.1f} min{eta})", file=self.stream,
+              flush=True)
+
+
+def fit(problem, output: str, *, overwrite: bool = False, progress=sys.stderr,
+        settings: dict | None = None, starts: np.ndarray | None = None) -> str:
+    """Fit a calibration problem (a path or a ``FitProblem``); write the result to ``output``.
+
+    An existing ``output`` from the same problem files is resumed from its last
+    iteration (a finished one is left as it is) unless ``overwrite``.
+    settings: [fit] settings replacing the problem file's; starts: (S, P) starting
+    points on the parameter scale instead of the sampled ones. Returns ``output``.
+    """
+    fp = problem if isinstance(problem, FitProblem) else load_problem(problem, settings)
+    with _writer_lock(output):
+        return _fit(fp, output, overwrite, progress, settings, starts, problem)
+
+
+@contextlib.contextmanager
+def _writer_lock(output: str):
+    """Hold ``OUTPUT.lock`` (flock) for the fit: a second fit into the same result is refused
+    instead of both replacing the file in turn."""
+    path = output + ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise FitError(f"{output}: another tmesim fit is writing this result "
+                           f"(process {other or 'unknown'}, holding {path}); wait for it or "
+                           f"choose another -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fit(fp, output, overwrite, progress, settings, starts, problem):
+    if isinstance(problem, FitProblem) and settings:
+        fp = FitProblem(**{**fp.__dict__, "settings": fp.settings | settings})
+    cfg = fp.settings
+    obj = Objective(fp)
+    opt = Optimiser(obj, cfg["optimizer"], cfg["learning_rate"])
+    say = _Progress(progress)
+    P = len(obj.ids)
+    t_start = time.monotonic()
+    if os.path.exists(output) and not overwrite:
+        st = _read_state(output, fp, obj)
+        if st.stage == "done":
+            say(f"{output} is finished", force=True)
+            return output
+        say(f"resuming {output} at stage {st.stage}, iteration {st.iteration}", force=True)
+    else:
+        pts = starts if starts is not None else starting_points(
+            obj, cfg["starts"], cfg["seed"], cfg["sampling"])
+        pts = np.asarray(pts, float)
+        if pts.ndim != 2 or pts.shape[1] != P:
+            raise ValueError(f"starts: expected shape (S, {P}), got {pts.shape}")
+        S = len(pts)
+        st = FitState("optimise", pts, pts.copy(), np.full(S, np.nan), np.full((S, P), np.nan),
+                      np.full((S, cfg["iterations"] + 1), np.nan), 0, np.zeros(S, bool),
+                      np.zeros(S, np.int32), None, 0)
+    elapsed0 = st.seconds
+
+    def save(status="running", message="", final=None):
+        st.seconds = elapsed0 + time.monotonic() - t_start
+        _write_state(output, fp, obj, st, status, message, final)
+        if status == "running":
+            _check_stop()  # SIGINT/SIGTERM (stop_on_signals): stop here, resumable
+
+    S = len(st.starts)
+    B = cfg["batch"] or S
+    if st.stage == "optimise":
+        _optimise(obj, opt, st, B, cfg, save, say)
+        finite = np.isfinite(st.value)
+        if not finite.any():
+            save("failed", "no start reached a finite objective")
+            raise FitError(f"{fp.path}: no start reached a finite objective: every simulation "
+                           f"failed or left the bounds")
+        i = int(np.nanargmin(np.where(finite, st.value, np.inf)))
+        st.best, st.best_value = st.theta[i].copy(), float(st.value[i])
+        st.stage, st.opt_leaves = "laplace", None
+        save()
+    if st.stage == "laplace":
+        st.hessian = laplace_hessian(obj, st.best, B)
+        st.stage = "profiles"
+        save()
+    if st.stage == "profiles":
+        _profiles(obj, opt, st, B, cfg, save, say)
+        st.stage = "done"
+    summary = summarise(obj, st)
+    final = _final_datasets(obj, st, summary)
+    save("complete", "", final)
+    write_parameter_file(obj, st, summary, parameter_file_path(output))
+    say(f"done: NLL {st.best_value:.6g}; result {output}", force=True)
+    return output
+
+
+def _optimise(obj, opt, st: FitState, B: int, cfg, save, say):
+    S, P = st.starts.shape
+    iters = cfg["iterations"]
+    while st.batch_start < S:
+        lo, hi = st.batch_start, min(S, st.batch_start + B)
+        idx = np.arange(lo, hi)
+        pad = np.concatenate([idx, np.full(B - len(idx), idx[-1])])
+        theta = jnp.asarray(st.theta[pad], obj.dtype)
+        state = opt.init(theta)
+        if st.opt_leaves is None:
+            value, grad = obj.value_and_grad_batch(theta)
+        else:
+            # the carried value and gradient as the interrupted run had them (recomputed by
+            # another compiled program they could differ in the last bits)
+            value = jnp.asarray(st.value[pad], obj.dtype)
+            grad = jnp.asarray(st.grad[pad], obj.dtype)
+            leaves, tree = jax.tree_util.tree_flatten(state)
+            if len(leaves) != len(st.opt_leaves) or any(
+                    np.shape(a) != np.shape(b) for a, b in zip(leaves, st.opt_leaves)):
+                raise FitError("the stored optimiser state does not match this optimiser "
+                               "(another optimizer or batch setting?)")
+            state = jax.tree_util.tree_unflatten(
+                tree, [jnp.asarray(x, a.dtype) for x, a in zip(st.opt_leaves, leaves)])
+        mask = jnp.ones((B, P), obj.dtype)
+        done = jnp.asarray(st.done[pad])
+        rejected = jnp.asarray(st.rejected[pad])
+        if st.iteration == 0:
+            st.history[idx, 0] = np.asarray(value)[: len(idx)]
+        st.value[idx] = np.asarray(value)[: len(idx)]
+        st.grad[idx] = np.asarray(grad)[: len(idx)]
+        while st.iteration < iters and not bool(np.all(st.done[idx])):
+            theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
+                                                           done, rejected)
+            st.iteration += 1
+            v = np.asarray(value)[: len(idx)]
+            g = np.asarray(grad)[: len(idx)]
+            st.theta[idx] = np.asarray(theta)[: len(idx)]
+            st.value[idx] = v
+            st.grad[idx] = g
+            st.history[idx, st.iteration] = v
+            st.rejected[idx] = np.asarray(rejected)[: len(idx)]
+            conv = (_projected_norm(obj, st.theta[idx], g) < cfg["tolerance"]) | \
+                   (st.rejected[idx] >= REJECTIONS) | ~np.isfinite(v)
+            st.done[idx] |= conv
+            done = jnp.asarray(st.done[pad])
+            st.opt_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+            save()
+            say(f"starts {lo + 1}-{hi} of {S}: iteration {st.iteration}/{iters}, NLL "
+                + " ".join(f"{x:.6g}" for x in v),
+                ((lo / B) * iters + st.iteration) / (math.ceil(S / B) * iters))
+        st.done[idx] = True
+        st.batch_start, st.iteration, st.opt_leaves = hi, 0, None
+        save()
+
+
+def _projected_norm(obj: Objective, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Largest entry of the gradient projected on the box: a coordinate at a bound whose
+    gradient points out of the box counts 0 (the optimum may lie on a bound)."""
+    g = np.array(grad, float)
+    g[(theta <= obj.lower) & (g > 0)] = 0.0
+    g[(theta >= obj.upper) & (g < 0)] = 0.0
+    return np.max(np.abs(g), axis=-1)
+
+
+def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int) -> np.ndarray:
+    """Hessian of the NLL at ``theta`` (scale) by central differences of the exact gradient."""
+    P = len(theta)
+    eps = 1e-3 * np.maximum(1.0, np.abs(theta))
+    pts = np.concatenate([theta + np.diag(eps), theta - np.diag(eps)])
+    grads = []
+    for k in range(0, len(pts), batch):
+        chunk = pts[k:k + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+        grads.append(np.asarray(obj.value_and_grad_batch(padded)[1])[: len(chunk)])
+    g = np.concatenate(grads)
+    H = (g[:P] - g[P:]) / (2 * eps[:, None])
+    return 0.5 * (H + H.T)
+
+
+PROFILE_ROUNDS = 4  # a profile side that has not risen by CHI2_95 / 2 is extended this often
+
+
+def _profile_side(obj, st: FitState, i: int, side: int, K: int, step: float, start: float):
+    """K new points on one side of parameter i's profile, from ``start`` in steps of ``step``
+    (scale), stopping at the bound; rows (i, side, value, done)."""
+    bound = obj.lower[i] if side < 0 else obj.upper[i]
+    rows = []
+    for k in range(1, K + 1):
+        x = start + side * k * step
+        if (x - bound) * side >= 0:
+            rows.append((i, side, bound, 0.0))
+            break
+        rows.append((i, side, x, 0.0))
+    return rows
+
+
+def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
+    """Profile likelihoods: rows (parameter, side, scaled value, done) are re-optimised in
+    batches of B; a side that has not risen by CHI2_95 / 2 at its last point and has not
+    reached its bound gets K more points at twice the spacing, up to PROFILE_ROUNDS times."""
+    P = len(obj.ids)
+    K = cfg["profile_points"]
+    which = cfg["profiles"] if cfg["profiles"] is not None else list(obj.ids)
+    limit = st.best_value + CHI2_95 / 2
+    if st.profile_points is None:
+        sd = _laplace_sd(st.hessian)
+        rows = []
+        for pid in which:
+            i = obj.ids.index(pid)
+            for side in (-1, 1):
+                span = (st.best[i] - obj.lower[i]) if side < 0 else (obj.upper[i] - st.best[i])
+                if span <= 1e-9 * max(1.0, abs(st.best[i])):
+                    continue  # the optimum is on this bound
+                step = 2.5 * sd[i] / K if np.isfinite(sd[i]) and sd[i] > 0 else span / K
+                rows += _profile_side(obj, st, i, side, K, min(step, span / K), st.best[i])
+        st.profile_points = np.array(rows, float).reshape(-1, 4)
+        st.profile_values = np.full(len(rows), np.nan)
+        st.profile_theta = np.tile(st.best, (len(rows), 1))
+        save()
+    iters = cfg["profile_iterations"]
+    while True:
+        if st.profile_points[:, 3].all():
+            more = []
+            for i, side in {(int(r[0]), int(r[1])) for r in st.profile_points}:
+                sel = np.flatnonzero((st.profile_points[:, 0] == i)
+                                     & (st.profile_points[:, 1] == side))
+                far = sel[np.argmax(np.abs(st.profile_points[sel, 2] - st.best[i]))]
+                x = st.profile_points[far, 2]
+                bound = obj.lower[i] if side < 0 else obj.upper[i]
+                rounds = len(sel) / K
+                if (st.profile_values[far] < limit and abs(x - bound) > 1e-12
+                        and rounds < PROFILE_ROUNDS):
+                    step = 2.0 * abs(x - st.best[i]) / len(sel)
+                    new = _profile_side(obj, st, i, side, K, step, x)
+                    more += new
+                    st.profile_theta = np.concatenate(
+                        [st.profile_theta, np.tile(st.profile_theta[far], (len(new), 1))])
+            if not more:
+                break
+            st.profile_points = np.concatenate([st.profile_points, np.array(more, float)])
+            st.profile_values = np.concatenate([st.profile_values, np.full(len(more), np.nan)])
+            save()
+        todo = np.flatnonzero(st.profile_points[:, 3] == 0)[:B]
+        pad = np.concatenate([todo, np.full(B - len(todo), todo[-1])])
+        theta = np.array(st.profile_theta[pad])  # warm start: the optimum, or the side's last point
+        mask = np.ones((B, P))
+        for b, j in enumerate(pad):
+            i = int(st.profile_points[j, 0])
+            theta[b, i] = st.profile_points[j, 2]
+            mask[b, i] = 0.0
+        theta = jnp.asarray(theta, obj.dtype)
+        state = opt.init(theta)
+        value, grad = obj.value_and_grad_batch(theta)
+        done = jnp.zeros(B, bool)
+        rejected = jnp.zeros(B, jnp.int32)
+        mask = jnp.asarray(mask, obj.dtype)
+        for _ in range(iters):
+            theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
+                                                           done, rejected)
+            g = np.asarray(grad * mask)
+            conv = (_projected_norm(obj, np.asarray(theta), g) < cfg["tolerance"]) | (
+                np.asarray(rejected) >= REJECTIONS)
+            done = jnp.asarray(np.asarray(done) | conv)
+            if bool(np.all(np.asarray(done)[: len(todo)])):
+                break
+        st.profile_values[todo] = np.asarray(value)[: len(todo)]
+        st.profile_theta[todo] = np.asarray(theta)[: len(todo)]
+        st.profile_points[todo, 3] = 1.0
+        save()
+        finished = int(st.profile_points[:, 3].sum())
+        say(f"profiles: {finished}/{len(st.profile_points)} points",
+            finished / len(st.profile_points), force=True)
+
+
+def _laplace_sd(H: np.ndarray) -> np.ndarray:
+    """Standard deviations on the parameter scale from the Hessian (inf where not positive)."""
+    try:
+        w, V = np.linalg.eigh(H)
+    except np.linalg.LinAlgError:
+        return np.full(len(H), np.inf)
+    if not np.all(np.isfinite(w)) or w.min() <= 0:
+        # directions of zero or negative curvature: not determined
+        with np.errstate(divide="ignore"):
+            inv = np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), np.inf)
+        var = (V ** 2) @ inv
+        return np.sqrt(var)
+    return np.sqrt(np.diag(V @ np.diag(1.0 / w) @ V.T))
+
+
+def summarise(obj: Objective, st: FitState) -> dict:
+    """Per parameter: fitted value, Laplace and profile intervals (linear scale), flags."""
+    P = len(obj.ids)
+    sd = _laplace_sd(st.hessian) if st.hessian is not None else np.full(P, np.inf)
+    cov = None
+    if st.hessian is not None:
+        w = np.linalg.eigvalsh(st.hessian)
+        if np.all(np.isfinite(w)) and w.min() > 0:
+            cov = np.linalg.inv(st.hessian)
+    z = 1.959963984540054
+    rows = {}
+    for i, pid in enumerate(obj.ids):
+        sc = obj.scales[i]
+        best = float(from_scale(st.best[i], sc))
+        wald = (float(from_scale(max(st.best[i] - z * sd[i], obj.lower[i]), sc)),
+                float(from_scale(min(st.best[i] + z * sd[i], obj.upper[i]), sc))) \
+            if np.isfinite(sd[i]) else (math.nan, math.nan)
+        prof = (math.nan, math.nan)
+        flags = []
+        if st.profile_points is not None and (st.profile_points[:, 0] == i).any():
+            sel = st.profile_points[:, 0] == i
+            pts = st.profile_points[sel, 2]
+            vals = st.profile_values[sel]
+            limit = st.best_value + CHI2_95 / 2
+            ends = []
+            for side in (-1, 1):
+                s = (pts - st.best[i]) * side > 0
+                order = np.argsort(np.abs(pts[s] - st.best[i]))
+                xs = np.concatenate([[st.best[i]], pts[s][order]])
+                ys = np.concatenate([[st.best_value], vals[s][order]])
+                end = math.nan
+                for k in range(1, len(xs)):
+                    if not np.isfinite(ys[k]) or ys[k] >= limit:
+                        y0, y1 = ys[k - 1], ys[k] if np.isfinite(ys[k]) else limit
+                        frac = (limit - y0) / (y1 - y0) if y1 > y0 else 1.0
+                        end = xs[k - 1] + frac * (xs[k] - xs[k - 1])
+                        break
+                bound = obj.lower[i] if side < 0 else obj.upper[i]
+                if len(xs) == 1 and abs(st.best[i] - bound) <= 1e-9 * max(1.0, abs(bound)):
+                    flags.append(f"optimum on the {'lower' if side < 0 else 'upper'} bound")
+                    end = bound
+                elif math.isnan(end):
+                    last = float(from_scale(xs[-1], sc))
+                    flags.append(f"profile flat {'below' if side < 0 else 'above'} "
+                                 f"(no rise of {CHI2_95 / 2:.2f} by {last:.4g})")
+                    end = xs[-1]
+                ends.append(end)
+                if np.any(ys[1:][np.isfinite(ys[1:])] < st.best_value - 1e-3):
+                    flags.append("profile found a lower NLL: the optimum is not global")
+            prof = (float(from_scale(ends[0], sc)), float(from_scale(ends[1], sc)))
+        identifiable = not any(f.startswith("profile flat") for f in flags) and np.isfinite(sd[i])
+        rows[pid] = {"value": best, "scale": sc, "sd_scale": float(sd[i]), "wald": wald,
+                     "profile": prof, "identifiable": bool(identifiable), "flags": flags}
+    return {"parameters": rows, "covariance": cov, "nll": st.best_value}
+
+
+def _final_datasets(obj: Objective, st: FitState, summary: dict) -> dict:
+    out = {}
+    rows = summary["parameters"]
+    out["summary/value"] = np.array([rows[p]["value"] for p in obj.ids])
+    out["summary/wald"] = np.array([rows[p]["wald"] for p in obj.ids])
+    out["summary/profile"] = np.array([rows[p]["profile"] for p in obj.ids])
+    out["summary/identifiable"] = np.array([rows[p]["identifiable"] for p in obj.ids])
+    out["summary/flags"] = _strings(["; ".join(rows[p]["flags"]) for p in obj.ids])
+    if summary["covariance"] is not None:
+        out["laplace/covariance"] = summary["covariance"]
+    theta = jnp.asarray(st.best, obj.dtype)
+    h, sigma, terms = obj.evaluate(theta)
+    ms = obj.fp.measurements
+    back = np.empty(len(obj.order), int)
+    back[obj.order] = np.arange(len(obj.order))
+    out["measurements/simulated"] = np.asarray(h)[back]
+    out["measurements/sigma"] = np.asarray(sigma)[back]
+    out["measurements/nll"] = np.asarray(terms)[back]
+    out["measurements/measurement"] = ms.value
+    out["measurements/time_min"] = ms.time_min
+    out["measurements/observable"] = _strings([obj.fp.observables[i].id for i in ms.observable])
+    out["measurements/condition"] = _strings([obj.fp.conditions[i].id for i in ms.condition])
+    for cid, (days, series) in obj.predictions(st.best).items():
+        out[f"simulated/{cid}/time_day"] = days
+        for oid, v in series.items():
+            out[f"simulated/{cid}/{oid}"] = v
+    return out
+
+
+def parameter_file_path(output: str) -> str:
+    return os.path.splitext(output)[0] + ".parameters.toml"
+
+
+def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str) -> None:
+    """The fitted model values as a TOML file a scenario names (``parameters_file``)."""
+    lines = [f"# fitted by tmesim fit from {os.path.abspath(obj.fp.path)}",
+             f"# NLL {st.best_value:.8g}; intervals: 95% profile likelihood", "",
+             "[parameters]"]
+    groups: dict = {}
+    for pid in obj.ids:
+        q = obj.fp.parameter(pid)
+        if not q.model:
+            continue
+        r = summary["parameters"][pid]
+        group, _, key = pid.rpartition(".")
+        note = f"  # 95% [{r['profile'][0]:.6g}, {r['profile'][1]:.6g}]" \
+            + ("" if r["identifiable"] else " not identifiable")
+        if group:
+            groups.setdefault(group, []).append(f"{key} = {r['value']!r}{note}")
+        else:
+            lines.append(f"{key} = {r['value']!r}{note}")
+    for group, items in groups.items():
+        lines += ["", f"[{group}]", *items]
+    text = "\n".join(lines) + "\n"
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
