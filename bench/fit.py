@@ -1,0 +1,78 @@
+"""Cost of one loss-and-gradient evaluation of a calibration problem against the forward run.
+
+Usage: python bench/fit.py [PROBLEM ...] [--repeats 3] [--batch 1 4] [--out bench/results.jsonl]
+
+Default problem: scenarios/calibration/browning2021_wm983b/problem.toml (a spheroid,
+tmesim.spheroid, 30 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 parameters).
+
+  forward    jit(vmap(nll))(thetas): every condition's solve and the likelihood
+  gradient   jit(vmap(value_and_grad(nll)))(thetas): what the optimiser calls
+
+Each at batch sizes ``--batch`` (starts or profile points under vmap). Compile
+time apart (the first call), then the median of ``repeats`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from diffusion import device_description, emit, git_commit  # noqa: E402
+
+from tmesim._fit import Objective  # noqa: E402
+from tmesim._petab import load_problem  # noqa: E402
+
+DEFAULT = Path(__file__).parent.parent / "scenarios/calibration/browning2021_wm983b/problem.toml"
+
+
+def timed(fn, x, repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("problems", nargs="*", default=[str(DEFAULT)])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results.jsonl"))
+    args = ap.parse_args()
+    provenance = {"device": device_description(), "jax": jax.__version__,
+                  "commit": git_commit(Path(args.out))}
+    with open(args.out, "a") as out:
+        for path in args.problems:
+            obj = Objective(load_problem(path))
+            common = {"bench": "fit-objective", "problem": str(Path(path).relative_to(
+                Path(__file__).parent.parent)) if Path(path).is_absolute() else path,
+                "measurements": len(obj.fp.measurements), "parameters": len(obj.ids),
+                "steps": max(g.n_steps for g in obj.groups),
+                "dtype": obj.fp.settings["dtype"]}
+            for b in args.batch:
+                x = jnp.asarray(np.tile(obj.nominal, (b, 1)), obj.dtype)
+                fwd = jax.jit(jax.vmap(obj.nll))
+                c_f, m_f, t_f = timed(fwd, x, args.repeats)
+                c_g, m_g, t_g = timed(obj.value_and_grad_batch, x, args.repeats)
+                emit({**common, "batch": b, "compile_forward_s": c_f, "forward_s": m_f,
+                      "compile_gradient_s": c_g, "gradient_s": m_g,
+                      "gradient_over_forward": m_g / m_f, "forward_times": t_f,
+                      "gradient_times": t_g}, provenance, out)
+
+
+if __name__ == "__main__":
+    main()
