@@ -43,7 +43,7 @@ radius_um = 300.0
 
 
 def write_problem(folder, measurements, *, kind="spheroid", fit_settings="", parameters=None,
-                  observables=None, conditions=None, scenario=None, extra=""):
+                  observables=None, conditions=None, scenario=None, extra="", nominal=NOMINAL):
     os.makedirs(folder, exist_ok=True)
     files = {
         "scenario.toml": scenario or SCENARIO.format(kind=kind),
@@ -54,8 +54,8 @@ def write_problem(folder, measurements, *, kind="spheroid", fit_settings="", par
             "necrotic\tnecrotic_radius\t0.05 * necrotic_radius + 1\tnormal\n"),
         "parameters.tsv": parameters or (
             "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
-            f"tumor_division_rate\tlog\t0.0002\t0.004\t{NOMINAL['tumor_division_rate']}\t1\n"
-            f"o2_uptake\tlog\t300\t1500\t{NOMINAL['o2_uptake']}\t1\n"),
+            f"tumor_division_rate\tlog\t0.0002\t0.004\t{nominal['tumor_division_rate']}\t1\n"
+            f"o2_uptake\tlog\t300\t1500\t{nominal['o2_uptake']}\t1\n"),
         "measurements.tsv": measurements,
         "problem.toml": ('name = "synthetic"\nscenario = "scenario.toml"\n'
                          'measurements = "measurements.tsv"\nconditions = "conditions.tsv"\n'
@@ -259,12 +259,15 @@ def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path
 # --------------------------------------------------------------------------
 def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
     meas, _ = synthetic_measurements(tmp_path)
-    settings = ("starts = 2\niterations = 30\nprofile_points = 2\nprofile_iterations = 10\n"
-                "seed = 3\n")
-    path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
+    settings = ("starts = 3\niterations = 30\nprofile_points = 2\nprofile_iterations = 10\n"
+                "batch = 1\n")
+    # the truth as the nominal values, and three starts each perturbed from it by a factor
+    # of up to 2 per parameter (log-uniform): the recovery protocol
+    path = write_problem(tmp_path / "fit", meas, fit_settings=settings, nominal=TRUTH)
     fp = load_problem(path)
     obj = Objective(fp)
-    starts = perturbed_points(obj, 2, seed=11, factor=2.0)
+    starts = perturbed_points(obj, 3, seed=11, factor=2.0)
+    assert np.all(np.abs(starts - obj.nominal) <= math.log(2.0) + 1e-12)
     out = str(tmp_path / "fit" / "result.h5")
     fit(fp, out, progress=None, starts=starts)
     with h5py.File(out, "r") as h5:
@@ -273,7 +276,7 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
         prof = h5["summary/profile"][...]
         ident = h5["summary/identifiable"][...]
         assert h5["meta"].attrs["status"] == "complete"
-        assert h5["starts/history"].shape[0] == 2
+        assert h5["starts/history"].shape[0] == 3
         assert np.isfinite(h5["laplace/covariance"][...]).all()
     for i, pid in enumerate(ids):
         assert ident[i], (pid, prof[i])
