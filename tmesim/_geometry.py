@@ -33,7 +33,6 @@ import numpy as np
 
 from ._grid import Dirichlet, Grid, Neumann, Periodic, RadialGrid
 from ._model import (
-    CELLS,
     DEFAULT_DECAY,
     DEFAULT_DIFFUSION,
     DRUGS,

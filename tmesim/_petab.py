@@ -42,14 +42,13 @@ import math
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._observables import OBSERVABLES
 from ._parameters import GROUPS, PARAMETERS
-from ._scenario import Scenario, ScenarioError, load_scenario, parse_value
+from ._scenario import Scenario, ScenarioError, load_scenario, parse_toml, parse_value
 
 PARAMETER_NAMES = tuple(q.name for q in PARAMETERS)
 SCALES = ("lin", "log", "log10", "logit")
@@ -105,9 +104,12 @@ FIT_SETTINGS = {
     "tolerance": Setting(float, 1e-4, _positive,
                          "a start has converged when its largest gradient entry (parameter "
                          "scale) is below this"),
-    "profiles": Setting(list, None, None, "parameter ids to profile (default: every estimated one)"),
-    "profile_points": Setting(int, 4, _at_least(1, 1000), "profile points on each side of the optimum"),
-    "profile_iterations": Setting(int, 30, _at_least(1, 100_000), "iterations per profile point at most"),
+    "profiles": Setting(list, None, None,
+                        "parameter ids to profile (default: every estimated one)"),
+    "profile_points": Setting(int, 4, _at_least(1, 1000),
+                              "profile points on each side of the optimum"),
+    "profile_iterations": Setting(int, 30, _at_least(1, 100_000),
+                                  "iterations per profile point at most"),
     "dtype": Setting(str, "float64", _in("float32", "float64"),
                      "precision of the fit's simulations"),
     "checkpoints": Setting(int, 2, _at_least(1), "reverse-mode checkpoint levels of the solve"),
@@ -396,7 +398,8 @@ class _Table:
         if text not in choices:
             close = difflib.get_close_matches(text, choices, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.fail(line, column, f"expected one of {', '.join(choices)}, got {text[:60]!r}{hint}")
+            self.fail(line, column,
+                      f"expected one of {', '.join(choices)}, got {text[:60]!r}{hint}")
         return text
 
 
@@ -474,7 +477,8 @@ def _parameters(t: _Table) -> tuple[Parameter, ...]:
         if not lo < hi:
             t.fail(line, "upperBound", f"expected upperBound > lowerBound ({lo:g}), got {hi:g}")
         if scale in ("log", "log10") and lo <= 0:
-            t.fail(line, "lowerBound", f"a {scale}-scaled parameter needs lowerBound > 0, got {lo:g}")
+            t.fail(line, "lowerBound",
+                   f"a {scale}-scaled parameter needs lowerBound > 0, got {lo:g}")
         if scale == "logit" and not (0 <= lo and hi <= 1):
             t.fail(line, "lowerBound" if lo < 0 else "upperBound",
                    f"a logit-scaled parameter is a share: expected bounds within [0, 1], got "
@@ -712,22 +716,14 @@ def load_problem(path, overrides: dict | None = None) -> FitProblem:
     """
     path = str(path)
     text = _read_text(path, "problem")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ProblemError(f"{path}: not valid TOML: {err}") from None
-    except ValueError:  # Python's limit on converting digits to int
-        raise ProblemError(f"{path}: not valid TOML here: an integer of more than 4300 "
-                           f"digits") from None
-    except RecursionError:
-        raise ProblemError(f"{path}: not valid TOML here: arrays or tables nested too "
-                           f"deeply") from None
+    raw = parse_toml(text, path, ProblemError)
     known = {"name", "description", "scenario", "time_unit", "overrides", "fit", *TABLES}
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ProblemError(f"{path}: unknown key {key!r}{hint}; known: {', '.join(sorted(known))}")
+            raise ProblemError(f"{path}: unknown key {key!r}{hint}; known: "
+                               f"{', '.join(sorted(known))}")
     for key in ("scenario", *TABLES):
         if not isinstance(raw.get(key), str) or not raw[key] or "\x00" in raw[key]:
             raise ProblemError(f"{path}: {key}: expected the file name of the {key} "
@@ -813,5 +809,6 @@ def load_problem(path, overrides: dict | None = None) -> FitProblem:
                     ("measurements", mt)):
         texts[role] = (t.path, t.text)
     return FitProblem(path, str(raw.get("name", os.path.basename(path))), scenario_path, scenario,
-                      tuple(base_overrides), time_unit, measurements, conditions, observables, parameters, settings,
+                      tuple(base_overrides), time_unit, measurements, conditions, observables,
+                      parameters, settings,
                       texts)

@@ -461,21 +461,26 @@ def load_scenario(path, overrides=()) -> Scenario:
     return scenario_from_text(text, source, overrides)
 
 
+def parse_toml(text: str, source: str, error: type = ScenarioError) -> dict:
+    """TOML text as a dict, or ``error`` naming ``source`` and what is wrong with the text."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{source}: not valid TOML: {err}") from None
+    except ValueError:  # Python's limit on converting digits to int
+        raise error(f"{source}: not valid TOML here: an integer of more than 4300 "
+                    f"digits") from None
+    except RecursionError:
+        raise error(f"{source}: not valid TOML here: arrays or tables nested too "
+                    f"deeply") from None
+
+
 def scenario_from_text(text: str, source: str = "<scenario>", overrides=()) -> Scenario:
     """Validate scenario TOML text (the text stored in output files)."""
     if not isinstance(text, str):
         raise ScenarioError(f"{source}: expected the scenario's TOML text, got "
                             f"{type(text).__name__}")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{source}: not valid TOML: {err}") from None
-    except ValueError:  # Python's limit on converting digits to int
-        raise ScenarioError(f"{source}: not valid TOML here: an integer of more than 4300 "
-                            f"digits") from None
-    except RecursionError:
-        raise ScenarioError(f"{source}: not valid TOML here: arrays or tables nested too "
-                            f"deeply") from None
+    raw = parse_toml(text, source)
     overrides = tuple(overrides)
     for item in overrides:
         apply_override(raw, item, source)
