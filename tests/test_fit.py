@@ -279,7 +279,7 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
         assert h5["starts/history"].shape[0] == 3
         assert np.isfinite(h5["laplace/covariance"][...]).all()
     for i, pid in enumerate(ids):
-        assert ident[i], (pid, prof[i])
+        assert ident[i] == 1, (pid, prof[i])
         assert prof[i, 0] <= value[i] <= prof[i, 1], (pid, value[i], prof[i])
         assert prof[i, 0] <= TRUTH[pid] <= prof[i, 1], (pid, TRUTH[pid], prof[i])
         # the data determine both rates: intervals well inside the bounds

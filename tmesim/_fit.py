@@ -847,14 +847,28 @@ def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
                 far = sel[np.argmax(np.abs(st.profile_points[sel, 2] - st.best[i]))]
                 x = st.profile_points[far, 2]
                 bound = obj.lower[i] if side < 0 else obj.upper[i]
+                near = sel[np.argmin(np.abs(st.profile_points[sel, 2] - st.best[i]))]
                 rounds = len(sel) / K
-                if (st.profile_values[far] < limit and abs(x - bound) > 1e-12
-                        and rounds < PROFILE_ROUNDS):
+                new = []
+                if rounds >= PROFILE_ROUNDS:
+                    pass
+                elif st.profile_values[far] < limit and abs(x - bound) > 1e-12:
+                    # not risen yet: further out, at twice the spacing
                     step = 2.0 * abs(x - st.best[i]) / len(sel)
                     new = _profile_side(obj, st, i, side, K, step, x)
+                    start = far
+                elif not st.profile_values[near] - st.best_value <= 2.0 * CHI2_95:
+                    # the nearest point rose far past the threshold (or failed): the crossing
+                    # lies close to the optimum, where a straight line through one point
+                    # says little; K points inside the nearest one
+                    step = abs(st.profile_points[near, 2] - st.best[i]) / (2.0 * K)
+                    new = _profile_side(obj, st, i, side, K, step, st.best[i])
+                    start = None
+                if new:
                     more += new
+                    warm = st.best if start is None else st.profile_theta[start]
                     st.profile_theta = np.concatenate(
-                        [st.profile_theta, np.tile(st.profile_theta[far], (len(new), 1))])
+                        [st.profile_theta, np.tile(warm, (len(new), 1))])
             if not more:
                 break
             st.profile_points = np.concatenate([st.profile_points, np.array(more, float)])
@@ -957,10 +971,25 @@ def summarise(obj: Objective, st: FitState) -> dict:
                 if np.any(ys[1:][np.isfinite(ys[1:])] < st.best_value - 1e-3):
                     flags.append("profile found a lower NLL: the optimum is not global")
             prof = (float(from_scale(ends[0], sc)), float(from_scale(ends[1], sc)))
-        identifiable = not any(f.startswith("profile flat") for f in flags) and np.isfinite(sd[i])
+        profiled = st.profile_points is not None and (st.profile_points[:, 0] == i).any()
+        if not profiled:
+            flags.append("not profiled")
+        # 1 identifiable, 0 not (a flat profile side), -1 unknown (not profiled, and no
+        # finite Laplace standard deviation)
+        if any(f.startswith("profile flat") for f in flags):
+            identifiable = 0
+        elif profiled or np.isfinite(sd[i]):
+            identifiable = 1
+        else:
+            identifiable = -1
         rows[pid] = {"value": best, "scale": sc, "sd_scale": float(sd[i]), "wald": wald,
-                     "profile": prof, "identifiable": bool(identifiable), "flags": flags}
-    return {"parameters": rows, "covariance": cov, "nll": st.best_value}
+                     "profile": prof, "identifiable": identifiable, "flags": flags}
+    notes = []
+    if st.hessian is not None and not np.all(np.linalg.eigvalsh(st.hessian) > 0):
+        notes.append("the Hessian at the best point is not positive definite: it is not a "
+                     "minimum (the optimisation has not converged), so the Laplace intervals "
+                     "are undefined and the profiles start from a point that is not optimal")
+    return {"parameters": rows, "covariance": cov, "nll": st.best_value, "notes": notes}
 
 
 def _final_datasets(obj: Objective, st: FitState, summary: dict) -> dict:
@@ -971,6 +1000,7 @@ def _final_datasets(obj: Objective, st: FitState, summary: dict) -> dict:
     out["summary/profile"] = np.array([rows[p]["profile"] for p in obj.ids])
     out["summary/identifiable"] = np.array([rows[p]["identifiable"] for p in obj.ids])
     out["summary/flags"] = _strings(["; ".join(rows[p]["flags"]) for p in obj.ids])
+    out["summary/notes"] = _strings(summary["notes"])
     if summary["covariance"] is not None:
         out["laplace/covariance"] = summary["covariance"]
     theta = jnp.asarray(st.best, obj.dtype)
@@ -1009,13 +1039,16 @@ def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str)
         r = summary["parameters"][pid]
         group, _, key = pid.rpartition(".")
         note = f"  # 95% [{r['profile'][0]:.6g}, {r['profile'][1]:.6g}]" \
-            + ("" if r["identifiable"] else " not identifiable")
-        if group:
+            + {1: "", 0: " not identifiable", -1: " identifiability unknown"}[r["identifiable"]]
+        if group == "diffusion":
             groups.setdefault(group, []).append(f"{key} = {r['value']!r}{note}")
+        elif group:  # initial state, medium, decay: a condition's values, not a scenario table
+            groups.setdefault("", []).append(f"# {pid} = {r['value']!r}{note}")
         else:
             lines.append(f"{key} = {r['value']!r}{note}")
     for group, items in groups.items():
-        lines += ["", f"[{group}]", *items]
+        lines += ["", f"[{group}]" if group else "# fitted values of the conditions "
+                  "(geometry.radius_um, geometry.medium, ... in a scenario):", *items]
     text = "\n".join(lines) + "\n"
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)

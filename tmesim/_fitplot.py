@@ -43,9 +43,12 @@ def fit_text(path: str) -> str:
                 lo, hi = g["profile"][i]
                 wl, wh = g["wald"][i]
                 flag = _names(g["flags"])[i]
-                ok = "" if g["identifiable"][i] else "  NOT IDENTIFIABLE"
+                ok = {1: "", 0: "  NOT IDENTIFIABLE", -1: "  identifiability unknown"}[
+                    int(g["identifiable"][i])]
                 lines.append(f"    {pid} = {g['value'][i]:.6g}  [{lo:.4g}, {hi:.4g}]; "
                              f"Wald [{wl:.4g}, {wh:.4g}]{ok}" + (f" ({flag})" if flag else ""))
+            for note in _names(g["notes"]) if "notes" in g else ():
+                lines.append(f"  note: {note}")
         elif "best" in h5:
             lines.append(f"  best so far NLL {float(h5['best/value'][0]):.6g}: "
                          + ", ".join(f"{p} = {v:.6g}" for p, v in zip(ids, h5["best/linear"])))
