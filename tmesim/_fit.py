@@ -1028,9 +1028,10 @@ def parameter_file_path(output: str) -> str:
 
 def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str) -> None:
     """The fitted model values as a TOML file a scenario names (``parameters_file``)."""
-    lines = [f"# fitted by tmesim fit from {os.path.abspath(obj.fp.path)}",
-             f"# NLL {st.best_value:.8g}; intervals: 95% profile likelihood", "",
-             "[parameters]"]
+    where = os.path.relpath(os.path.abspath(obj.fp.path), os.path.dirname(os.path.abspath(path)))
+    lines = [f"# fitted by tmesim fit from {where}",
+             f"# NLL {st.best_value:.8g}; intervals: 95% profile likelihood",
+             *(f"# note: {n}" for n in summary.get("notes", ())), "", "[parameters]"]
     groups: dict = {}
     for pid in obj.ids:
         q = obj.fp.parameter(pid)
@@ -1038,8 +1039,10 @@ def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str)
             continue
         r = summary["parameters"][pid]
         group, _, key = pid.rpartition(".")
-        note = f"  # 95% [{r['profile'][0]:.6g}, {r['profile'][1]:.6g}]" \
-            + {1: "", 0: " not identifiable", -1: " identifiability unknown"}[r["identifiable"]]
+        lo, hi = r["profile"]
+        note = (f"  # 95% [{lo:.6g}, {hi:.6g}]" if np.isfinite([lo, hi]).all()
+                else "  # not profiled") \
+            + {1: "", 0: " not identifiable", -1: ", identifiability unknown"}[r["identifiable"]]
         if group == "diffusion":
             groups.setdefault(group, []).append(f"{key} = {r['value']!r}{note}")
         elif group:  # initial state, medium, decay: a condition's values, not a scenario table
