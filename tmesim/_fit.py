@@ -183,7 +183,6 @@ class Objective:
         self._noise = self._noise_tables()
         self.traces = 0
         self._jit_vg = None
-        self._jit_predict = None
 
     # -- pieces ---------------------------------------------------------------
     def _noise_tables(self):
@@ -323,9 +322,8 @@ class Objective:
                 env = {n: np.asarray(saved[n][c]) for n in self.names}
                 env |= {k: float(v) for k, v in x.items()}
                 series = {}
-                for o in self.fp.observables:
-                    noise = {f"noiseParameter{k}_{o.id}": 1.0 for k in range(1, 10)}
-                    series[o.id] = np.broadcast_to(np.asarray(o.formula(env | noise, np)),
+                for o in self.fp.observables:  # observable formulas read no noise parameters
+                    series[o.id] = np.broadcast_to(np.asarray(o.formula(env, np)),
                                                    grid.shape).copy()
                 last = ms.time_min[ms.condition == ci].max()
                 keep = grid * self.dt <= last + self.dt
