@@ -234,6 +234,35 @@ def test_no_recompilation_across_iterations(tmp_path):
     assert np.all(np.isfinite(np.asarray(value)))
 
 
+def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():
+    """L-BFGS on a quadratic told that its value is far lower than it is: every step
+    "rises" and is rejected. The first rejection keeps the point and restarts the
+    optimiser's memory (not the old state, which would repeat the same step); the second
+    in a row, from that fresh memory, reaches REJECTIONS = 2."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import REJECTIONS
+
+    obj = SimpleNamespace(nll=lambda x: jnp.sum((x - 1.0) ** 2), dtype=jnp.float64,
+                          lower=np.full(2, -10.0), upper=np.full(2, 10.0))
+    opt = Optimiser(obj, "lbfgs", 0.05)
+    x = jnp.asarray([[0.0, 3.0]])
+    state = opt.init(x)
+    mask, done = jnp.ones_like(x), jnp.zeros(1, bool)
+    value, grad = jax.vmap(jax.value_and_grad(obj.nll))(x)
+    x1, state1, value1, grad1, rejected = opt.step(x, state, value, grad, mask, done,
+                                                   jnp.zeros(1, jnp.int32))
+    assert float(value1[0]) < float(value[0])  # an honest first step is taken
+    x2, state2, _, _, rejected = opt.step(x1, state1, value1 - 1e6, grad1, mask, done, rejected)
+    np.testing.assert_array_equal(x2, x1)
+    assert int(rejected[0]) == 1
+    for got, fresh in zip(jax.tree_util.tree_leaves(state2),
+                          jax.tree_util.tree_leaves(opt.init(x1))):
+        np.testing.assert_array_equal(got, fresh)  # the memory of the first step is gone
+    _, _, _, _, rejected = opt.step(x2, state2, value1 - 1e6, grad1, mask, done, rejected)
+    assert int(rejected[0]) == REJECTIONS
+
+
 def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path):
     """The whole objective (3D octant, 1 day, every process) against central differences."""
     scenario = SCENARIO.format(kind="organoid").replace("n = 16", "n = 6").replace(

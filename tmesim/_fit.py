@@ -14,9 +14,11 @@ The fit, in stages, each written to the result file when it completes a step
 1. ``optimise``: multi-start L-BFGS (optax, zoom line search) or Adam from
    a Latin hypercube on the parameter scale, prior draws, or the nominal
    values perturbed by a factor; the starts advance together under ``vmap``
-   (``batch`` at a time). A step whose update or value is not finite is
-   rejected (the start keeps its point); a start stops when its largest
-   gradient entry is below ``tolerance`` or after ``iterations``.
+   (``batch`` at a time). A step whose update or value is not finite, or
+   (L-BFGS) whose value rises, is rejected: the start keeps its point and
+   L-BFGS restarts its memory there. A start stops after two rejections in a
+   row, when its largest projected gradient entry is below ``tolerance``, or
+   after ``iterations``.
 2. ``laplace``: the Hessian of the NLL at the best point by central
    differences of the exact gradient (2P gradients), its inverse the
    covariance on the parameter scale (Laplace's approximation); Wald intervals.
@@ -57,7 +59,8 @@ from ._solve import SaveAt, solve
 CHI2_95 = 3.841458820694124  # χ²₁ quantile at 0.95: a profile interval is Δ NLL ≤ CHI2_95 / 2
 RESULT_FORMAT = 1
 STAGES = ("optimise", "laplace", "profiles", "done")
-REJECTIONS = 5  # consecutive rejected steps after which a start stops
+REJECTIONS = 2  # consecutive rejected steps after which a start stops (the second from a
+#                 fresh memory: a scaled steepest descent whose line search failed too)
 LINESEARCH_STEPS = 12  # zoom line-search evaluations per L-BFGS iteration at most
 PLOT_EVERY_DAYS = 0.25
 
@@ -431,7 +434,12 @@ class Optimiser:
         def pick(new, old):
             return jnp.where(keep, old, new)
 
-        state = jax.tree_util.tree_map(pick, new_state, state)
+        # a rejected step restarts the optimiser's memory at the kept point: retrying with
+        # the same state would repeat the same step (the update is deterministic)
+        fresh = self.opt.init(theta)
+        state = jax.tree_util.tree_map(
+            lambda new, old, f: jnp.where(done, old, jnp.where(good, new, f)),
+            new_state, state, fresh)
         rejected = jnp.where(done, rejected, jnp.where(good, 0, rejected + 1))
         return (pick(new_theta, theta), state, pick(new_value, value), pick(new_grad, grad),
                 rejected)
