@@ -228,3 +228,89 @@ def test_a_failing_run_stops_with_field_place_and_time(tmp_path):
         np.testing.assert_array_equal(h5["time"][:snapshot_count(h5)], [0.0, 720.0])
         assert latest_checkpoint(h5)[0] == 144
         assert np.isfinite(h5["fields/chemo"][:snapshot_count(h5)]).all()
+
+
+def _with_parameters_file(tmp_path, values: str, own: str = "") -> pathlib.Path:
+    (tmp_path / "fitted.parameters.toml").write_text(values)
+    text = UNTREATED.read_text().replace(
+        'name = "untreated hypoxic niche"',
+        'name = "untreated hypoxic niche"\nparameters_file = "fitted.parameters.toml"')
+    path = tmp_path / "scenario.toml"
+    path.write_text(text + own)
+    return path
+
+
+def test_a_named_parameters_file_sets_values_under_the_scenarios_own(tmp_path):
+    """defaults < cell_line < parameters_file < [parameters] < --set."""
+    path = _with_parameters_file(
+        tmp_path, "[parameters]\ntumor_division_rate = 0.0009\nnecrosis_rate = 0.004\n"
+                  "[diffusion]\noxygen = 90000.0\n",
+        "\n[parameters]\nnecrosis_rate = 0.005\n")
+    sc = load_scenario(path)
+    assert sc.data["parameters"]["tumor_division_rate"] == 0.0009
+    assert sc.data["parameters"]["necrosis_rate"] == 0.005
+    assert sc.data["diffusion"]["oxygen"] == 90000.0
+    assert sc.parameters_file == (str(tmp_path / "fitted.parameters.toml"),
+                                  (tmp_path / "fitted.parameters.toml").read_text())
+    sc = load_scenario(path, ["parameters.tumor_division_rate=0.001"])
+    assert sc.data["parameters"]["tumor_division_rate"] == 0.001
+
+
+@pytest.mark.parametrize("values, expected", [
+    (None, ["scenario.toml: parameters_file", "cannot read", "fitted.parameters.toml"]),
+    ("[parameters]\ntumor_divison_rate = 0.001\n",
+     ["fitted.parameters.toml: parameters.tumor_divison_rate", "did you mean "
+      "'tumor_division_rate'"]),
+    ("[parameters]\ntumor_division_rate = -1.0\n",
+     ["fitted.parameters.toml: parameters.tumor_division_rate"]),
+    ("[run]\ndays = 3\n", ["fitted.parameters.toml: run", "unknown key"]),
+    ("[parameters\n", ["fitted.parameters.toml", "not valid TOML"]),
+])
+def test_a_bad_parameters_file_names_the_file_and_key(tmp_path, values, expected):
+    path = _with_parameters_file(tmp_path, values or "")
+    if values is None:
+        (tmp_path / "fitted.parameters.toml").unlink()
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    for part in expected:
+        assert part in str(info.value), str(info.value)
+
+
+def test_resume_uses_the_parameters_file_the_run_started_with(tmp_path):
+    """The run file keeps the named file's text: a run killed, its parameters file then
+    edited, resumes bit for bit as the uninterrupted run with the original values."""
+    path = _with_parameters_file(tmp_path, "[parameters]\ntumor_division_rate = 0.0011\n")
+    sets = sum((["--set", s] for s in TINY + ["run.days=3", "run.output_every_days=0.5",
+                                              "run.checkpoint_every_days=0.5"]), [])
+    full, killed = tmp_path / "full.h5", tmp_path / "killed.h5"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
+    assert subprocess.run(_tmesim("run", str(path), "-o", str(full), *sets),
+                          capture_output=True, env=env).returncode == 0
+    proc = subprocess.Popen(_tmesim("run", str(path), "-o", str(killed), *sets),
+                            stderr=subprocess.PIPE, text=True, env=env)
+    start = time.time()
+    for line in proc.stderr:
+        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 1.0:
+            break
+        assert time.time() - start < 300
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (tmp_path / "fitted.parameters.toml").write_text("[parameters]\ntumor_division_rate = 0.002\n")
+    with h5py.File(killed) as h5:
+        assert read_status(h5)[0] == "running"
+        assert h5["meta"].attrs["parameters_file"] == "[parameters]\ntumor_division_rate = 0.0011\n"
+    assert subprocess.run(_tmesim("resume", str(killed), "-q"), capture_output=True,
+                          env=env).returncode == 0
+    with h5py.File(full) as a, h5py.File(killed) as b:
+        assert read_status(b)[0] == "complete"
+        for name in a["fields"]:
+            assert np.array_equal(a["fields"][name][...], b["fields"][name][...]), name
+
+
+@pytest.mark.parametrize("fitted", sorted(
+    (SCENARIOS / "calibration").glob("*/fitted.parameters.toml")), ids=lambda p: p.parent.name)
+def test_the_committed_fitted_parameter_sets_load_as_a_scenarios_parameters_file(fitted):
+    text = GOOD.replace('name = "t"', f'name = "t"\nparameters_file = "{fitted.name}"')
+    sc = scenario_from_text(text, str(fitted.parent / "predict.toml"))
+    assert sc.data["parameters"]  # the file's [parameters] reached the scenario
+    assert sc.parameters_file[1] == fitted.read_text()

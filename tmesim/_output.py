@@ -2,7 +2,8 @@
 
 Layout (format 2):
     /meta         attrs: format, tmesim and JAX versions, device, seed, scenario
-                  text and overrides, command line, name; datasets status
+                  text and overrides, the text of the parameters_file it names
+                  (and its path), command line, name; datasets status
                   ("running", "complete", "failed", "interrupted") and message
     /grid         attrs: shape, spacing (um), copies (8 for a simulated octant);
                   datasets x, y, z: voxel centres (um)
@@ -167,6 +168,9 @@ class Output:
             "device": device_text(), "seed": scenario.data["run"]["seed"],
             "scenario": scenario.text, "scenario_source": scenario.source,
             "overrides": list(scenario.overrides) or [""], "command": command,
+            # the named parameters_file as the run read it: a resume uses these values
+            "parameters_file_source": (scenario.parameters_file or ("", ""))[0],
+            "parameters_file": (scenario.parameters_file or ("", ""))[1],
             "name": scenario.name, "python": sys.version.split()[0],
         })
         # shape (1,), not scalars: HDF5 allocates a scalar's storage at its first write

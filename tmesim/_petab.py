@@ -804,6 +804,8 @@ def load_problem(path, overrides: dict | None = None) -> FitProblem:
             raise ProblemError(f"{path}: fit.profiles: {pid!r} is not an estimated parameter; "
                                f"estimated: {', '.join(q.id for q in parameters if q.estimate)}")
     texts = {"problem": (path, text), "scenario": (scenario_path, scenario.text)}
+    if scenario.parameters_file is not None:
+        texts["parameters_file"] = scenario.parameters_file
     for role, t in (("parameters", pt), ("observables", ot), ("conditions", ct),
                     ("measurements", mt)):
         texts[role] = (t.path, t.text)

@@ -291,8 +291,10 @@ def resume(path, progress=sys.stderr) -> str:
         with reading(path):
             meta = out.h5["meta"].attrs
             overrides = tuple(str(o) for o in meta["overrides"] if o)
-            scenario = scenario_from_text(str(meta["scenario"]), f"{path}:/meta/scenario",
-                                          overrides)
+            stored = meta.get("parameters_file")  # absent in files from before the key
+            scenario = scenario_from_text(
+                str(meta["scenario"]), f"{path}:/meta/scenario", overrides,
+                None if stored is None else (f"{path}:/meta/parameters_file", str(stored)))
             state = latest_checkpoint(out.h5)
             if state is None:
                 raise RunError(f"{path}: /checkpoint: no complete checkpoint to resume from")

@@ -172,6 +172,10 @@ TOP = {
     "geometry": Key(TABLE, True),
     "cell_line": Key(STRING, False, None, choices=tuple(CELL_LINES),
                      help="a cell line's parameter set (tmesim.CELL_LINES); [parameters] override it"),
+    "parameters_file": Key(STRING, False, None,
+                           help="a TOML file of [parameters] (and [diffusion]) values, such as "
+                                "the RESULT.parameters.toml of tmesim fit; path relative to the "
+                                "scenario; it overrides cell_line, and [parameters] override it"),
     "parameters": Key(TABLE, False, {}),
     "diffusion": Key(TABLE, False, {}),
     "bounds": Key(TABLE, False, {}),
@@ -322,6 +326,7 @@ class Scenario:
     text: str  # the TOML text as written
     overrides: tuple[str, ...]  # "--set key=value" items applied on top
     data: dict = field(repr=False)
+    parameters_file: tuple[str, str] | None = None  # (path, text) of the named parameters_file
 
     # -- derived quantities -------------------------------------------------
     @property
@@ -475,8 +480,14 @@ def parse_toml(text: str, source: str, error: type = ScenarioError) -> dict:
                     f"deeply") from None
 
 
-def scenario_from_text(text: str, source: str = "<scenario>", overrides=()) -> Scenario:
-    """Validate scenario TOML text (the text stored in output files)."""
+def scenario_from_text(text: str, source: str = "<scenario>", overrides=(),
+                       parameters_file: tuple[str, str] | None = None) -> Scenario:
+    """Validate scenario TOML text (the text stored in output files).
+
+    A ``parameters_file`` the scenario names is read from disk beside
+    ``source``, unless ``parameters_file`` gives its (path, text) as stored
+    with a run (a resume then uses the values the run started with).
+    """
     if not isinstance(text, str):
         raise ScenarioError(f"{source}: expected the scenario's TOML text, got "
                             f"{type(text).__name__}")
@@ -484,10 +495,48 @@ def scenario_from_text(text: str, source: str = "<scenario>", overrides=()) -> S
     overrides = tuple(overrides)
     for item in overrides:
         apply_override(raw, item, source)
-    return Scenario(source, text, overrides, _validate(raw, source, overrides))
+    name = raw.get("parameters_file") if isinstance(raw, dict) else None
+    if not isinstance(name, str):  # absent; another type is reported by _validate
+        parameters_file = None
+    elif parameters_file is None:
+        parameters_file = _read_parameters_file(source, name)
+    data = _validate(raw, source, overrides, parameters_file)
+    return Scenario(source, text, overrides, data, parameters_file)
 
 
-def _validate(raw: dict, source: str, overrides=()) -> dict:
+def _read_parameters_file(source: str, name: str) -> tuple[str, str]:
+    """(path, text) of the scenario's ``parameters_file``, relative to the scenario file."""
+    path = os.path.join(os.path.dirname(source), os.path.expanduser(name))
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as err:
+        raise ScenarioError(f"{source}: parameters_file: cannot read {path} "
+                            f"({err.strerror}); expected a TOML file of [parameters]") from None
+    try:
+        return path, raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ScenarioError(f"{source}: parameters_file: {path} is not a text file: byte "
+                            f"0x{raw[err.start]:02x} at offset {err.start} is not UTF-8") from None
+
+
+def _file_values(path: str, text: str, like: _Checker) -> tuple[dict, dict]:
+    """The [parameters] and [diffusion] tables of a parameters file, checked as a scenario's;
+    errors name the file."""
+    check = _Checker(path)
+    check.dtype, check.largest = like.dtype, like.largest
+    top = check.table("", parse_toml(text, path),
+                      {"parameters": TOP["parameters"], "diffusion": TOP["diffusion"]})
+    return (check.numbers("parameters", check.value("parameters", TOP["parameters"],
+                                                    top["parameters"]),
+                          PARAMETER_NAMES, domain_error, "a model parameter"),
+            check.numbers("diffusion", check.value("diffusion", TOP["diffusion"],
+                                                   top["diffusion"]),
+                          MOBILE, lambda name, v: domain_error(f"diffusion.{name}", v),
+                          "a diffusion coefficient (um^2/min)"))
+
+
+def _validate(raw: dict, source: str, overrides=(), parameters_file=None) -> dict:
     check = _Checker(source, overrides)
     top = check.table("", raw, TOP)
     data = {"name": top["name"], "description": top["description"], "cell_line": top["cell_line"]}
@@ -507,6 +556,10 @@ def _validate(raw: dict, source: str, overrides=()) -> dict:
         "diffusion", check.value("diffusion", TOP["diffusion"], top["diffusion"]),
         MOBILE, lambda name, v: domain_error(f"diffusion.{name}", v),
         "a diffusion coefficient (um^2/min)")
+    if parameters_file is not None:  # the file under the scenario's own tables
+        values, diffusion = _file_values(*parameters_file, check)
+        data["parameters"] = values | data["parameters"]
+        data["diffusion"] = diffusion | data["diffusion"]
     data["bounds"] = _bounds(check, check.value("bounds", TOP["bounds"], top["bounds"]))
     geo = data["geometry"]
     geo["medium"] = check.numbers("geometry.medium", geo["medium"], SOLUTES, _level,
@@ -700,7 +753,7 @@ def _check_consistency(check: _Checker, data: dict) -> None:
     values = DEFAULT_VALUES | CELL_LINES.get(data["cell_line"], ({},))[0] | data["parameters"]
     why = order_error(values)
     if why:
-        check.fail("parameters", why, ("cell_line",))
+        check.fail("parameters", why, ("cell_line", "parameters_file"))
     for kind in ("dose", "medium_change", "radiotherapy", "injection"):
         events = sum(item["count"] for item in data[kind])
         if events > MAX_EVENTS:
