@@ -173,6 +173,18 @@ def _tmesim(*args):
     return [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())", *args]
 
 
+def _kill_at_day(command, day: float, env) -> None:
+    """Start a run and kill -9 it once its progress reports ``day``."""
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    start = time.time()
+    for line in proc.stderr:  # progress lines: "  day   2.50 of 6 ..."
+        if line.split()[:1] == ["day"] and float(line.split()[1]) >= day:
+            break
+        assert time.time() - start < 300
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_and_resume_is_bit_identical(tmp_path):
     sets = sum((["--set", s] for s in TINY + ["run.dt_min=2", "run.days=6",
                                               "run.output_every_days=0.5",
@@ -181,15 +193,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
     assert subprocess.run(_tmesim("run", str(UNTREATED), "-o", str(full), *sets),
                           capture_output=True, env=env).returncode == 0
-    proc = subprocess.Popen(_tmesim("run", str(UNTREATED), "-o", str(killed), *sets),
-                            stderr=subprocess.PIPE, text=True, env=env)
-    start = time.time()
-    for line in proc.stderr:  # progress lines: "  day   2.50 of 6 ..."
-        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 2.0:
-            break
-        assert time.time() - start < 300
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_at_day(_tmesim("run", str(UNTREATED), "-o", str(killed), *sets), 2.0, env)
     with h5py.File(killed) as h5:  # readable, with every completed snapshot
         assert read_status(h5)[0] == "running"
         n = snapshot_count(h5)
@@ -286,15 +290,7 @@ def test_resume_uses_the_parameters_file_the_run_started_with(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
     assert subprocess.run(_tmesim("run", str(path), "-o", str(full), *sets),
                           capture_output=True, env=env).returncode == 0
-    proc = subprocess.Popen(_tmesim("run", str(path), "-o", str(killed), *sets),
-                            stderr=subprocess.PIPE, text=True, env=env)
-    start = time.time()
-    for line in proc.stderr:
-        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 1.0:
-            break
-        assert time.time() - start < 300
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_at_day(_tmesim("run", str(path), "-o", str(killed), *sets), 1.0, env)
     (tmp_path / "fitted.parameters.toml").write_text("[parameters]\ntumor_division_rate = 0.002\n")
     with h5py.File(killed) as h5:
         assert read_status(h5)[0] == "running"

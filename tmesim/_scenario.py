@@ -527,6 +527,11 @@ def _file_values(path: str, text: str, like: _Checker) -> tuple[dict, dict]:
     check.dtype, check.largest = like.dtype, like.largest
     top = check.table("", parse_toml(text, path),
                       {"parameters": TOP["parameters"], "diffusion": TOP["diffusion"]})
+    return _value_tables(check, top)
+
+
+def _value_tables(check: _Checker, top: dict) -> tuple[dict, dict]:
+    """The checked [parameters] and [diffusion] tables of a scenario or parameters file."""
     return (check.numbers("parameters", check.value("parameters", TOP["parameters"],
                                                     top["parameters"]),
                           PARAMETER_NAMES, domain_error, "a model parameter"),
@@ -549,13 +554,7 @@ def _validate(raw: dict, source: str, overrides=(), parameters_file=None) -> dic
             check.largest = float(np.finfo(check.dtype).max)
     for key, schema in EVENT_LISTS.items():
         data[key] = [check.table(f"{key}[{j}]", item, schema) for j, item in enumerate(top[key])]
-    data["parameters"] = check.numbers(
-        "parameters", check.value("parameters", TOP["parameters"], top["parameters"]),
-        PARAMETER_NAMES, domain_error, "a model parameter")
-    data["diffusion"] = check.numbers(
-        "diffusion", check.value("diffusion", TOP["diffusion"], top["diffusion"]),
-        MOBILE, lambda name, v: domain_error(f"diffusion.{name}", v),
-        "a diffusion coefficient (um^2/min)")
+    data["parameters"], data["diffusion"] = _value_tables(check, top)
     if parameters_file is not None:  # the file under the scenario's own tables
         values, diffusion = _file_values(*parameters_file, check)
         data["parameters"] = values | data["parameters"]
