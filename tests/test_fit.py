@@ -354,3 +354,37 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
         fh.write("apoptosis_rate\tlog\t1e-6\t1e-4\t5e-5\t0\n")
     with pytest.raises(F.FitError, match="different parameters file"):
         fit(path, cut, progress=None)
+
+
+def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, monkeypatch):
+    """A fit stopped in its profiles and resumed with another ``profiles`` setting drops the
+    points of parameters no longer asked for and lays out those of new ones (``tmesim fit
+    --no-profiles`` on a result in its profiles finishes it without them)."""
+    import tmesim._fit as F
+
+    meas, _ = synthetic_measurements(tmp_path)
+    settings = ('starts = 1\niterations = 2\nprofiles = ["tumor_division_rate"]\n'
+                'profile_points = 1\nprofile_iterations = 1\n')
+    path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
+    out = str(tmp_path / "fit" / "result.h5")
+    real = F._write_state
+
+    def dying(where, fp, obj, st, *args, **kwargs):
+        real(where, fp, obj, st, *args, **kwargs)
+        if st.stage == "profiles" and st.profile_points is not None:
+            raise KeyboardInterrupt  # once the profile points are laid out
+
+    monkeypatch.setattr(F, "_write_state", dying)
+    with pytest.raises(KeyboardInterrupt):
+        fit(path, out, progress=None)
+    monkeypatch.setattr(F, "_write_state", real)
+    with h5py.File(out, "r") as h5:
+        assert h5["meta"].attrs["stage"] == "profiles"
+        assert set(h5["profiles/points"][:, 0]) == {0.0}  # tumor_division_rate's
+    fit(path, out, progress=None, settings={"profiles": ["o2_uptake"]})
+    with h5py.File(out, "r") as h5:
+        assert h5["meta"].attrs["status"] == "complete"
+        points = h5["profiles/points"][...]
+        assert len(points) and set(points[:, 0]) == {1.0} and points[:, 3].all()
+        prof = h5["summary/profile"][...]
+        assert np.isnan(prof[0]).all() and not np.isnan(prof[1]).all()

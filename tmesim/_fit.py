@@ -828,20 +828,29 @@ def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
     K = cfg["profile_points"]
     which = cfg["profiles"] if cfg["profiles"] is not None else list(obj.ids)
     limit = st.best_value + CHI2_95 / 2
+    wanted = [obj.ids.index(pid) for pid in which]
     if st.profile_points is None:
+        st.profile_points, st.profile_values = np.zeros((0, 4)), np.zeros(0)
+        st.profile_theta = np.zeros((0, P))
+    # the parameters asked for now (a resumed fit's setting may have changed): points of
+    # others dropped, the first points of new ones laid out
+    keep = np.isin(st.profile_points[:, 0], wanted)
+    added = [i for i in wanted if i not in st.profile_points[:, 0]]
+    if added or not keep.all():
         sd = _laplace_sd(st.hessian)
         rows = []
-        for pid in which:
-            i = obj.ids.index(pid)
+        for i in added:
             for side in (-1, 1):
                 span = (st.best[i] - obj.lower[i]) if side < 0 else (obj.upper[i] - st.best[i])
                 if span <= 1e-9 * max(1.0, abs(st.best[i])):
                     continue  # the optimum is on this bound
                 step = 2.5 * sd[i] / K if np.isfinite(sd[i]) and sd[i] > 0 else span / K
                 rows += _profile_side(obj, st, i, side, K, min(step, span / K), st.best[i])
-        st.profile_points = np.array(rows, float).reshape(-1, 4)
-        st.profile_values = np.full(len(rows), np.nan)
-        st.profile_theta = np.tile(st.best, (len(rows), 1))
+        st.profile_points = np.concatenate([st.profile_points[keep],
+                                            np.array(rows, float).reshape(-1, 4)])
+        st.profile_values = np.concatenate([st.profile_values[keep], np.full(len(rows), np.nan)])
+        st.profile_theta = np.concatenate([st.profile_theta[keep],
+                                           np.tile(st.best, (len(rows), 1))])
         save()
     iters = cfg["profile_iterations"]
     while True:
