@@ -173,9 +173,15 @@ def _tmesim(*args):
     return [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())", *args]
 
 
-def _kill_at_day(command, day: float, env) -> None:
-    """Start a run and kill -9 it once its progress reports ``day``."""
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+def _full_and_killed(tmp_path, scenario, sets, day: float):
+    """Run ``scenario`` to the end into full.h5, and again into killed.h5, killed -9 once
+    its progress reports ``day``; returns (full, killed, env)."""
+    full, killed = tmp_path / "full.h5", tmp_path / "killed.h5"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
+    assert subprocess.run(_tmesim("run", str(scenario), "-o", str(full), *sets),
+                          capture_output=True, env=env).returncode == 0
+    proc = subprocess.Popen(_tmesim("run", str(scenario), "-o", str(killed), *sets),
+                            stderr=subprocess.PIPE, text=True, env=env)
     start = time.time()
     for line in proc.stderr:  # progress lines: "  day   2.50 of 6 ..."
         if line.split()[:1] == ["day"] and float(line.split()[1]) >= day:
@@ -183,17 +189,14 @@ def _kill_at_day(command, day: float, env) -> None:
         assert time.time() - start < 300
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return full, killed, env
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
     sets = sum((["--set", s] for s in TINY + ["run.dt_min=2", "run.days=6",
                                               "run.output_every_days=0.5",
                                               "run.checkpoint_every_days=1"]), [])
-    full, killed = tmp_path / "full.h5", tmp_path / "killed.h5"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
-    assert subprocess.run(_tmesim("run", str(UNTREATED), "-o", str(full), *sets),
-                          capture_output=True, env=env).returncode == 0
-    _kill_at_day(_tmesim("run", str(UNTREATED), "-o", str(killed), *sets), 2.0, env)
+    full, killed, env = _full_and_killed(tmp_path, UNTREATED, sets, 2.0)
     with h5py.File(killed) as h5:  # readable, with every completed snapshot
         assert read_status(h5)[0] == "running"
         n = snapshot_count(h5)
@@ -286,11 +289,7 @@ def test_resume_uses_the_parameters_file_the_run_started_with(tmp_path):
     path = _with_parameters_file(tmp_path, "[parameters]\ntumor_division_rate = 0.0011\n")
     sets = sum((["--set", s] for s in TINY + ["run.days=3", "run.output_every_days=0.5",
                                               "run.checkpoint_every_days=0.5"]), [])
-    full, killed = tmp_path / "full.h5", tmp_path / "killed.h5"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
-    assert subprocess.run(_tmesim("run", str(path), "-o", str(full), *sets),
-                          capture_output=True, env=env).returncode == 0
-    _kill_at_day(_tmesim("run", str(path), "-o", str(killed), *sets), 1.0, env)
+    full, killed, env = _full_and_killed(tmp_path, path, sets, 1.0)
     (tmp_path / "fitted.parameters.toml").write_text("[parameters]\ntumor_division_rate = 0.002\n")
     with h5py.File(killed) as h5:
         assert read_status(h5)[0] == "running"
