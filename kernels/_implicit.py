@@ -48,8 +48,8 @@ def thomas(a: Array, b: Array, c: Array, d: Array) -> Array:
     Differentiated as a linear solve (``lax.custom_linear_solve``), not
     through the scans: reverse mode solves the transposed system once (one
     more Thomas solve) and reaches a, b, c through the product A·x; forward
-    mode solves with the same matrix. Autodiff of the two scans cost about
-    twice as much (their residuals are every row's pivots).
+    mode solves with the same matrix. Through the scans, the gradient of 300
+    steps of a 30-shell spheroid took 994 us a step; as a linear solve, 793.
     """
     n = d.shape[0]
     first = (jnp.arange(n) > 0).reshape((n,) + (1,) * (a.ndim - 1))

@@ -457,14 +457,14 @@ class Optimiser:
 
 # --------------------------------------------------------------------------
 # the result file
-def _atomic_write(path: str, fill) -> None:
-    """Write an HDF5 file through a temporary beside it, fsync'd, renamed over ``path``."""
+def _atomic_write(path: str, write) -> None:
+    """Write a file through a temporary beside it (``write(temporary_path)``), fsync'd,
+    renamed over ``path``; the folder fsync'd. A failure leaves ``path`` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as h5:
-            fill(h5)
+        write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -571,7 +571,12 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
         if final:
             for key, v in final.items():
                 h5[key] = v
-    _atomic_write(path, fill)
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as h5:
+            fill(h5)
+
+    _atomic_write(path, write)
 
 
 def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
@@ -1068,11 +1073,9 @@ def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str)
         lines += ["", f"[{group}]" if group else "# fitted values of the conditions "
                   "(geometry.radius_um, geometry.medium, ... in a scenario):", *items]
     text = "\n".join(lines) + "\n"
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    _atomic_write(path, write)

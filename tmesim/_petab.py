@@ -48,7 +48,14 @@ import numpy as np
 
 from ._observables import OBSERVABLES
 from ._parameters import GROUPS, PARAMETERS
-from ._scenario import Scenario, ScenarioError, load_scenario, parse_toml, parse_value
+from ._scenario import (
+    Scenario,
+    ScenarioError,
+    did_you_mean,
+    load_scenario,
+    parse_toml,
+    parse_value,
+)
 
 PARAMETER_NAMES = tuple(q.name for q in PARAMETERS)
 SCALES = ("lin", "log", "log10", "logit")
@@ -292,12 +299,6 @@ def noise_placeholder(name: str, oid: str) -> int | None:
     return int(digits)
 
 
-def _did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
-    """"; did you mean 'x'?" for the closest of ``known``, or ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def is_model_path(pid: str) -> bool:
     group, _, key = pid.rpartition(".")
     return (not group and pid in PARAMETER_NAMES) or (group in GROUPS and bool(key))
@@ -354,7 +355,7 @@ class _Table:
             known = set(required) | set(optional)
             for c in self.header:
                 if c not in known:
-                    hint = _did_you_mean(c, sorted(known))
+                    hint = did_you_mean(c, sorted(known))
                     raise ProblemError(f"{path}: row 1: unknown column {c!r} in the {role} "
                                        f"table{hint}; known: {', '.join(sorted(known))}")
         self.rows = []
@@ -401,7 +402,7 @@ class _Table:
     def choice(self, line, row, column, choices, default):
         text = row.get(column, "") or default
         if text not in choices:
-            hint = _did_you_mean(text, choices, 0.5)
+            hint = did_you_mean(text, choices, 0.5)
             self.fail(line, column,
                       f"expected one of {', '.join(choices)}, got {text[:60]!r}{hint}")
         return text
@@ -548,7 +549,7 @@ def _observables(t: _Table, parameter_ids) -> tuple[Observable, ...]:
                         column == "noiseFormula" and noise_placeholder(name, oid)):
                     continue
                 known = list(OBSERVABLES) + list(parameter_ids)
-                hint = _did_you_mean(name, known)
+                hint = did_you_mean(name, known)
                 t.fail(line, column, f"unknown name {name[:60]!r} in {text[:60]!r}{hint}: "
                                      f"expected a model observable (tmesim.OBSERVABLES), a "
                                      f"parameterId of the parameter table"
@@ -609,11 +610,11 @@ def _measurements(t: _Table, conditions, observables, parameters, time_unit, day
     for line, row in t.rows:
         oid, cid = row["observableId"], row[cond_column]
         if oid not in obs_index:
-            hint = _did_you_mean(oid, list(obs_index))
+            hint = did_you_mean(oid, list(obs_index))
             t.fail(line, "observableId", f"unknown observable {oid[:60]!r}{hint}: expected an "
                                          f"observableId of the observable table")
         if cid not in cond_index:
-            hint = _did_you_mean(cid, list(cond_index))
+            hint = did_you_mean(cid, list(cond_index))
             t.fail(line, cond_column, f"unknown condition {cid[:60]!r}{hint}: expected a "
                                       f"conditionId of the condition table")
         tt = t.number(line, row, "time")
@@ -679,7 +680,7 @@ def _settings(path: str, table) -> dict:
     out = {}
     for key in table:
         if key not in FIT_SETTINGS:
-            hint = _did_you_mean(key, list(FIT_SETTINGS))
+            hint = did_you_mean(key, list(FIT_SETTINGS))
             raise ProblemError(f"{path}: fit.{key}: unknown setting{hint}; known: "
                                f"{', '.join(FIT_SETTINGS)}")
     for key, s in FIT_SETTINGS.items():
@@ -720,7 +721,7 @@ def load_problem(path, overrides: dict | None = None) -> FitProblem:
     known = {"name", "description", "scenario", "time_unit", "overrides", "fit", *TABLES}
     for key in raw:
         if key not in known:
-            hint = _did_you_mean(key, sorted(known))
+            hint = did_you_mean(key, sorted(known))
             raise ProblemError(f"{path}: unknown key {key!r}{hint}; known: "
                                f"{', '.join(sorted(known))}")
     for key in ("scenario", *TABLES):

@@ -204,6 +204,12 @@ def _override_path(item: str) -> str:
     return ".".join(k.strip() for k in item.split("=", 1)[0].split("."))
 
 
+def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
+    """"; did you mean 'x'?" for the closest of ``known``, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class _Checker:
     def __init__(self, source: str, overrides=()):
         self.source = source
@@ -222,8 +228,7 @@ class _Checker:
         raise ScenarioError(f"{self.source}: {key}: {text}{note}")
 
     def unknown(self, key: str, name: str, known) -> None:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, known)
         where = f"{key}.{name}" if key else name
         self.fail(where, f"unknown key{hint} (expected one of: {', '.join(sorted(known))})")
 
