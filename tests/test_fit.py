@@ -213,6 +213,61 @@ def test_formulas_and_noise_parameters(tmp_path):
     assert float(terms[k]) == pytest.approx(want, rel=1e-12)
 
 
+def test_closed_form_noise_parameters_are_the_optimum_of_the_full_likelihood(tmp_path):
+    """``hierarchical = true``: a noise parameter that is the whole noise formula of its
+    measurements (directly, or through noiseParameters) is set to its optimum given the
+    model. Against the same problem with the noise parameters optimised: the NLL at that
+    optimum is the same, the full NLL's derivative in each noise parameter vanishes there,
+    and the gradient in the model parameters is the full one's (the envelope theorem);
+    a noise parameter inside a larger formula stays an optimiser coordinate."""
+    obs = ("observableId\tobservableFormula\tnoiseFormula\tnoiseDistribution\n"
+           "outer\ttumor_radius\tsigma_outer\tnormal\n"
+           "necrotic\tnecrotic_radius\tnoiseParameter1_necrotic\tlaplace\n"
+           "outer2\ttumor_radius\t0.05 * tumor_radius + sigma_mixed\tnormal\n")
+    pars = ("parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+            "tumor_division_rate\tlog\t0.0002\t0.004\t0.0009\t1\n"
+            "o2_uptake\tlog\t300\t1500\t800\t1\n"
+            "sigma_outer\tlog\t0.01\t1000\t10\t1\n"
+            "sigma_necrotic\tlog\t0.01\t1000\t10\t1\n"
+            "sigma_mixed\tlog\t0.01\t1000\t10\t1\n")
+    rows = ["observableId\tsimulationConditionId\ttime\tmeasurement\tnoiseParameters"]
+    for t, outer, nec in ((0.5, 310, 20), (1.0, 335, 60), (1.5, 345, 95), (2.0, 372, 140)):
+        rows += [f"outer\tball\t{t}\t{outer}\t", f"necrotic\tball\t{t}\t{nec}\tsigma_necrotic",
+                 f"outer2\tball\t{t}\t{outer + 3}\t"]
+    meas = "\n".join(rows) + "\n"
+    full = Objective(load_problem(write_problem(tmp_path / "full", meas, observables=obs,
+                                                parameters=pars)))
+    hier = Objective(load_problem(write_problem(tmp_path / "hier", meas, observables=obs,
+                                                parameters=pars,
+                                                fit_settings="hierarchical = true\n")))
+    assert hier.ids == ("tumor_division_rate", "o2_uptake", "sigma_mixed")
+    assert set(hier.closed) == {"sigma_outer", "sigma_necrotic"}
+    theta = jnp.asarray(hier.nominal + np.array([0.1, -0.1, 0.2]))
+    closed: dict = {}
+    hier.evaluate(theta, closed=closed)
+    sigma = {p: float(v) for p, v in closed.items()}
+    # the closed forms by hand: RMS of the outer residuals, mean |residual| of the necrotic
+    sim, _ = hier.simulate(theta)
+    obs_of = hier.fp.measurements.observable[hier.order]
+    value = hier.fp.measurements.value[hier.order]
+    r_out = value[obs_of == 0] - np.asarray(sim["tumor_radius"])[obs_of == 0]
+    r_nec = value[obs_of == 1] - np.asarray(sim["necrotic_radius"])[obs_of == 1]
+    assert sigma["sigma_outer"] == pytest.approx(np.sqrt(np.mean(r_out ** 2)), rel=1e-12)
+    assert sigma["sigma_necrotic"] == pytest.approx(np.mean(np.abs(r_nec)), rel=1e-12)
+    x = np.array([*np.asarray(theta)[:2], math.log(sigma["sigma_outer"]),
+                  math.log(sigma["sigma_necrotic"]), float(theta[2])])
+    assert full.ids == ("tumor_division_rate", "o2_uptake", "sigma_outer", "sigma_necrotic",
+                        "sigma_mixed")
+    v_full, g_full = full.value_and_grad_batch(x[None])
+    v_hier, g_hier = hier.value_and_grad_batch(np.asarray(theta)[None])
+    assert float(v_hier[0]) == pytest.approx(float(v_full[0]), rel=1e-12)
+    # d NLL / d log sigma = n - sum r^2 / sigma^2 (normal), n - sum |r| / sigma (Laplace):
+    # zero at the closed form, up to round-off of a sum of n = 4 terms of order 1
+    assert abs(float(g_full[0, 2])) < 1e-9 and abs(float(g_full[0, 3])) < 1e-9
+    np.testing.assert_allclose(np.asarray(g_hier[0]), np.asarray(g_full[0])[[0, 1, 4]],
+                               rtol=1e-9, atol=1e-9)
+
+
 # --------------------------------------------------------------------------
 def test_no_recompilation_across_iterations(tmp_path):
     path = write_problem(tmp_path, placeholder_measurements(DAYS[:2]))
@@ -261,6 +316,51 @@ def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():
         np.testing.assert_array_equal(got, fresh)  # the memory of the first step is gone
     _, _, _, _, rejected = opt.step(x2, state2, value1 - 1e6, grad1, mask, done, rejected)
     assert int(rejected[0]) == REJECTIONS
+
+
+def test_a_start_where_the_objective_is_not_finite_is_drawn_again():
+    """A start whose simulation fails (an infinite NLL) is replaced by a draw within the
+    bounds, seeded, up to REDRAWS times; then it is left stopped at its infinite value."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import REDRAWS, FitState, _starting_values, _Workers
+
+    calls = []
+
+    def value_and_grad_batch(thetas):
+        calls.append(np.array(thetas))
+        v = np.where(thetas[:, 0] > 0.5, np.inf, np.sum(thetas ** 2, axis=1))
+        return v, 2 * thetas
+
+    obj = SimpleNamespace(value_and_grad_batch=value_and_grad_batch,
+                          lower=np.zeros(2), upper=np.ones(2))
+
+    def state(starts):
+        S = len(starts)
+        return FitState("optimise", starts.copy(), starts.copy(), np.full(S, np.nan),
+                        np.full((S, 2), np.nan), np.full((S, 3), np.nan),
+                        np.zeros(S, np.int64), np.zeros(S, bool), np.zeros(S, np.int32), None)
+
+    workers = _Workers(2)
+    try:
+        st = state(np.array([[0.9, 0.1], [0.2, 0.3]]))
+        _starting_values(obj, st, 1, workers, {"seed": 3}, lambda: None, lambda *a, **k: None)
+        assert st.theta[0, 0] <= 0.5 and np.all((0 <= st.theta[0]) & (st.theta[0] <= 1))
+        np.testing.assert_array_equal(st.starts, st.theta)  # the start is the point used
+        np.testing.assert_array_equal(st.theta[1], [0.2, 0.3])
+        assert np.all(np.isfinite(st.value)) and not st.done.any()
+        assert st.history[0, 0] == st.value[0] == np.sum(st.theta[0] ** 2)
+        again = state(np.array([[0.9, 0.1], [0.2, 0.3]]))  # the same seed: the same draws
+        _starting_values(obj, again, 1, workers, {"seed": 3}, lambda: None,
+                         lambda *a, **k: None)
+        np.testing.assert_array_equal(again.theta, st.theta)
+        calls.clear()
+        obj.lower = np.array([0.6, 0.0])  # nowhere finite
+        st = state(np.array([[0.9, 0.1]]))
+        _starting_values(obj, st, 1, workers, {"seed": 3}, lambda: None, lambda *a, **k: None)
+        assert len(calls) == REDRAWS + 1 and st.done[0] and st.value[0] == np.inf
+    finally:
+        workers.close()
 
 
 def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path):
@@ -335,7 +435,7 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
     def dying(*args, **kwargs):
         real(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # after the second iteration's write
+        if len(calls) == 3:  # both starts' starting values written, and a step
             raise KeyboardInterrupt
 
     monkeypatch.setattr(F, "_write_state", dying)
@@ -343,7 +443,8 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
         fit(path, cut, progress=None)
     monkeypatch.setattr(F, "_write_state", real)
     with h5py.File(cut, "r") as h5:
-        assert h5["meta"].attrs["stage"] == "optimise" and h5["starts"].attrs["iteration"] == 2
+        assert h5["meta"].attrs["stage"] == "optimise"
+        assert 1 <= h5["starts/iterations"][...].sum() <= 2
     fit(path, cut, progress=None)
     with h5py.File(whole, "r") as a, h5py.File(cut, "r") as b:
         np.testing.assert_array_equal(a["starts/theta"][...], b["starts/theta"][...])

@@ -63,7 +63,8 @@ def _fit(args) -> int:
     from ._run import stop_on_signals
 
     settings = {k: v for k, v in (("starts", args.starts), ("iterations", args.iterations),
-                                  ("batch", args.batch), ("seed", args.seed)) if v is not None}
+                                  ("batch", args.batch), ("workers", args.workers),
+                                  ("seed", args.seed)) if v is not None}
     if args.no_profiles:
         settings["profiles"] = []
     output = args.output or os.path.splitext(os.path.basename(args.problem))[0] + "_fit.h5"
@@ -154,7 +155,10 @@ def main(argv=None) -> int:
                     "an existing one from the same files is resumed")
     fp.add_argument("--starts", type=int, help="number of starts (overrides [fit] starts)")
     fp.add_argument("--iterations", type=int, help="iterations per start at most")
-    fp.add_argument("--batch", type=int, help="starts advanced together under vmap")
+    fp.add_argument("--batch", type=int, help="starts (profile points) per compiled call, "
+                    "under vmap")
+    fp.add_argument("--workers", type=int, help="compiled calls at once, each on its own "
+                    "thread (default: one per CPU core on a CPU)")
     fp.add_argument("--seed", type=int, help="seed of the starting points")
     fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")

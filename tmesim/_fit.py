@@ -40,7 +40,9 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import h5py
@@ -51,13 +53,13 @@ import optax
 
 from ._observables import OBSERVABLES, observables
 from ._parameters import set_values
-from ._petab import FitProblem, ProblemError, load_problem
+from ._petab import FitProblem, ProblemError, load_problem, noise_placeholder
 from ._run import RunError, _check_stop, build
 from ._scenario import MIN_PER_DAY, load_scenario
 from ._solve import SaveAt, solve
 
 CHI2_95 = 3.841458820694124  # χ²₁ quantile at 0.95: a profile interval is Δ NLL ≤ CHI2_95 / 2
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2  # 2: per-start iterations and optimiser state (starts run in parallel)
 STAGES = ("optimise", "laplace", "profiles", "done")
 REJECTIONS = 2  # consecutive rejected steps after which a start stops (the second from a
 #                 fresh memory: a scaled steepest descent whose line search failed too)
@@ -135,7 +137,10 @@ class Objective:
         if dtype == "float64" and not jax.config.jax_enable_x64:
             jax.config.update("jax_enable_x64", True)
         self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
-        est = fp.estimated
+        ms = fp.measurements
+        self.closed = _closed_form(fp) if fp.settings["hierarchical"] else {}
+        est = tuple(q for q in fp.estimated if q.id not in self.closed)
+        self.estimated = est
         self.ids = tuple(q.id for q in est)
         self.scales = tuple(q.scale for q in est)
         self.lower = np.array([to_scale(q.lower, q.scale) for q in est])
@@ -149,7 +154,6 @@ class Objective:
         for q in est:
             if q.model:
                 widen.append(f"bounds.{q.id}=[{q.lower!r}, {q.upper!r}]")
-        ms = fp.measurements
         self.dt = fp.scenario.dt
         steps = np.rint(ms.time_min / self.dt).astype(np.int64)
         self.steps = steps
@@ -181,11 +185,14 @@ class Objective:
             self.groups.append(_Group(problem, cis, stacked, table, int(table.max()),
                                       np.array(idx), np.array(flat)))
         self.order = np.concatenate([g.members for g in self.groups])
+        where = np.empty(len(self.order), int)
+        where[self.order] = np.arange(len(self.order))
+        self.closed = {pid: (kind, where[rows]) for pid, (kind, rows) in self.closed.items()}
         self.names = sorted({n for o in fp.observables for n in
                              (*o.formula.names, *o.noise.names) if n in OBSERVABLES})
         self._noise = self._noise_tables()
         self.traces = 0
-        self._jit_vg = None
+        self._jit_vg = _FirstCallLock(jax.jit(jax.vmap(jax.value_and_grad(self.nll))))
 
     # -- pieces ---------------------------------------------------------------
     def _noise_tables(self):
@@ -228,8 +235,10 @@ class Objective:
                 got[n].append(saved[n].reshape(-1)[g.flat])
         return {n: jnp.concatenate(v) for n, v in got.items()}, ok
 
-    def evaluate(self, theta, sim=None):
-        """(prediction h, sigma, per-measurement NLL) in ``order``, from simulated observables."""
+    def evaluate(self, theta, sim=None, closed=None):
+        """(prediction h, sigma, per-measurement NLL) in ``order``, from simulated observables.
+
+        ``closed``: a dict that receives the closed-form noise parameters' values."""
         fp = self.fp
         ms = fp.measurements
         if sim is None:
@@ -238,9 +247,36 @@ class Objective:
         obs = ms.observable[self.order]
         const, refs = self._noise
         h = jnp.zeros(len(self.order), self.dtype)
+        sel_of = [np.flatnonzero(obs == oi) for oi in range(len(fp.observables))]
+        for o, sel in zip(fp.observables, sel_of):
+            if len(sel):
+                env = {n: sim[n][sel] for n in self.names} | x
+                h = h.at[sel].set(jnp.broadcast_to(o.formula(env, jnp), sel.shape))
+        m = jnp.asarray(ms.value[self.order], self.dtype)
+        # residuals and the Jacobian term on each observable's transformed scale
+        res, jac = jnp.zeros_like(h), jnp.zeros_like(h)
+        for o, sel in zip(fp.observables, sel_of):
+            y, mm = h[sel], m[sel]
+            if o.transformation == "log":
+                y, mm, j = jnp.log(y), jnp.log(mm), jnp.log(mm)
+            elif o.transformation == "log10":
+                y, mm, j = jnp.log10(y), jnp.log10(mm), jnp.log(mm * math.log(10.0))
+            else:
+                j = jnp.zeros_like(y)
+            res, jac = res.at[sel].set(mm - y), jac.at[sel].set(j)
+        for pid, (kind, pos) in self.closed.items():
+            # the noise parameter's optimum given the model: the RMS (normal) or mean
+            # absolute (Laplace) residual of its measurements, held within its bounds
+            q = fp.parameter(pid)
+            r = res[pos]
+            if kind == "normal":
+                x[pid] = jnp.sqrt(jnp.clip(jnp.mean(r * r), q.lower ** 2, q.upper ** 2))
+            else:
+                x[pid] = jnp.clip(jnp.mean(jnp.abs(r)), q.lower, q.upper)
+            if closed is not None:
+                closed[pid] = x[pid]
         sigma = jnp.ones(len(self.order), self.dtype)
-        for oi, o in enumerate(fp.observables):
-            sel = np.flatnonzero(obs == oi)
+        for oi, (o, sel) in enumerate(zip(fp.observables, sel_of)):
             if not len(sel):
                 continue
             env = {n: sim[n][sel] for n in self.names} | x
@@ -250,24 +286,14 @@ class Objective:
                     if kk == k:
                         col = jnp.where(jnp.asarray(sel == pos), x[pid], col)
                 env[f"noiseParameter{k + 1}_{o.id}"] = col
-            h = h.at[sel].set(jnp.broadcast_to(o.formula(env, jnp), sel.shape))
             sigma = sigma.at[sel].set(jnp.broadcast_to(o.noise(env, jnp), sel.shape))
-        m = jnp.asarray(ms.value[self.order], self.dtype)
         terms = jnp.zeros_like(h)
-        for oi, o in enumerate(fp.observables):
-            sel = np.flatnonzero(obs == oi)
-            if not len(sel):
-                continue
-            y, mm, s = h[sel], m[sel], sigma[sel]
-            jac = 0.0
-            if o.transformation == "log":
-                y, mm, jac = jnp.log(y), jnp.log(mm), jnp.log(mm)
-            elif o.transformation == "log10":
-                y, mm, jac = jnp.log10(y), jnp.log10(mm), jnp.log(mm * math.log(10.0))
+        for o, sel in zip(fp.observables, sel_of):
+            r, s, j = res[sel], sigma[sel], jac[sel]
             if o.distribution == "normal":
-                t = 0.5 * jnp.log(2 * jnp.pi * s * s) + 0.5 * ((mm - y) / s) ** 2 + jac
+                t = 0.5 * jnp.log(2 * jnp.pi * s * s) + 0.5 * (r / s) ** 2 + j
             else:
-                t = jnp.log(2 * s) + jnp.abs(mm - y) / s + jac
+                t = jnp.log(2 * s) + jnp.abs(r) / s + j
             terms = terms.at[sel].set(t)
         return h, sigma, terms
 
@@ -295,8 +321,6 @@ class Objective:
         return jnp.where(good, total, jnp.inf)
 
     def value_and_grad_batch(self, thetas):
-        if self._jit_vg is None:
-            self._jit_vg = jax.jit(jax.vmap(jax.value_and_grad(self.nll)))
         return self._jit_vg(jnp.asarray(thetas, self.dtype))
 
     def predictions(self, theta, every_days: float = PLOT_EVERY_DAYS) -> dict:
@@ -333,6 +357,48 @@ class Objective:
                 out[self.fp.conditions[ci].id] = (grid[keep] * self.dt / MIN_PER_DAY,
                                                   {k: v[keep] for k, v in series.items()})
         return out
+
+
+def _closed_form(fp: FitProblem) -> dict:
+    """The estimated noise parameters that can be set to their optimum in closed form
+    (hierarchical optimisation, as in pyPESTO): {id: (distribution, positions)}, positions
+    into the measurements in table order (``Objective`` maps them to its own order).
+
+    A parameter qualifies when it has no prior, enters no observable formula, and every
+    measurement whose noise it sets has it as the whole noise formula (``sigma_x``, or
+    ``noiseParameter1_obs`` with ``sigma_x`` in the measurement's noiseParameters), under
+    one noise distribution. For a normal noise the optimum is the RMS residual of those
+    measurements, for a Laplace noise their mean absolute residual (on the observable's
+    transformed scale), held within the parameter's bounds.
+    """
+    ms = fp.measurements
+    out = {}
+    for q in fp.estimated:
+        if q.model or q.prior is not None:
+            continue
+        rows, kinds, whole = [], set(), True
+        for oi, o in enumerate(fp.observables):
+            mine = np.flatnonzero(ms.observable == oi)
+            if q.id in o.formula.names:
+                whole = False
+            elif o.noise.text.strip() == q.id:
+                rows.append(mine)
+                kinds.add(o.distribution)
+            elif q.id in o.noise.names:
+                whole = False
+            else:
+                k = noise_placeholder(o.noise.text.strip(), o.id)
+                uses = [m for m in mine if q.id in ms.noise[m]]
+                if uses and k is not None and all(ms.noise[m][k - 1] == q.id
+                                                  and ms.noise[m].count(q.id) == 1
+                                                  for m in uses):
+                    rows.append(np.array(uses))
+                    kinds.add(o.distribution)
+                elif uses:
+                    whole = False
+        if whole and rows and len(kinds) == 1:
+            out[q.id] = (kinds.pop(), np.sort(np.concatenate(rows)))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +458,13 @@ def perturbed_points(obj: Objective, n: int, seed: int, factor: float) -> np.nda
 # --------------------------------------------------------------------------
 class Optimiser:
     """One compiled step for a batch of points: L-BFGS (zoom line search) or Adam, masked
-    coordinates held fixed, non-finite steps rejected, finished members frozen."""
+    coordinates held fixed, non-finite steps rejected, finished members frozen.
+
+    Bounds: a coordinate on a bound whose gradient points out of the box is held
+    there for the step (an active set, as in projected quasi-Newton methods); when
+    the active set changes, L-BFGS's memory restarts, since its curvature pairs were
+    gathered in another subspace. The carried state is (optax state, active set).
+    """
 
     def __init__(self, obj: Objective, kind: str, learning_rate: float):
         self.obj, self.kind = obj, kind
@@ -403,8 +475,11 @@ class Optimiser:
                                                           initial_guess_strategy="one"))
         else:
             self.opt = optax.adam(learning_rate)
-        self._step = jax.jit(jax.vmap(self._one))
-        self._init = jax.jit(jax.vmap(self.opt.init))
+        self._step = _FirstCallLock(jax.jit(jax.vmap(self._one)))
+        self._init = _FirstCallLock(jax.jit(jax.vmap(self._fresh)))
+
+    def _fresh(self, theta):
+        return self.opt.init(theta), jnp.zeros(theta.shape, bool)
 
     def init(self, thetas):
         with jax.numpy_dtype_promotion("standard"):
@@ -415,20 +490,32 @@ class Optimiser:
 
     def _one(self, theta, state, value, grad, mask, done, rejected):
         nll = self.obj.nll
-        g = grad * mask
+        state, active = state
+        lower = jnp.asarray(self.obj.lower, theta.dtype)
+        upper = jnp.asarray(self.obj.upper, theta.dtype)
+        now = ((theta <= lower) & (grad > 0)) | ((theta >= upper) & (grad < 0))
+        fresh, _ = self._fresh(theta)
+        state = jax.tree_util.tree_map(
+            lambda old, f: jnp.where(jnp.any(now != active), f, old), state, fresh)
+        m = mask * ~now
+        g = grad * m
         if self.kind == "lbfgs":
             updates, new_state = self.opt.update(g, state, theta, value=value, grad=g,
                                                  value_fn=nll)
             new_value = optax.tree_utils.tree_get(new_state, "value")
             new_grad = optax.tree_utils.tree_get(new_state, "grad")
-            new_theta = self._project(optax.apply_updates(theta, updates * mask))
+            new_theta = self._project(optax.apply_updates(theta, updates * m))
+            # a step that does not lower the value (a line search that found no decrease
+            # returns the same point) is rejected: the memory restarts, and a second such
+            # step in a row, from steepest descent, stops the start
+            lower_value = new_value < value
         else:
             updates, new_state = self.opt.update(g, state, theta)
-            new_theta = self._project(optax.apply_updates(theta, updates * mask))
+            new_theta = self._project(optax.apply_updates(theta, updates * m))
             new_value, new_grad = jax.value_and_grad(nll)(new_theta)
+            lower_value = True
         good = (jnp.all(jnp.isfinite(new_theta)) & jnp.isfinite(new_value)
-                & jnp.all(jnp.isfinite(new_grad)) & (new_value <= value + 1e-12 * jnp.abs(value)
-                                                     if self.kind == "lbfgs" else True))
+                & jnp.all(jnp.isfinite(new_grad)) & lower_value)
         keep = done | ~good
 
         def pick(new, old):
@@ -436,13 +523,12 @@ class Optimiser:
 
         # a rejected step restarts the optimiser's memory at the kept point: retrying with
         # the same state would repeat the same step (the update is deterministic)
-        fresh = self.opt.init(theta)
         state = jax.tree_util.tree_map(
             lambda new, old, f: jnp.where(done, old, jnp.where(good, new, f)),
             new_state, state, fresh)
         rejected = jnp.where(done, rejected, jnp.where(good, 0, rejected + 1))
-        return (pick(new_theta, theta), state, pick(new_value, value), pick(new_grad, grad),
-                rejected)
+        return (pick(new_theta, theta), (state, jnp.where(done, active, now)),
+                pick(new_value, value), pick(new_grad, grad), rejected)
 
     def _project(self, theta):
         return jnp.clip(theta, jnp.asarray(self.obj.lower, theta.dtype),
@@ -453,6 +539,59 @@ class Optimiser:
         # for it, whatever the caller's setting (the tests run strict)
         with jax.numpy_dtype_promotion("standard"):
             return self._step(thetas, state, values, grads, mask, done, rejected)
+
+
+class _FirstCallLock:
+    """A jitted function whose first call (the trace and compile) holds a lock: worker
+    threads that call it at once compile it once."""
+
+    def __init__(self, fn):
+        self.fn, self.lock, self.ready = fn, threading.Lock(), False
+
+    def __call__(self, *args):
+        if not self.ready:
+            with self.lock:
+                out = self.fn(*args)
+                self.ready = True
+                return out
+        return self.fn(*args)
+
+
+class _Workers:
+    """``n`` threads that run compiled calls while the calling thread keeps the fit's state
+    and writes its file: on a CPU, where one call uses about one core, ``n`` starts or
+    profile points advance at once. ``completed`` yields finished calls as they come,
+    acting on a stop request (SIGINT, SIGTERM) at once; ``cancel`` tells the calls that
+    loop (a profile point's optimisation) to return early."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="tmesim-fit")
+        self.cancel = threading.Event()
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def completed(self, futures):
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            _check_stop()
+            yield from done
+
+    def close(self):
+        self.cancel.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def default_workers() -> int:
+    """One thread per core this process may use on a CPU backend, else 1."""
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------
@@ -508,11 +647,11 @@ class FitState:
     value: np.ndarray  # (S,)
     grad: np.ndarray  # (S, P) gradient at theta (carried by the optimiser: kept for a resume)
     history: np.ndarray  # (S, I+1) NLL per iteration (NaN: not reached)
-    iteration: int
+    iterations: np.ndarray  # (S,) iterations each start has taken
     done: np.ndarray  # (S,) bool
     rejected: np.ndarray  # (S,) int
-    opt_leaves: list | None  # optimiser state of the batch in progress
-    batch_start: int  # first start of the batch in progress
+    opt_leaves: list | None  # optimiser state per start, each leaf (S, ...): a started,
+    #                         unfinished start (iterations > 0, not done) resumes from it
     best: np.ndarray | None = None
     best_value: float = math.nan
     hessian: np.ndarray | None = None
@@ -538,7 +677,7 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
             d = src.create_dataset(role, data=text)
             d.attrs["path"] = os.path.abspath(p)
         g = h5.create_group("parameters")
-        est = fp.estimated
+        est = obj.estimated
         g["id"] = _strings(obj.ids)
         g["scale"] = _strings(obj.scales)
         g["lower"] = np.array([q.lower for q in est])
@@ -552,7 +691,7 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
         s["history"] = st.history
         s["done"] = st.done
         s["rejected"] = st.rejected
-        s.attrs.update({"iteration": st.iteration, "batch_start": st.batch_start})
+        s["iterations"] = st.iterations
         if st.opt_leaves is not None:
             o = s.create_group("optimiser_state")
             for i, leaf in enumerate(st.opt_leaves):
@@ -587,6 +726,10 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
     with h5:
         if h5.get("meta") is None or h5["meta"].attrs.get("kind") != "tmesim fit":
             raise FitError(f"{path}: not a tmesim fit result")
+        if h5["meta"].attrs.get("format") != RESULT_FORMAT:
+            raise FitError(f"{path}: a fit result of format {h5['meta'].attrs.get('format')}, "
+                           f"this tmesim resumes format {RESULT_FORMAT}; start a new fit "
+                           f"(--overwrite)")
         for role, (_, text) in fp.texts.items():
             stored = h5["meta/files"].get(role)
             if stored is None or stored.asstr()[()] != text:
@@ -599,8 +742,7 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
             leaves = [o[k][...] for k in sorted(o)]
         st = FitState(str(h5["meta"].attrs["stage"]), s["initial"][...], s["theta"][...],
                       s["value"][...], s["grad"][...], s["history"][...],
-                      int(s.attrs["iteration"]),
-                      s["done"][...], s["rejected"][...], leaves, int(s.attrs["batch_start"]),
+                      s["iterations"][...], s["done"][...], s["rejected"][...], leaves,
                       seconds=float(h5["meta"].attrs["seconds"]))
         if "best" in h5:
             st.best = h5["best/theta"][...]
@@ -616,8 +758,15 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
 
 # --------------------------------------------------------------------------
 class _Progress:
+    """Progress lines: the time since the fit began, and an ETA of the stage under way from
+    its own pace (``stage(done0)`` when a stage begins with that fraction already done)."""
+
     def __init__(self, stream, every: float = 10.0):
         self.stream, self.every, self.last, self.t0 = stream, every, -math.inf, time.monotonic()
+        self.stage()
+
+    def stage(self, done0: float = 0.0):
+        self.t_stage, self.done0 = time.monotonic(), done0
 
     def __call__(self, text: str, done: float | None = None, force: bool = False):
         if self.stream is None:
@@ -627,8 +776,9 @@ class _Progress:
             return
         self.last = now
         eta = ""
-        if done is not None and 0 < done < 1:
-            eta = f", ETA {(now - self.t0) * (1 - done) / done / 60:.1f} min"
+        if done is not None and 0 < done < 1 and done > self.done0:
+            rate = (done - self.done0) / (now - self.t_stage)
+            eta = f", ETA {(1 - done) / rate / 60:.1f} min"
         print(f"tmesim fit: {text} ({(now - self.t0) / 60:.1f} min{eta})", file=self.stream,
               flush=True)
 
@@ -682,7 +832,8 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
         if st.stage == "done":
             say(f"{output} is finished", force=True)
             return output
-        say(f"resuming {output} at stage {st.stage}, iteration {st.iteration}", force=True)
+        say(f"resuming {output} at stage {st.stage} ({int(st.iterations.sum())} iterations "
+            f"of {len(st.iterations)} starts taken)", force=True)
     else:
         pts = starts if starts is not None else starting_points(
             obj, cfg["starts"], cfg["seed"], cfg["sampling"])
@@ -691,8 +842,8 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
             raise ValueError(f"starts: expected shape (S, {P}), got {pts.shape}")
         S = len(pts)
         st = FitState("optimise", pts, pts.copy(), np.full(S, np.nan), np.full((S, P), np.nan),
-                      np.full((S, cfg["iterations"] + 1), np.nan), 0, np.zeros(S, bool),
-                      np.zeros(S, np.int32), None, 0)
+                      np.full((S, cfg["iterations"] + 1), np.nan), np.zeros(S, np.int64),
+                      np.zeros(S, bool), np.zeros(S, np.int32), None)
     elapsed0 = st.seconds
 
     def save(status="running", message="", final=None):
@@ -701,10 +852,25 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
         if status == "running":
             _check_stop()  # SIGINT/SIGTERM (stop_on_signals): stop here, resumable
 
-    S = len(st.starts)
-    B = cfg["batch"] or S
+    workers = _Workers(cfg["workers"] or default_workers())
+    try:
+        _stages(obj, opt, st, workers, fp, cfg, save, say)
+    finally:
+        workers.close()
+    summary = summarise(obj, st)
+    final = _final_datasets(obj, st, summary)
+    save("complete", "", final)
+    write_parameter_file(obj, st, summary, parameter_file_path(output))
+    say(f"done: NLL {st.best_value:.6g}; result {output}", force=True)
+    return output
+
+
+def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
+    # batch 0: one point per compiled call on a CPU (vmap shares the compile there, not the
+    # work, and every member would wait for the slowest line search), all at once elsewhere
+    B = cfg["batch"] or (1 if jax.default_backend() == "cpu" else len(st.starts))
     if st.stage == "optimise":
-        _optimise(obj, opt, st, B, cfg, save, say)
+        _optimise(obj, opt, st, B, workers, cfg, save, say)
         finite = np.isfinite(st.value)
         if not finite.any():
             save("failed", "no start reached a finite objective")
@@ -715,73 +881,129 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
         st.stage, st.opt_leaves = "laplace", None
         save()
     if st.stage == "laplace":
-        st.hessian = laplace_hessian(obj, st.best, B)
+        st.hessian = laplace_hessian(obj, st.best, B, workers)
         st.stage = "profiles"
         save()
     if st.stage == "profiles":
-        _profiles(obj, opt, st, B, cfg, save, say)
+        _profiles(obj, opt, st, B, workers, cfg, save, say)
         st.stage = "done"
-    summary = summarise(obj, st)
-    final = _final_datasets(obj, st, summary)
-    save("complete", "", final)
-    write_parameter_file(obj, st, summary, parameter_file_path(output))
-    say(f"done: NLL {st.best_value:.6g}; result {output}", force=True)
-    return output
 
 
-def _optimise(obj, opt, st: FitState, B: int, cfg, save, say):
+REDRAWS = 10  # a start whose objective is not finite is drawn again this often at most
+
+
+def _starting_values(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
+    """The value and gradient at every start not yet evaluated. A start where the objective
+    is not finite (a simulation that fails there) is replaced by a uniform draw on the
+    parameter scale within the bounds, up to REDRAWS times (seeded by the fit's seed, the
+    start and the attempt, so a resumed fit draws the same points)."""
+    S, P = st.starts.shape
+    todo = [s for s in range(S) if st.iterations[s] == 0 and not st.done[s]
+            and np.isnan(st.value[s])]
+    attempts = dict.fromkeys(todo, 0)
+    running: dict = {}
+    while todo or running:
+        while todo and len(running) < workers.n:
+            idx, todo = np.array(todo[:B]), todo[B:]
+            pad = np.concatenate([idx, np.full(B - len(idx), idx[-1])])
+            running[workers.submit(obj.value_and_grad_batch, st.theta[pad])] = idx
+        future = next(workers.completed(running))
+        idx = running.pop(future)
+        value, grad = (np.asarray(x)[: len(idx)] for x in future.result())
+        for k, s in enumerate(idx):
+            if np.isfinite(value[k]) or attempts[s] >= REDRAWS:
+                st.value[s], st.grad[s], st.history[s, 0] = value[k], grad[k], value[k]
+                st.done[s] = not np.isfinite(value[k])
+                continue
+            attempts[s] += 1
+            rng = np.random.default_rng([cfg["seed"], s, attempts[s]])
+            st.starts[s] = st.theta[s] = obj.lower + rng.random(P) * (obj.upper - obj.lower)
+            say(f"start {s + 1}: the objective is not finite there; drawn again "
+                f"({attempts[s]} of {REDRAWS})", force=True)
+            todo.append(s)
+        save()
+
+
+def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say):
+    """Every unfinished start, B to a compiled call, ``workers.n`` calls at once; this thread
+    records each step and writes the file after it."""
+    _starting_values(obj, st, B, workers, cfg, save, say)
     S, P = st.starts.shape
     iters = cfg["iterations"]
-    while st.batch_start < S:
-        lo, hi = st.batch_start, min(S, st.batch_start + B)
-        idx = np.arange(lo, hi)
-        pad = np.concatenate([idx, np.full(B - len(idx), idx[-1])])
-        theta = jnp.asarray(st.theta[pad], obj.dtype)
+    say.stage(np.where(st.done, iters, st.iterations).sum() / (S * iters))
+    todo = [s for s in range(S) if not st.done[s]]
+    queue = [np.array(todo[k:k + B]) for k in range(0, len(todo), B)]
+    mask = jnp.ones((B, P), obj.dtype)
+
+    def begin(theta, carried, leaves):
+        """The optimiser state: fresh, or (a resumed start) as the interrupted run had it."""
         state = opt.init(theta)
-        if st.opt_leaves is None:
-            value, grad = obj.value_and_grad_batch(theta)
-        else:
-            # the carried value and gradient as the interrupted run had them (recomputed by
-            # another compiled program they could differ in the last bits)
-            value = jnp.asarray(st.value[pad], obj.dtype)
-            grad = jnp.asarray(st.grad[pad], obj.dtype)
-            leaves, tree = jax.tree_util.tree_flatten(state)
-            if len(leaves) != len(st.opt_leaves) or any(
-                    np.shape(a) != np.shape(b) for a, b in zip(leaves, st.opt_leaves)):
+        if carried.any():
+            flat, tree = jax.tree_util.tree_flatten(state)
+            state = jax.tree_util.tree_unflatten(tree, [
+                jnp.asarray(np.where(carried.reshape((-1,) + (1,) * (x.ndim - 1)), y, x),
+                            x.dtype) for x, y in zip(flat, leaves)])
+        return state
+
+    def launch(idx):
+        pad = np.concatenate([idx, np.full(B - len(idx), idx[-1])])
+        carried = st.iterations[pad] > 0
+        leaves = None
+        if carried.any():
+            shapes = [np.shape(x)[1:] for x in jax.tree_util.tree_leaves(
+                opt.init(st.theta[:1]))]
+            if st.opt_leaves is None or [x.shape[1:] for x in st.opt_leaves] != shapes:
                 raise FitError("the stored optimiser state does not match this optimiser "
-                               "(another optimizer or batch setting?)")
-            state = jax.tree_util.tree_unflatten(
-                tree, [jnp.asarray(x, a.dtype) for x, a in zip(st.opt_leaves, leaves)])
-        mask = jnp.ones((B, P), obj.dtype)
-        done = jnp.asarray(st.done[pad])
-        rejected = jnp.asarray(st.rejected[pad])
-        if st.iteration == 0:
-            st.history[idx, 0] = np.asarray(value)[: len(idx)]
-        st.value[idx] = np.asarray(value)[: len(idx)]
-        st.grad[idx] = np.asarray(grad)[: len(idx)]
-        while st.iteration < iters and not bool(np.all(st.done[idx])):
-            theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
-                                                           done, rejected)
-            st.iteration += 1
-            v = np.asarray(value)[: len(idx)]
-            g = np.asarray(grad)[: len(idx)]
-            st.theta[idx] = np.asarray(theta)[: len(idx)]
-            st.value[idx] = v
-            st.grad[idx] = g
-            st.history[idx, st.iteration] = v
-            st.rejected[idx] = np.asarray(rejected)[: len(idx)]
-            conv = (_projected_norm(obj, st.theta[idx], g) < cfg["tolerance"]) | \
-                   (st.rejected[idx] >= REJECTIONS) | ~np.isfinite(v)
-            st.done[idx] |= conv
-            done = jnp.asarray(st.done[pad])
-            st.opt_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
-            save()
-            say(f"starts {lo + 1}-{hi} of {S}: iteration {st.iteration}/{iters}, NLL "
-                + " ".join(f"{x:.6g}" for x in v),
-                ((lo / B) * iters + st.iteration) / (math.ceil(S / B) * iters))
-        st.done[idx] = True
-        st.batch_start, st.iteration, st.opt_leaves = hi, 0, None
+                               "(another optimizer setting?)")
+            leaves = [x[pad] for x in st.opt_leaves]
+        # the value and gradient as stored (recomputed by another compiled program they
+        # could differ in the last bits, and a resumed fit would not repeat the original)
+        args = (jnp.asarray(st.theta[pad], obj.dtype), begin(st.theta[pad], carried, leaves),
+                jnp.asarray(st.value[pad], obj.dtype), jnp.asarray(st.grad[pad], obj.dtype),
+                mask, jnp.asarray(st.done[pad]), jnp.asarray(st.rejected[pad], jnp.int32))
+        return workers.submit(opt.step, *args), (idx, pad)
+
+    def record(idx, out):
+        theta, state, value, grad, rejected = out
+        n = len(idx)
+        flat = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+        if st.opt_leaves is None:
+            st.opt_leaves = [np.zeros((S,) + x.shape[1:], x.dtype) for x in flat]
+        for mine, x in zip(st.opt_leaves, flat):
+            mine[idx] = x[:n]
+        st.theta[idx] = np.asarray(theta)[:n]
+        st.value[idx] = np.asarray(value)[:n]
+        st.grad[idx] = np.asarray(grad)[:n]
+        st.rejected[idx] = np.asarray(rejected)[:n]
+
+    running = dict(launch(queue.pop(0)) for _ in range(min(workers.n, len(queue))))
+    while running:
+        future = next(workers.completed(running))
+        idx, pad = running.pop(future)
+        out = future.result()
+        theta, state, value, grad, rejected = out
+        n = len(idx)
+        moved = ~st.done[idx]
+        record(idx, out)
+        st.iterations[idx[moved]] += 1
+        st.history[idx[moved], st.iterations[idx[moved]]] = st.value[idx[moved]]
+        v, g = st.value[idx], st.grad[idx]
+        st.done[idx] |= ((_projected_norm(obj, st.theta[idx], g) < cfg["tolerance"])
+                         | (st.rejected[idx] >= REJECTIONS) | ~np.isfinite(v)
+                         | (st.iterations[idx] >= iters))
         save()
+        total = (np.where(st.done, iters, st.iterations)).sum() / (S * iters)
+        say(f"start{'s' if n > 1 else ''} {', '.join(str(i + 1) for i in idx)} of {S}: "
+            f"iteration {', '.join(str(k) for k in st.iterations[idx])}/{iters}, NLL "
+            + " ".join(f"{x:.6g}" for x in v), total)
+        if st.done[idx].all():
+            if queue:
+                f, meta = launch(queue.pop(0))
+                running[f] = meta
+            continue
+        done = jnp.asarray(st.done[pad])
+        running[workers.submit(opt.step, theta, state, value, grad, mask, done, rejected)] = \
+            (idx, pad)
 
 
 def _projected_norm(obj: Objective, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -793,17 +1015,27 @@ def _projected_norm(obj: Objective, theta: np.ndarray, grad: np.ndarray) -> np.n
     return np.max(np.abs(g), axis=-1)
 
 
-def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int) -> np.ndarray:
+def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int,
+                    workers: _Workers | None = None) -> np.ndarray:
     """Hessian of the NLL at ``theta`` (scale) by central differences of the exact gradient."""
     P = len(theta)
     eps = 1e-3 * np.maximum(1.0, np.abs(theta))
     pts = np.concatenate([theta + np.diag(eps), theta - np.diag(eps)])
-    grads = []
-    for k in range(0, len(pts), batch):
-        chunk = pts[k:k + batch]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-        grads.append(np.asarray(obj.value_and_grad_batch(padded)[1])[: len(chunk)])
-    g = np.concatenate(grads)
+    own = workers is None
+    workers = workers or _Workers(1)
+    futures = {}
+    try:
+        for k in range(0, len(pts), batch):
+            chunk = pts[k:k + batch]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+            futures[workers.submit(obj.value_and_grad_batch, padded)] = (k, len(chunk))
+        g = np.empty_like(pts)
+        for f in workers.completed(futures):
+            k, n = futures[f]
+            g[k:k + n] = np.asarray(f.result()[1])[:n]
+    finally:
+        if own:
+            workers.close()
     H = (g[:P] - g[P:]) / (2 * eps[:, None])
     return 0.5 * (H + H.T)
 
@@ -825,9 +1057,9 @@ def _profile_side(obj, st: FitState, i: int, side: int, K: int, step: float, sta
     return rows
 
 
-def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
+def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say):
     """Profile likelihoods: rows (parameter, side, scaled value, done) are re-optimised in
-    batches of B; a side that has not risen by CHI2_95 / 2 at its last point and has not
+    batches of B, ``workers.n`` batches at once; a side that has not risen by CHI2_95 / 2 at its last point and has not
     reached its bound gets K more points at twice the spacing, up to PROFILE_ROUNDS times."""
     P = len(obj.ids)
     K = cfg["profile_points"]
@@ -858,6 +1090,9 @@ def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
                                            np.tile(st.best, (len(rows), 1))])
         save()
     iters = cfg["profile_iterations"]
+    say.stage(st.profile_points[:, 3].mean() if len(st.profile_points) else 0.0)
+    running: dict = {}  # future -> the rows it re-optimises
+    busy: set = set()
     while True:
         if st.profile_points[:, 3].all():
             more = []
@@ -894,36 +1129,54 @@ def _profiles(obj, opt, st: FitState, B: int, cfg, save, say):
             st.profile_points = np.concatenate([st.profile_points, np.array(more, float)])
             st.profile_values = np.concatenate([st.profile_values, np.full(len(more), np.nan)])
             save()
-        todo = np.flatnonzero(st.profile_points[:, 3] == 0)[:B]
-        pad = np.concatenate([todo, np.full(B - len(todo), todo[-1])])
-        theta = np.array(st.profile_theta[pad])  # warm start: the optimum, or the side's last point
-        mask = np.ones((B, P))
-        for b, j in enumerate(pad):
-            i = int(st.profile_points[j, 0])
-            theta[b, i] = st.profile_points[j, 2]
-            mask[b, i] = 0.0
-        theta = jnp.asarray(theta, obj.dtype)
-        state = opt.init(theta)
-        value, grad = obj.value_and_grad_batch(theta)
-        done = jnp.zeros(B, bool)
-        rejected = jnp.zeros(B, jnp.int32)
-        mask = jnp.asarray(mask, obj.dtype)
-        for _ in range(iters):
-            theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
-                                                           done, rejected)
-            g = np.asarray(grad * mask)
-            conv = (_projected_norm(obj, np.asarray(theta), g) < cfg["tolerance"]) | (
-                np.asarray(rejected) >= REJECTIONS)
-            done = jnp.asarray(np.asarray(done) | conv)
-            if bool(np.all(np.asarray(done)[: len(todo)])):
-                break
-        st.profile_values[todo] = np.asarray(value)[: len(todo)]
-        st.profile_theta[todo] = np.asarray(theta)[: len(todo)]
-        st.profile_points[todo, 3] = 1.0
+        todo = [j for j in np.flatnonzero(st.profile_points[:, 3] == 0) if j not in busy]
+        while todo and len(running) < workers.n:
+            group, todo = np.array(todo[:B]), todo[B:]
+            pad = np.concatenate([group, np.full(B - len(group), group[-1])])
+            theta = np.array(st.profile_theta[pad])  # warm start: the optimum, or the last point
+            mask = np.ones((B, P))
+            for b, j in enumerate(pad):
+                i = int(st.profile_points[j, 0])
+                theta[b, i] = st.profile_points[j, 2]
+                mask[b, i] = 0.0
+            running[workers.submit(_profile_point, obj, opt, theta, mask, iters,
+                                   cfg["tolerance"], workers.cancel)] = group
+            busy.update(group)
+        future = next(workers.completed(running))
+        group = running.pop(future)
+        busy.difference_update(group)
+        theta, value = future.result()
+        st.profile_values[group] = value[: len(group)]
+        st.profile_theta[group] = theta[: len(group)]
+        st.profile_points[group, 3] = 1.0
         save()
         finished = int(st.profile_points[:, 3].sum())
         say(f"profiles: {finished}/{len(st.profile_points)} points",
             finished / len(st.profile_points), force=True)
+
+
+def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel):
+    """Re-optimise a batch of profile points (their masked coordinate held): (theta, NLL).
+    Returns early, unfinished, when ``cancel`` is set (the fit is stopping)."""
+    B = len(theta)
+    theta = jnp.asarray(theta, obj.dtype)
+    state = opt.init(theta)
+    value, grad = obj.value_and_grad_batch(theta)
+    done = jnp.zeros(B, bool)
+    rejected = jnp.zeros(B, jnp.int32)
+    mask = jnp.asarray(mask, obj.dtype)
+    for _ in range(iters):
+        if cancel.is_set():
+            break
+        theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
+                                                       done, rejected)
+        g = np.asarray(grad * mask)
+        conv = (_projected_norm(obj, np.asarray(theta), g) < tolerance) | (
+            np.asarray(rejected) >= REJECTIONS)
+        done = jnp.asarray(np.asarray(done) | conv)
+        if bool(np.all(np.asarray(done))):
+            break
+    return np.asarray(theta), np.asarray(value)
 
 
 def _laplace_sd(H: np.ndarray) -> np.ndarray:
@@ -1024,7 +1277,11 @@ def _final_datasets(obj: Objective, st: FitState, summary: dict) -> dict:
     if summary["covariance"] is not None:
         out["laplace/covariance"] = summary["covariance"]
     theta = jnp.asarray(st.best, obj.dtype)
-    h, sigma, terms = obj.evaluate(theta)
+    closed: dict = {}
+    h, sigma, terms = obj.evaluate(theta, closed=closed)
+    if closed:
+        out["closed_form/id"] = _strings(list(closed))
+        out["closed_form/value"] = np.array([float(v) for v in closed.values()])
     ms = obj.fp.measurements
     back = np.empty(len(obj.order), int)
     back[obj.order] = np.arange(len(obj.order))

@@ -47,6 +47,11 @@ def fit_text(path: str) -> str:
                     int(g["identifiable"][i])]
                 lines.append(f"    {pid} = {g['value'][i]:.6g}  [{lo:.4g}, {hi:.4g}]; "
                              f"Wald [{wl:.4g}, {wh:.4g}]{ok}" + (f" ({flag})" if flag else ""))
+            if "closed_form" in h5:
+                c = h5["closed_form"]
+                lines.append("  noise parameters in closed form at the best point "
+                             "(hierarchical): " + ", ".join(
+                                 f"{p} = {v:.6g}" for p, v in zip(_names(c["id"]), c["value"])))
             for note in _names(g["notes"]) if "notes" in g else ():
                 lines.append(f"  note: {note}")
         elif "best" in h5:

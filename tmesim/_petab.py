@@ -103,7 +103,11 @@ FIT_SETTINGS = {
     "starts": Setting(int, 4, _at_least(1, 10_000), "optimisations from different starting points"),
     "iterations": Setting(int, 60, _at_least(1, 100_000), "iterations per start at most"),
     "batch": Setting(int, 0, _at_least(0, 10_000),
-                     "starts (and profile points) advanced together under vmap; 0: all starts"),
+                     "starts (and profile points) advanced together under vmap in one compiled "
+                     "call; 0: one on a CPU, all starts on an accelerator"),
+    "workers": Setting(int, 0, _at_least(0, 1024),
+                       "compiled calls (batches of starts or profile points) run at once, each "
+                       "on its own thread; 0: one per CPU core on a CPU, one on an accelerator"),
     "seed": Setting(int, 0, _at_least(0), "random seed of the starting points"),
     "sampling": Setting(str, "lhs", _in("lhs", "prior"),
                         "starting points: Latin hypercube on the parameter scale, or prior draws"),
@@ -111,6 +115,10 @@ FIT_SETTINGS = {
     "tolerance": Setting(float, 1e-4, _positive,
                          "a start has converged when its largest gradient entry (parameter "
                          "scale) is below this"),
+    "hierarchical": Setting(bool, False, None,
+                            "set each noise parameter that is the whole noise formula of its "
+                            "measurements to its closed-form optimum given the model (RMS or "
+                            "mean absolute residual) instead of optimising it"),
     "profiles": Setting(list, None, None,
                         "parameter ids to profile (default: every estimated one)"),
     "profile_points": Setting(int, 4, _at_least(1, 1000),
@@ -688,8 +696,9 @@ def _settings(path: str, table) -> dict:
         if v is None:
             out[key] = None
             continue
-        ok = isinstance(v, s.kind) and not isinstance(v, bool) or (
-            s.kind is float and isinstance(v, int) and not isinstance(v, bool))
+        ok = isinstance(v, bool) if s.kind is bool else (
+            isinstance(v, s.kind) and not isinstance(v, bool) or (
+                s.kind is float and isinstance(v, int) and not isinstance(v, bool)))
         if s.kind is list and ok and not all(isinstance(x, str) for x in v):
             ok = False
         if not ok:
