@@ -1,6 +1,7 @@
 """Cost of one loss-and-gradient evaluation of a calibration problem against the forward run.
 
-Usage: python bench/fit.py [PROBLEM ...] [--repeats 3] [--batch 1 4] [--out bench/results.jsonl]
+Usage: python bench/fit.py [PROBLEM ...] [--repeats 3] [--batch 1 4] [--workers 2]
+                           [--out bench/results.jsonl]
 
 Default problem: scenarios/calibration/browning2021_wm983b/problem.toml (a spheroid,
 tmesim.spheroid, 30 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 parameters).
@@ -10,6 +11,11 @@ tmesim.spheroid, 30 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 par
 
 Each at batch sizes ``--batch`` (starts or profile points under vmap). Compile
 time apart (the first call), then the median of ``repeats`` calls.
+
+  workers    ``--workers`` W loss-and-gradient calls of batch 1 at W nearby points, on
+             W threads at once (as ``tmesim fit`` runs starts and profile points),
+             against the same W calls one after the other: the speed-up is what the
+             fit gains from the cores (on a CPU a call keeps about one core busy)
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -27,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit  # noqa: E402
 
-from tmesim._fit import Objective  # noqa: E402
+from tmesim._fit import Objective, default_workers  # noqa: E402
 from tmesim._petab import load_problem  # noqa: E402
 
 DEFAULT = Path(__file__).parent.parent / "scenarios/calibration/browning2021_wm983b/problem.toml"
@@ -51,6 +58,8 @@ def main():
     ap.add_argument("problems", nargs="*", default=[str(DEFAULT)])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--workers", type=int, default=0,
+                    help="threads for the workers measurement (0: one per core; 1: skip)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results.jsonl"))
     args = ap.parse_args()
     provenance = {"device": device_description(), "jax": jax.__version__,
@@ -72,6 +81,25 @@ def main():
                       "compile_gradient_s": c_g, "gradient_s": m_g,
                       "gradient_over_forward": m_g / m_f, "forward_times": t_f,
                       "gradient_times": t_g}, provenance, out)
+            W = args.workers or default_workers()
+            if W > 1:
+                xs = [jnp.asarray(obj.nominal[None] + 0.01 * k, obj.dtype) for k in range(W)]
+                jax.block_until_ready(obj.value_and_grad_batch(xs[0]))  # compiled
+                one, many = [], []
+                with ThreadPoolExecutor(W) as pool:
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        for x in xs:
+                            jax.block_until_ready(obj.value_and_grad_batch(x))
+                        one.append(time.perf_counter() - t0)
+                        t0 = time.perf_counter()
+                        list(pool.map(lambda x: jax.block_until_ready(
+                            obj.value_and_grad_batch(x)), xs))
+                        many.append(time.perf_counter() - t0)
+                m1, mw = statistics.median(one), statistics.median(many)
+                emit({**common, "bench": "fit-workers", "workers": W,
+                      "sequential_s": m1, "threads_s": mw, "speedup": m1 / mw,
+                      "sequential_times": one, "threads_times": many}, provenance, out)
 
 
 if __name__ == "__main__":
