@@ -1319,7 +1319,9 @@ def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str)
         lo, hi = r["profile"]
         note = (f"  # 95% [{lo:.6g}, {hi:.6g}]" if np.isfinite([lo, hi]).all()
                 else "  # not profiled") \
-            + {1: "", 0: " not identifiable", -1: ", identifiability unknown"}[r["identifiable"]]
+            + {1: "", 0: " not identifiable", -1: ", identifiability unknown"}[r["identifiable"]] \
+            + "".join(f"; {f}" for f in r["flags"] if not f.startswith(("not profiled",
+                                                                         "profile flat")))
         if group == "diffusion":
             groups.setdefault(group, []).append(f"{key} = {r['value']!r}{note}")
         elif group:  # initial state, medium, decay: a condition's values, not a scenario table
