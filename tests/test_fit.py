@@ -455,6 +455,11 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
         fh.write("apoptosis_rate\tlog\t1e-6\t1e-4\t5e-5\t0\n")
     with pytest.raises(F.FitError, match="different parameters file"):
         fit(path, cut, progress=None)
+    # a result of another format (an older tmesim's) is refused, not misread
+    with h5py.File(cut, "r+") as h5:
+        h5["meta"].attrs["format"] = 1
+    with pytest.raises(F.FitError, match="format 1"):
+        fit(path, cut, progress=None)
 
 
 def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, monkeypatch):

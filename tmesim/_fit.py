@@ -13,23 +13,30 @@ The fit, in stages, each written to the result file when it completes a step
 
 1. ``optimise``: multi-start L-BFGS (optax, zoom line search) or Adam from
    a Latin hypercube on the parameter scale, prior draws, or the nominal
-   values perturbed by a factor; the starts advance together under ``vmap``
-   (``batch`` at a time). A step whose update or value is not finite, or
-   (L-BFGS) whose value rises, is rejected: the start keeps its point and
-   L-BFGS restarts its memory there. A start stops after two rejections in a
-   row, when its largest projected gradient entry is below ``tolerance``, or
-   after ``iterations``.
+   values perturbed by a factor (a start where the objective is not finite is
+   drawn again); ``batch`` starts to a compiled call (under ``vmap``),
+   ``workers`` calls at once on threads (on a CPU: one start a call, one call
+   a core), this thread keeping the state and writing the file. A step whose
+   update or value is not finite, or (L-BFGS) that does not lower the value,
+   is rejected: the start keeps its point and L-BFGS restarts its memory
+   there. Bounds are held by an active set. A start stops after two
+   rejections in a row, when its largest projected gradient entry is below
+   ``tolerance``, or after ``iterations``.
 2. ``laplace``: the Hessian of the NLL at the best point by central
    differences of the exact gradient (2P gradients), its inverse the
    covariance on the parameter scale (Laplace's approximation); Wald intervals.
 3. ``profiles``: for each profiled parameter, points on both sides of the
    optimum at which the others are re-optimised (warm-started from the
-   optimum; every point of every profile batched under ``vmap``); the 95%
-   interval is where the profile rises by χ²₁(0.95)/2 = 1.92; a profile that
-   stays below that on a side is flagged: not identifiable there.
+   optimum; run like the starts); the 95% interval is where the profile rises
+   by χ²₁(0.95)/2 = 1.92; a profile that stays below that on a side is
+   flagged: not identifiable there.
 4. ``done``: the simulated observables of every condition on a fine time
    grid and at the measurement times (residuals), and the fitted parameter set
    as a TOML file a scenario can name (``parameters_file``).
+
+With ``hierarchical``, noise parameters that are the whole noise formula of
+their measurements are not coordinates: ``Objective.evaluate`` sets each to its
+closed-form optimum given the model (pyPESTO's hierarchical optimisation).
 """
 
 from __future__ import annotations
@@ -1059,8 +1066,9 @@ def _profile_side(obj, st: FitState, i: int, side: int, K: int, step: float, sta
 
 def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say):
     """Profile likelihoods: rows (parameter, side, scaled value, done) are re-optimised in
-    batches of B, ``workers.n`` batches at once; a side that has not risen by CHI2_95 / 2 at its last point and has not
-    reached its bound gets K more points at twice the spacing, up to PROFILE_ROUNDS times."""
+    batches of B, ``workers.n`` batches at once; a side that has not risen by CHI2_95 / 2
+    at its last point and has not reached its bound gets K more points at twice the
+    spacing, up to PROFILE_ROUNDS times."""
     P = len(obj.ids)
     K = cfg["profile_points"]
     which = cfg["profiles"] if cfg["profiles"] is not None else list(obj.ids)
