@@ -15,7 +15,7 @@ time apart (the first call), then the median of ``repeats`` calls.
   workers    ``--workers`` W loss-and-gradient calls of batch 1 at W nearby points, on
              W threads at once (as ``tmesim fit`` runs starts and profile points),
              against the same W calls one after the other: the speed-up is what the
-             fit gains from the cores (on a CPU a call keeps about one core busy)
+             fit gains from the cores (on a CPU one call does not use them all)
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 
 import h5py
 import jax
@@ -445,11 +446,19 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
     with h5py.File(cut, "r") as h5:
         assert h5["meta"].attrs["stage"] == "optimise"
         assert 1 <= h5["starts/iterations"][...].sum() <= 2
+    longer = str(tmp_path / "fit" / "longer.h5")
+    shutil.copy(cut, longer)
     fit(path, cut, progress=None)
     with h5py.File(whole, "r") as a, h5py.File(cut, "r") as b:
         np.testing.assert_array_equal(a["starts/theta"][...], b["starts/theta"][...])
         np.testing.assert_array_equal(a["starts/history"][...], b["starts/history"][...])
         np.testing.assert_array_equal(a["best/theta"][...], b["best/theta"][...])
+    # resumed with more iterations than it began with: the history grows to hold them
+    fit(path, longer, progress=None, settings={"iterations": 6})
+    with h5py.File(longer, "r") as h5:
+        assert h5["meta"].attrs["status"] == "complete"
+        assert h5["starts/history"].shape == (2, 7)
+        assert h5["starts/iterations"][...].max() <= 6
     # a different problem file refuses to resume this result
     with open(tmp_path / "fit" / "parameters.tsv", "a") as fh:
         fh.write("apoptosis_rate\tlog\t1e-6\t1e-4\t5e-5\t0\n")

@@ -145,8 +145,8 @@ class Objective:
             jax.config.update("jax_enable_x64", True)
         self.dtype = jnp.float64 if dtype == "float64" else jnp.float32
         ms = fp.measurements
-        self.closed = _closed_form(fp) if fp.settings["hierarchical"] else {}
-        est = tuple(q for q in fp.estimated if q.id not in self.closed)
+        closed = _closed_form(fp) if fp.settings["hierarchical"] else {}
+        est = tuple(q for q in fp.estimated if q.id not in closed)
         self.estimated = est
         self.ids = tuple(q.id for q in est)
         self.scales = tuple(q.scale for q in est)
@@ -194,7 +194,8 @@ class Objective:
         self.order = np.concatenate([g.members for g in self.groups])
         where = np.empty(len(self.order), int)
         where[self.order] = np.arange(len(self.order))
-        self.closed = {pid: (kind, where[rows]) for pid, (kind, rows) in self.closed.items()}
+        # noise parameter id -> (distribution, its measurements' positions in ``order``)
+        self.closed = {pid: (kind, where[rows]) for pid, (kind, rows) in closed.items()}
         self.names = sorted({n for o in fp.observables for n in
                              (*o.formula.names, *o.noise.names) if n in OBSERVABLES})
         self._noise = self._noise_tables()
@@ -500,7 +501,7 @@ class Optimiser:
         state, active = state
         lower = jnp.asarray(self.obj.lower, theta.dtype)
         upper = jnp.asarray(self.obj.upper, theta.dtype)
-        now = ((theta <= lower) & (grad > 0)) | ((theta >= upper) & (grad < 0))
+        now = _held(theta, grad, lower, upper)
         fresh, _ = self._fresh(theta)
         state = jax.tree_util.tree_map(
             lambda old, f: jnp.where(jnp.any(now != active), f, old), state, fresh)
@@ -566,7 +567,7 @@ class _FirstCallLock:
 
 class _Workers:
     """``n`` threads that run compiled calls while the calling thread keeps the fit's state
-    and writes its file: on a CPU, where one call uses about one core, ``n`` starts or
+    and writes its file: on a CPU, where one call does not use every core, ``n`` starts or
     profile points advance at once. ``completed`` yields finished calls as they come,
     acting on a stop request (SIGINT, SIGTERM) at once; ``cancel`` tells the calls that
     loop (a profile point's optimisation) to return early."""
@@ -937,6 +938,9 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     _starting_values(obj, st, B, workers, cfg, save, say)
     S, P = st.starts.shape
     iters = cfg["iterations"]
+    if st.history.shape[1] < iters + 1:  # resumed with more iterations than it began with
+        st.history = np.pad(st.history, ((0, 0), (0, iters + 1 - st.history.shape[1])),
+                            constant_values=np.nan)
     say.stage(np.where(st.done, iters, st.iterations).sum() / (S * iters))
     todo = [s for s in range(S) if not st.done[s]]
     queue = [np.array(todo[k:k + B]) for k in range(0, len(todo), B)]
@@ -995,9 +999,8 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
         st.iterations[idx[moved]] += 1
         st.history[idx[moved], st.iterations[idx[moved]]] = st.value[idx[moved]]
         v, g = st.value[idx], st.grad[idx]
-        st.done[idx] |= ((_projected_norm(obj, st.theta[idx], g) < cfg["tolerance"])
-                         | (st.rejected[idx] >= REJECTIONS) | ~np.isfinite(v)
-                         | (st.iterations[idx] >= iters))
+        st.done[idx] |= (_stopped(obj, st.theta[idx], g, st.rejected[idx], cfg["tolerance"])
+                         | ~np.isfinite(v) | (st.iterations[idx] >= iters))
         save()
         total = (np.where(st.done, iters, st.iterations)).sum() / (S * iters)
         say(f"start{'s' if n > 1 else ''} {', '.join(str(i + 1) for i in idx)} of {S}: "
@@ -1013,13 +1016,23 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
             (idx, pad)
 
 
+def _held(theta, grad, lower, upper):
+    """The coordinates on a bound whose gradient points out of the box (numpy or jax)."""
+    return ((theta <= lower) & (grad > 0)) | ((theta >= upper) & (grad < 0))
+
+
 def _projected_norm(obj: Objective, theta: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """Largest entry of the gradient projected on the box: a coordinate at a bound whose
     gradient points out of the box counts 0 (the optimum may lie on a bound)."""
-    g = np.array(grad, float)
-    g[(theta <= obj.lower) & (g > 0)] = 0.0
-    g[(theta >= obj.upper) & (g < 0)] = 0.0
+    g = np.where(_held(theta, grad, obj.lower, obj.upper), 0.0, np.asarray(grad, float))
     return np.max(np.abs(g), axis=-1)
+
+
+def _stopped(obj: Objective, theta, grad, rejected, tolerance: float) -> np.ndarray:
+    """Per point: converged (projected gradient below ``tolerance``) or given up (REJECTIONS
+    rejected steps in a row)."""
+    return (_projected_norm(obj, np.asarray(theta), np.asarray(grad)) < tolerance) | (
+        np.asarray(rejected) >= REJECTIONS)
 
 
 def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int,
@@ -1178,10 +1191,8 @@ def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel):
             break
         theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
                                                        done, rejected)
-        g = np.asarray(grad * mask)
-        conv = (_projected_norm(obj, np.asarray(theta), g) < tolerance) | (
-            np.asarray(rejected) >= REJECTIONS)
-        done = jnp.asarray(np.asarray(done) | conv)
+        done = jnp.asarray(np.asarray(done) | _stopped(obj, theta, grad * mask, rejected,
+                                                       tolerance))
         if bool(np.all(np.asarray(done))):
             break
     return np.asarray(theta), np.asarray(value)
