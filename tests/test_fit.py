@@ -214,6 +214,7 @@ def test_formulas_and_noise_parameters(tmp_path):
     assert float(terms[k]) == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.slow  # measured 1.5-4.5 minutes on 2 cores (README: -m slow)
 def test_closed_form_noise_parameters_are_the_optimum_of_the_full_likelihood(tmp_path):
     """``hierarchical = true``: a noise parameter that is the whole noise formula of its
     measurements (directly, or through noiseParameters) is set to its optimum given the
@@ -387,6 +388,7 @@ def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path
 
 
 # --------------------------------------------------------------------------
+@pytest.mark.slow  # measured 1.5-4.5 minutes on 2 cores (README: -m slow)
 def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
     meas, _ = synthetic_measurements(tmp_path)
     settings = ("starts = 3\niterations = 30\nprofile_points = 2\nprofile_iterations = 10\n"
@@ -422,6 +424,7 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
         assert "tumor_division_rate = " in fh.read()
 
 
+@pytest.mark.slow  # measured 1.5-4.5 minutes on 2 cores (README: -m slow)
 def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, monkeypatch):
     import tmesim._fit as F
 

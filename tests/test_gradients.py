@@ -212,6 +212,7 @@ def test_organoid_gradient_matches_central_differences(path):
     check(ORGANOID, "organoid", path, ORGANOID_SET)
 
 
+@pytest.mark.slow  # the tissue step compiles for 2 minutes; the organoid set runs by default
 @pytest.mark.parametrize("path", TISSUE_SET)
 def test_tissue_gradient_matches_central_differences(path):
     check(TISSUE, "tissue", path, TISSUE_SET)
