@@ -301,6 +301,32 @@ def test_m18_growth_pushes_a_compact_body_outwards():
     assert radius(grown, 0.1) - radius(grown, 0.7) < 2 * 20.0
 
 
+def test_m18_free_surface_term_acts_near_the_medium_only():
+    """``near_outside``: 1 − 2·(the least occupied share within 3 voxels), clipped to [0, 1],
+    against a brute-force window minimum: the window is cut at closed faces and wraps on
+    periodic axes; on shells, cut at the centre and the medium."""
+    from tmesim._model import FREE_SURFACE_REACH, near_outside
+
+    rng = np.random.default_rng(3)
+    k = FREE_SURFACE_REACH
+    for periodic in (False, True):
+        x = tm.Periodic() if periodic else tm.Neumann()
+        grid = tm.Grid((9, 6, 5), 10.0, boundary={"x-": x, "x+": x})
+        occ = rng.random(grid.shape)
+        want = np.empty_like(occ)
+        for i, j, l in np.ndindex(*occ.shape):
+            xs = [(i + d) % 9 for d in range(-k, k + 1)] if periodic else \
+                range(max(0, i - k), min(9, i + k + 1))
+            want[i, j, l] = occ[np.ix_(list(xs), range(max(0, j - k), min(6, j + k + 1)),
+                                       range(max(0, l - k), min(5, l + k + 1)))].min()
+        got = np.asarray(near_outside(jnp.asarray(occ, jnp.float64), grid))
+        np.testing.assert_allclose(got, np.clip(1 - 2 * want, 0, 1), atol=1e-12)
+    occ = rng.random(12)
+    want = np.array([occ[max(0, i - k):i + k + 1].min() for i in range(12)])
+    got = np.asarray(near_outside(jnp.asarray(occ, jnp.float64), tm.RadialGrid(12, 5.0)))
+    np.testing.assert_allclose(got, np.clip(1 - 2 * want, 0, 1), atol=1e-12)
+
+
 def test_m18_volume_lost_in_a_core_draws_the_body_inward_packed():
     """A packed ball of 150 um with a debris core of 80 um that lyses (2e-3/min), nothing
     dividing or dying otherwise: with the mixture flow the tissue moves in and the
