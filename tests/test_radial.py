@@ -25,6 +25,7 @@ from tmesim._geometry import shell_fraction
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "data", "octant_reference.json")
+FINER = os.path.join(HERE, "data", "octant_reference_36x20um.json")  # 20 um voxels
 MIN_PER_DAY = 1440.0
 
 
@@ -288,9 +289,6 @@ def test_untreated_organoid_agrees_with_the_stored_octant_series():
     with open(REFERENCE) as fh:
         octant = json.load(fh)["observables"]
     compare(radial_series(), octant)
-
-
-FINER = os.path.join(HERE, "data", "octant_reference_36x20um.json")
 
 
 def test_untreated_organoid_agrees_with_the_finer_octant_series():
