@@ -480,7 +480,15 @@ def vegf_secretion(f, p, d, r):
 
 
 def angiogenesis(f, p, d, r):
-    """∂v/∂t += r_a·H(VEGF_free)·(v + v_seed)·(1 − v/v_max)⁺ − r_reg·(1 − H(VEGF_free))·v, VEGF_free = VEGF/(1 + antiVEGF/K) (M2, M15)."""
+    """∂v/∂t += r_a·H(VEGF_free)·(v + v_seed)·(1 − v/v_max)⁺ − r_reg·(1 − H(VEGF_free))·v, VEGF_free = VEGF/(1 + antiVEGF/K) (M2, M15).
+
+    Only in a tissue: an organoid in culture (``NicheReaction.medium``) has no
+    vasculature to sprout from, so its vessel field stays 0, and with it the
+    supply and the immune recruitment at vessels (docs/radial.md, "Vessels in an
+    organoid").
+    """
+    if "bulk" in d:  # set by NicheReaction for an organoid (medium_exchange reads it)
+        return
     vegf = _nonnegative(f["vegf"]) / (1.0 + _nonnegative(f["anti_vegf"]) / p["anti_vegf_k"])
     signal = _hill(vegf, p["vegf_k"])
     v = f["vessel"]
