@@ -100,6 +100,14 @@ def synthetic_measurements(tmp_path, seed=7):
                                                                   fp.measurements.time_min)], h))
 
 
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """``synthetic_measurements`` once for the module. The problems made from them compile
+    the same programs (a fit on a CPU runs one point per compiled call), so the tests
+    after the first find them in the persistent compilation cache."""
+    return synthetic_measurements(tmp_path_factory.mktemp("synthetic"))
+
+
 # --------------------------------------------------------------------------
 # bad tables: file, row and column named; nothing written
 BAD = [
@@ -271,17 +279,19 @@ def test_closed_form_noise_parameters_are_the_optimum_of_the_full_likelihood(tmp
 
 
 # --------------------------------------------------------------------------
-def test_no_recompilation_across_iterations(tmp_path):
-    path = write_problem(tmp_path, placeholder_measurements(DAYS[:2]))
+def test_no_recompilation_across_iterations(tmp_path, synthetic):
+    """The fit's step (L-BFGS with its line search, one point per call as a fit on a CPU
+    runs it) traces the objective once, then never again."""
+    path = write_problem(tmp_path, synthetic[0])
     obj = Objective(load_problem(path))
     opt = Optimiser(obj, "lbfgs", 0.05)
-    theta = np.stack([obj.nominal, obj.nominal + 0.2])
+    theta = np.asarray(obj.nominal)[None]
     state = opt.init(theta)
     value, grad = obj.value_and_grad_batch(theta)
     traced = obj.traces
     x = jnp.asarray(theta)
     mask = jnp.ones_like(x)
-    done, rejected = jnp.zeros(2, bool), jnp.zeros(2, jnp.int32)
+    done, rejected = jnp.zeros(1, bool), jnp.zeros(1, jnp.int32)
     counts = []
     for _ in range(4):
         x, state, value, grad, rejected = opt.step(x, state, value, grad, mask, done, rejected)
@@ -289,6 +299,26 @@ def test_no_recompilation_across_iterations(tmp_path):
     assert counts[0] > traced  # the step traced the objective once (value and line search)
     assert counts[1:] == [counts[0]] * 3, counts  # and never again
     assert np.all(np.isfinite(np.asarray(value)))
+
+
+def test_loss_gradient_of_a_spheroid_problem_against_finite_differences(tmp_path, synthetic):
+    """The whole objective of a fit as it runs by default (the radially symmetric model, two
+    days, noise that scales with the prediction) against central differences, each from
+    the fit's own compiled call (the one the test above compiled). At the nominal values:
+    0.1 above them on the log scale a kink of the loss (a clip in the model or an
+    observable) lies within 1e-4 of the point, and the difference crosses it (measured
+    there: 0.09% off at a step of 1e-4, 3e-9 at 1e-6)."""
+    obj = Objective(load_problem(write_problem(tmp_path, synthetic[0])))
+    theta = np.asarray(obj.nominal)
+    eps = 1e-4
+    points = [theta] + [theta + s * eps * e for e in np.eye(len(theta)) for s in (1, -1)]
+    out = [obj.value_and_grad_batch(p[None]) for p in points]
+    value = [float(v[0]) for v, _ in out]
+    for i in range(len(theta)):
+        fd = (value[1 + 2 * i] - value[2 + 2 * i]) / (2 * eps)
+        # float64, eps = 1e-4 on the log scale: truncation ~1e-8 relative, round-off
+        # ~1e-16 * |NLL| / eps
+        assert float(out[0][1][0, i]) == pytest.approx(fd, rel=1e-5, abs=1e-7), (obj.ids[i], fd)
 
 
 def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():
@@ -365,6 +395,7 @@ def test_a_start_where_the_objective_is_not_finite_is_drawn_again():
         workers.close()
 
 
+@pytest.mark.slow  # compiles for about 2 minutes; the spheroid problem above runs by default
 def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path):
     """The whole objective (3D octant, 1 day, every process) against central differences."""
     scenario = SCENARIO.format(kind="organoid").replace("n = 16", "n = 6").replace(
@@ -389,8 +420,8 @@ def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path
 
 # --------------------------------------------------------------------------
 @pytest.mark.slow  # measured 1.5-4.5 minutes on 2 cores (README: -m slow)
-def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
-    meas, _ = synthetic_measurements(tmp_path)
+def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path, synthetic):
+    meas, _ = synthetic
     settings = ("starts = 3\niterations = 30\nprofile_points = 2\nprofile_iterations = 10\n"
                 "batch = 1\n")
     # the truth as the nominal values, and three starts each perturbed from it by a factor
@@ -425,10 +456,11 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path):
 
 
 @pytest.mark.slow  # measured 1.5-4.5 minutes on 2 cores (README: -m slow)
-def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, synthetic,
+                                                                     monkeypatch):
     import tmesim._fit as F
 
-    meas, _ = synthetic_measurements(tmp_path)
+    meas, _ = synthetic
     settings = "starts = 2\niterations = 4\nprofiles = []\n"
     path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
     whole = str(tmp_path / "fit" / "whole.h5")
@@ -474,13 +506,13 @@ def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, 
         fit(path, cut, progress=None)
 
 
-def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, monkeypatch):
+def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic, monkeypatch):
     """A fit stopped in its profiles and resumed with another ``profiles`` setting drops the
     points of parameters no longer asked for and lays out those of new ones (``tmesim fit
     --no-profiles`` on a result in its profiles finishes it without them)."""
     import tmesim._fit as F
 
-    meas, _ = synthetic_measurements(tmp_path)
+    meas, _ = synthetic
     settings = ('starts = 1\niterations = 2\nprofiles = ["tumor_division_rate"]\n'
                 'profile_points = 1\nprofile_iterations = 1\n')
     path = write_problem(tmp_path / "fit", meas, fit_settings=settings)

@@ -192,6 +192,7 @@ def _full_and_killed(tmp_path, scenario, sets, day: float):
     return full, killed, env
 
 
+@pytest.mark.slow  # the same property by default: test_reliability's kill -9 at three moments
 def test_kill_and_resume_is_bit_identical(tmp_path):
     sets = sum((["--set", s] for s in TINY + ["run.dt_min=2", "run.days=6",
                                               "run.output_every_days=0.5",
