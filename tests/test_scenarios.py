@@ -53,8 +53,10 @@ def test_untreated_hypoxic_niche(tmp_path_factory):
     # a 400 um box: in the 320 um one the medium is too close for a hypoxic core
     obs, f = run_small(tmp_path_factory, "untreated_niche", ("grid.n=10", "geometry.radius_um=200"))
     v, day = obs["tumor_volume"], obs["day"]
-    # measured at day 10: hypoxic share 0.095, min pO2 4.7 mmHg, debris share 0.017,
-    # CSC 0.29 (hypoxic) against 0.11 (normoxic), growth rate 0.135/day against 0.062/day
+    # measured at day 10 (2026-12-01, the same at 5e452bb): hypoxic share 0.118, min pO2
+    # 3.0 mmHg, debris share 0.037, CSC 0.20 (hypoxic) against 0.067 (normoxic), growth
+    # rate 0.223/day against 0.079/day (an earlier model: 0.095, 4.7, 0.017, 0.29 against
+    # 0.11, 0.135 against 0.062)
     assert obs["hypoxic_fraction"][0] == 0.0 and obs["hypoxic_fraction"][-1] > 0.05
     assert obs["min_oxygen"][-1] < 5.0 and obs["necrotic_fraction"][-1] > 0.005
     live = f["tumor"] + f["csc"]
@@ -81,6 +83,7 @@ def test_chemo_relapse(tmp_path_factory):
 def test_chemo_plus_csc_inhibitor_regrows_less(tmp_path_factory):
     chemo, _ = run_small(tmp_path_factory, "chemo_relapse")
     both, _ = run_small(tmp_path_factory, "chemo_csc_inhibitor")
+    # measured (2026-12-01): final volume 0.55x chemo alone, CSC share 0.028 against 0.104
     assert both["tumor_volume"][-1] < 0.75 * chemo["tumor_volume"][-1]
     assert both["csc_fraction"][-1] < 0.5 * chemo["csc_fraction"][-1]
 
@@ -123,9 +126,10 @@ def test_anti_pd1_effect_grows_with_t_cells_and_shrinks_with_suppression(tmp_pat
                                                 "geometry.co_culture.treg=0.05"))
     cytokines = _pd1_effect(tmp_path_factory, ("geometry.medium.tgfb=2.0",
                                                "geometry.medium.il10=2.0"))
-    # measured: effect 0.144 (base), 0.221 (more T cells), 0.128 (with M2 and Tregs),
-    # 0.003 (TGF-beta and IL-10 at 2 nM in the medium); before the well-mixed medium
-    # and the lower immune O2 uptake (issue 11): 0.14, 0.24, 0.110, 0.003
+    # measured (2026-12-01, the same at 5e452bb): effect 0.201 (base), 0.320 (more T
+    # cells), 0.165 (with M2 and Tregs), 0.004 (TGF-beta and IL-10 at 2 nM in the medium);
+    # earlier models: 0.144, 0.221, 0.128, 0.003, and before the well-mixed medium and the
+    # lower immune O2 uptake (issue 11): 0.14, 0.24, 0.110, 0.003
     assert base > 0.05
     assert more_t > base + 0.05
     assert suppressed < 0.95 * base
@@ -140,8 +144,9 @@ def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
     none, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1", drop=("injection", "dose"))
     kill = {k: none["tumor_volume"][-1] - o["tumor_volume"][-1]
             for k, o in (("both", both), ("msc", msc), ("pd1", pd1))}
-    # measured kill (mm^3): both 0.00511, TRAIL-MSC 0.00077, anti-PD-1 0.00452 (before
-    # issue 11's medium and immune O2 uptake: 0.0052, 0.0010, 0.0044)
+    # measured kill (mm^3, 2026-12-01): both 0.00642, TRAIL-MSC 0.00088, anti-PD-1 0.00578
+    # (an earlier model: 0.00511, 0.00077, 0.00452; before issue 11's medium and immune O2
+    # uptake: 0.0052, 0.0010, 0.0044)
     assert kill["both"] > 1.08 * max(kill["msc"], kill["pd1"])
 
 
