@@ -83,7 +83,8 @@ def test_chemo_relapse(tmp_path_factory):
 def test_chemo_plus_csc_inhibitor_regrows_less(tmp_path_factory):
     chemo, _ = run_small(tmp_path_factory, "chemo_relapse")
     both, _ = run_small(tmp_path_factory, "chemo_csc_inhibitor")
-    # measured (2026-12-01): final volume 0.55x chemo alone, CSC share 0.028 against 0.104
+    # measured (2026-12-01, the same at 5e452bb): final volume 0.55x chemo alone, CSC share
+    # 0.028 against 0.104
     assert both["tumor_volume"][-1] < 0.75 * chemo["tumor_volume"][-1]
     assert both["csc_fraction"][-1] < 0.5 * chemo["csc_fraction"][-1]
 
@@ -144,9 +145,9 @@ def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
     none, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1", drop=("injection", "dose"))
     kill = {k: none["tumor_volume"][-1] - o["tumor_volume"][-1]
             for k, o in (("both", both), ("msc", msc), ("pd1", pd1))}
-    # measured kill (mm^3, 2026-12-01): both 0.00642, TRAIL-MSC 0.00088, anti-PD-1 0.00578
-    # (an earlier model: 0.00511, 0.00077, 0.00452; before issue 11's medium and immune O2
-    # uptake: 0.0052, 0.0010, 0.0044)
+    # measured kill (mm^3, 2026-12-01, the same at 5e452bb): both 0.00642, TRAIL-MSC 0.00088,
+    # anti-PD-1 0.00578 (an earlier model: 0.00511, 0.00077, 0.00452; before issue 11's medium
+    # and immune O2 uptake: 0.0052, 0.0010, 0.0044): 1.11 times the better single arm
     assert kill["both"] > 1.08 * max(kill["msc"], kill["pd1"])
 
 

@@ -376,7 +376,7 @@ def spheroid(n=40, spacing=15.0, radius=100.0, csc_fraction=0.05, dt=2.0, medium
     about 200 times cheaper than a 24³ octant. ``tmesim.solve``,
     ``tmesim.observables``, ``set_values``, bounds, ``jax.grad``/``vmap`` work
     on it as on the organoid. Good values: spacing 10-15 um, dt 2 min (5 min: radii
-    within 0.5-4% of dt = 2 by day 21, docs/radial.md).
+    within 0.2% of dt = 2 by day 21, docs/radial.md).
     """
     grid = RadialGrid(n, spacing)
     return _organoid(grid, n * grid.spacing[0], False, radius, csc_fraction, dt, medium,
