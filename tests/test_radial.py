@@ -339,7 +339,7 @@ def test_necrotic_core_stays_packed_and_converges_with_shell_width():
     nothing; they recruited CD8 cells that expanded on the tumour and killed its rim from
     about day 14, faster on finer shells (dt 2, 5 um: outer radius 328.5 um at day 21
     against 354.9 on 15 um shells). Measured now (dt 5): outer radius within 0.43%, necrotic radius
-    within 1.35% (day 10; 0.8% at day 21); the core at 0.98 of packed or more."""
+    within 1.35% (day 10; 0.8% at day 21); the core at 0.998 and 1.000 of packed at day 21."""
     days = [10.0, 14.0, 17.0, 21.0]
     got = {}
     for spacing in (10.0, 5.0):
