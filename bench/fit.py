@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit  # noqa: E402
 
+from tmesim import load_problem  # noqa: E402
 from tmesim._fit import Objective, default_workers  # noqa: E402
-from tmesim._petab import load_problem  # noqa: E402
 
 DEFAULT = Path(__file__).parent.parent / "scenarios/calibration/browning2021_wm983b/problem.toml"
 

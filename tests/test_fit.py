@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import tmesim
-from tmesim._fit import Objective, Optimiser, fit, perturbed_points, to_scale
+from tmesim import ProblemError, fit, load_problem  # the public calibration surface
+from tmesim._fit import Objective, Optimiser, perturbed_points, to_scale
 from tmesim._fitplot import fit_text, plot_fit
-from tmesim._petab import ProblemError, load_problem
 
 TRUTH = {"tumor_division_rate": 0.0011, "o2_uptake": 700.0}
 NOMINAL = {"tumor_division_rate": 0.00072, "o2_uptake": 1000.0}

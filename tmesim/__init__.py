@@ -2,6 +2,8 @@
 
 from ._cli import main as main
 from ._describe import describe_model as describe_model
+from ._fit import FitError as FitError
+from ._fit import fit as fit
 from ._geometry import NicheProblem as NicheProblem
 from ._geometry import Setup as Setup
 from ._geometry import ball_fraction as ball_fraction
@@ -36,6 +38,9 @@ from ._parameters import default_parameters as default_parameters
 from ._parameters import get_value as get_value
 from ._parameters import set_values as set_values
 from ._parameters import value_paths as value_paths
+from ._petab import FitProblem as FitProblem
+from ._petab import ProblemError as ProblemError
+from ._petab import load_problem as load_problem
 from ._run import Interrupted as Interrupted
 from ._run import RunError as RunError
 from ._run import resume as resume
