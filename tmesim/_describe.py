@@ -83,11 +83,12 @@ def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
     by_process: dict = {}
     for q in PARAMETERS:
         by_process.setdefault(q.process, []).append(q)
-    entries = [(pr.name, pr.mechanisms, pr.term) for pr in PROCESSES]
-    entries += [(name, mech, _doc(name)) for name, mech in HELPERS.items()]
+    entries = [(pr.name, pr.mechanisms, pr.term, " (organoid only)" if pr.medium_only
+                else " (tissue only)" if pr.tissue_only else "") for pr in PROCESSES]
+    entries += [(name, mech, _doc(name), "") for name, mech in HELPERS.items()]
     head(f"Processes ({len(PROCESSES)}) and shared factors ({len(HELPERS)})")
-    for name, mech, term in entries:
-        tag = f" [{', '.join(mech)}]" if mech else ""
+    for name, mech, term, where in entries:
+        tag = f"{where} [{', '.join(mech)}]" if mech else where
         lines.append(f"### {name}{tag}" if markdown else f"{name}{tag}")
         body = " ".join(term.split()) if markdown else "\n".join(
             "    " + t.strip() for t in term.splitlines())
@@ -102,7 +103,7 @@ def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
     head("Mechanisms")
     for m in range(1, 19):
         key = f"M{m}"
-        names = [n for n, mech, _ in entries if key in mech]
+        names = [n for n, mech, *_ in entries if key in mech]
         lines.append(f"{'- ' if markdown else '  '}{key}: {', '.join(names)}")
     head(f"Observables ({len(OBSERVABLES)})")
     lines.append("Saved in run files (/observables) and by ``tmesim.observables``; every one a "

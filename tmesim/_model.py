@@ -267,13 +267,10 @@ def medium_exchange(f, p, d, r):
     equal-volume radius of the tumour body (``body_radius``), so the layer
     moves with the growing organoid and w changes smoothly with R (over one
     voxel h). Results do not depend on where the box ends.
-    Only in the organoid geometry (``NicheReaction.medium``).
+    Only in the organoid geometry (``medium_only``).
     """
-    w = d.get("bulk")
-    if w is None:
-        return
     for s in SOLUTES:
-        k = d["exchange_rate"][s] * w
+        k = d["exchange_rate"][s] * d["bulk"]
         r.lose(s, k).produce(s, k * d["bulk_level"][s])
 
 
@@ -482,13 +479,11 @@ def vegf_secretion(f, p, d, r):
 def angiogenesis(f, p, d, r):
     """∂v/∂t += r_a·H(VEGF_free)·(v + v_seed)·(1 − v/v_max)⁺ − r_reg·(1 − H(VEGF_free))·v, VEGF_free = VEGF/(1 + antiVEGF/K) (M2, M15).
 
-    Only in a tissue: an organoid in culture (``NicheReaction.medium``) has no
+    Only in a tissue (``tissue_only``): an organoid in culture has no
     vasculature to sprout from, so its vessel field stays 0, and with it the
     supply and the immune recruitment at vessels (docs/radial.md, "Vessels in an
     organoid").
     """
-    if "bulk" in d:  # set by NicheReaction for an organoid (medium_exchange reads it)
-        return
     vegf = _nonnegative(f["vegf"]) / (1.0 + _nonnegative(f["anti_vegf"]) / p["anti_vegf_k"])
     signal = _hill(vegf, p["vegf_k"])
     v = f["vessel"]
@@ -675,7 +670,12 @@ class Process:
     fn: Callable
     loss_bound: Callable | None = None
     kind: str = "reaction"
-    medium_only: bool = False  # acts only where an organoid has a medium
+    medium_only: bool = False  # acts only in an organoid (it has a medium)
+    tissue_only: bool = False  # acts only in a tissue (it has vessels)
+
+    def acts(self, medium: bool) -> bool:
+        """Whether the process acts in an organoid (medium) or a tissue (not)."""
+        return not (self.medium_only and not medium or self.tissue_only and medium)
 
     @property
     def term(self) -> str:
@@ -695,7 +695,7 @@ PROCESSES = (
     Process("mixture_flow", ("M18",), mixture_flow, kind="flow"),
     Process("vascular_supply", ("M2",), vascular_supply, _vascular_supply_bound),
     Process("vegf_secretion", ("M2",), vegf_secretion),
-    Process("angiogenesis", ("M2", "M15"), angiogenesis),
+    Process("angiogenesis", ("M2", "M15"), angiogenesis, tissue_only=True),
     Process("stromal_secretion", ("M4", "M13"), stromal_secretion),
     Process("immunosuppressive_secretion", ("M6",), immunosuppressive_secretion),
     Process("chemokine_secretion", ("M8",), chemokine_secretion),
@@ -721,10 +721,11 @@ HELPERS = {"hif_activity": ("M1",), "immune_suppression": ("M6", "M12"), "pd_l1"
            "self_renewal_share": ("M1", "M4", "M14"), "radiotherapy": ("M16",)}
 
 
-def _run_processes(f, p, d):
+def _run_processes(f, p, d, medium: bool = False):
+    """The reaction processes that act in an organoid (``medium``) or a tissue, summed."""
     r = Rates()
     for proc in PROCESSES:
-        if proc.kind == "reaction":
+        if proc.kind == "reaction" and proc.acts(medium):
             proc.fn(f, p, d, r)
     return r
 
@@ -806,7 +807,7 @@ class NicheReaction:
             index = {n: i for i, n in enumerate(self.names)}
             d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
             d["exchange_rate"] = {s: p["diffusion"][index[s]] / MIXING_LENGTH**2 for s in SOLUTES}
-        r = _run_processes(f, p, d)
+        r = _run_processes(f, p, d, self.medium)
         return r.carry(mixture_flow(f, p, r, self.grid))
 
 
@@ -815,9 +816,7 @@ def loss_bounds(bounds, medium: bool = False) -> dict:
     medium: an organoid's (``medium_exchange`` counts)."""
     out: dict = {}
     for proc in PROCESSES:
-        if proc.medium_only and not medium:
-            continue
-        if proc.loss_bound is not None:
+        if proc.acts(medium) and proc.loss_bound is not None:
             for name, rate in proc.loss_bound(bounds).items():
                 out[name] = out.get(name, 0.0) + float(rate)
     return out
