@@ -21,7 +21,6 @@ import pytest
 import tmesim
 from tmesim import ProblemError, fit, load_problem  # the public calibration surface
 from tmesim._fit import Objective, Optimiser, perturbed_points, to_scale
-from tmesim._fitplot import fit_text, plot_fit
 
 TRUTH = {"tumor_division_rate": 0.0011, "o2_uptake": 700.0}
 NOMINAL = {"tumor_division_rate": 0.00072, "o2_uptake": 1000.0}
@@ -449,9 +448,9 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path, syntheti
         assert prof[i, 0] <= TRUTH[pid] <= prof[i, 1], (pid, TRUTH[pid], prof[i])
         # the data determine both rates: intervals well inside the bounds
         assert prof[i, 1] / prof[i, 0] < 3.0, (pid, prof[i])
-    text = fit_text(out)
+    text = tmesim.inspect_text(out)
     assert "tumor_division_rate" in text and "NOT IDENTIFIABLE" not in text
-    pngs = plot_fit(out)
+    pngs = tmesim.plot_fit(out)
     assert all(os.path.getsize(p) > 1000 for p in pngs) and len(pngs) == 3
     with open(os.path.splitext(out)[0] + ".parameters.toml") as fh:
         assert "tumor_division_rate = " in fh.read()
@@ -540,3 +539,5 @@ def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic
         assert len(points) and set(points[:, 0]) == {1.0} and points[:, 3].all()
         prof = h5["summary/profile"][...]
         assert np.isnan(prof[0]).all() and not np.isnan(prof[1]).all()
+    # the public names do what `tmesim inspect` and `tmesim plot` do with a fit result
+    assert "status complete" in tmesim.inspect_text(out)

@@ -79,10 +79,9 @@ def _fit(args) -> int:
 
 
 def _inspect(args) -> int:
-    from ._fitplot import fit_text, is_fit_result
     from ._inspect import inspect_text
 
-    print(fit_text(args.file) if is_fit_result(args.file) else inspect_text(args.file))
+    print(inspect_text(args.file))
     return 0
 
 
@@ -165,7 +164,7 @@ def main(argv=None) -> int:
     fp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     fp.set_defaults(run=_fit)
     ip = sub.add_parser("inspect", help="what is in a run file or a fit result")
-    ip.add_argument("file", help="HDF5 run file")
+    ip.add_argument("file", help="HDF5 run file or fit result")
     ip.set_defaults(run=_inspect)
     pp = sub.add_parser("plot", help="PNG of mid-plane slices and observable time courses; "
                         "for a fit result: fit against data, waterfall, profiles")

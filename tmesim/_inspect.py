@@ -12,8 +12,13 @@ DEFAULT_PLOT_OBSERVABLES = ("tumor_radius", "csc_fraction", "hypoxic_fraction", 
 
 
 def inspect_text(path) -> str:
-    """What is in a run file: scenario, versions, grid, fields, times, observables, checkpoint."""
+    """What is in a run file (scenario, versions, grid, fields, times, observables,
+    checkpoint) or a fit result (``tmesim.fit_text``), as ``tmesim inspect`` prints it."""
+    from ._fitplot import fit_text, is_fit_result
     from ._output import latest_checkpoint
+
+    if is_fit_result(path):
+        return fit_text(path)
 
     with open_run(path) as h5, reading(path):
         m = h5["meta"].attrs

@@ -38,8 +38,8 @@ class Species:
                Euler solved by multigrid-preconditioned CG: exact steady
                state, cost independent of D·dt/h²) or "lod" (BioFVM's
                locally one-dimensional sweeps). Solutes and matrix only.
-    uptake:    1/min, the largest loss rate the reaction can add (oxygen uptake
-               by packed cells: 10/min); the step plan allows for it. A larger
+    uptake:    1/min, the largest loss rate the reaction can add (the niche
+               model's oxygen: ``_model.loss_bounds``); the step plan allows for it. A larger
                run-time uptake may make a forward-Euler species unstable.
     variable_diffusion: the reaction scales this species' diffusion (or, for
                cells, motility) per voxel (``Rates.scale_mobility``), e.g. the
