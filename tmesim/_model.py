@@ -731,9 +731,10 @@ def _run_processes(f, p, d, medium: bool = False):
 
 
 def niche_reaction(f, p, t=0.0):
-    """Every reaction process of the model, in one traced function (one fused pass).
+    """Every reaction process of a tissue, in one traced function (one fused pass).
 
-    Without the grid's parts (mixture flow, medium): a run's is ``NicheReaction``."""
+    Without the grid's parts (mixture flow; the organoid's medium exchange): a run's
+    is ``NicheReaction``."""
     del t
     return _run_processes(f, p, shared_quantities(f, p))
 
