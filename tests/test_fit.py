@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import jax
@@ -170,6 +171,25 @@ def test_bad_tables_are_refused_with_file_row_and_column(tmp_path, name, text, e
     if expected.startswith("row") or "row" in expected:
         assert str(tmp_path / name) in message, message
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+COMMITTED = sorted((Path(__file__).parent.parent / "scenarios" / "calibration").glob(
+    "*/problem.toml"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
+def test_the_committed_problems_load_and_their_domain_holds_the_unstirred_layer(path):
+    """Each real-data problem loads; where its fit estimates the unstirred medium layer,
+    the domain holds the layer at its upper bound around the largest measured radius
+    (beyond the domain the medium would be the outer face's level: a box-dependent result)."""
+    fp = load_problem(str(path))
+    assert fp.estimated and len(fp.measurements) > 0
+    layer = [q for q in fp.estimated if q.id == "medium_unstirred_layer"]
+    if layer:
+        grid = fp.scenario.data["grid"]
+        radius = [i for i, o in enumerate(fp.observables) if o.formula.names == ("tumor_radius",)]
+        largest = fp.measurements.value[np.isin(fp.measurements.observable, radius)].max()
+        assert largest + layer[0].upper <= grid["n"] * grid["spacing_um"]
 
 
 def test_bad_problem_file_and_settings(tmp_path):
