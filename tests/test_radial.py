@@ -73,6 +73,67 @@ def test_steady_state_is_the_fixed_point_of_a_production_step():
     np.testing.assert_allclose(again, got, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_far_field_face_equals_the_still_medium_on_the_grid(decay):
+    """A ball of 300 um consuming oxygen (10 mmHg/min) in still medium with decay λ out to
+    1100 um, the level 160 beyond. On 30 shells of 20 um with the rest of the medium as the
+    outer face's far field (``far``): the same steady state as 55 shells holding all of it,
+    within 2e-4 of the pO2 drop (what the extended grid's second-order shells leave in the
+    500 um beyond; 6e-5 measured at λ = 0). No decay: the closed form
+    c(r) = 160 − q a³/(3D)(1/max(r, a) − 1/R_far) − q (a² − r²)/(6D) [r < a], to O(h²)."""
+    h, D, q, a, far = 20.0, 1e5, 10.0, 300.0, 1100.0
+
+    def steady(n, far_field):
+        r = (np.arange(n) + 0.5) * h
+        source = jnp.asarray(np.where(r < a, -q, 0.0))[None]
+        out = K.radial_diffusion_step(jnp.full((1, n), 160.0), 1e12, h, jnp.array([D]),
+                                      jnp.array([decay]), jnp.array([160.0]), source,
+                                      far_field)
+        return np.asarray(out[0]), r
+
+    got, r = steady(30, (far, jnp.array([decay])))
+    full, _ = steady(round(far / h), None)
+    drop = 160.0 - full[0]
+    np.testing.assert_allclose(got, full[:30], rtol=0, atol=2e-4 * drop)
+    if decay == 0.0:
+        exact = (160.0 - q * a**3 / (3 * D) * (1 / np.maximum(r, a) - 1 / far)
+                 - np.where(r < a, q * (a**2 - r**2) / (6 * D), 0.0))
+        np.testing.assert_allclose(got, exact, rtol=0, atol=2e-3 * drop)
+    # a far field inside the domain is the level on the face, exactly
+    inside, _ = steady(30, (550.0, jnp.array([decay])))
+    np.testing.assert_array_equal(inside, steady(30, None)[0])
+
+
+def test_spheroid_medium_layer_beyond_the_shells_is_the_far_field():
+    """The untreated spheroid (182 um, dt 5 min) in a static well's 860 um unstirred layer
+    (with the values of the WM983b fit, docs/fits.md, rounded), over 7 days, on 30 shells of 20 um (600 um: the layer is beyond the shells, the outer
+    face meets it as ``Rates.far_field``) against 80 shells holding the layer. What differs
+    is where the bulk starts: at R + δ in the far field, within about ``MIXING_LENGTH`` of it
+    on the grid (the bulk's relaxation), about ℓR/(δ(R+δ)) ≈ 0.3% of the layer's
+    resistance: surface pO2 within 0.3 mmHg (of a 90 mmHg drop), radii within 1 um
+    (arrested, a switch at a threshold pO2: within 5 um, a quarter shell)."""
+    dt = 5.0
+    days = [2.0, 4.0, 7.0]
+    got = {}
+    for n in (30, 80):
+        s = tm.spheroid(n=n, spacing=20.0, radius=182.0, dt=dt, dtype=jnp.float64,
+                        overrides={"medium_unstirred_layer": 860.0, "o2_uptake": 700.0,
+                                   "o2_proliferation_threshold": 12.0,
+                                   "o2_proliferation_shape": 0.02, "necrosis_rate": 1e-3,
+                                   "tumor_division_rate": 4.9e-4, "debris_lysis_rate": 5e-5},
+                        bounds={"medium_unstirred_layer": (10.0, 1200.0)})
+        sol = tm.solve(s.problem, s.values, n_steps=int(day_steps([7.0], dt)[0]),
+                       save=tm.SaveAt(day_steps(days, dt), tm.observables))
+        got[n] = {k: np.asarray(v) for k, v in sol.saved.items()}
+    near, far = got[80], got[30]
+    assert 150.0 - near["o2_depth_0"][0] > 60.0  # the layer matters: a deep drop
+    np.testing.assert_allclose(far["o2_depth_0"], near["o2_depth_0"], atol=0.3)
+    np.testing.assert_allclose(far["tumor_radius"], near["tumor_radius"], atol=1.0)
+    np.testing.assert_allclose(far["necrotic_radius"], near["necrotic_radius"], atol=1.0)
+    np.testing.assert_allclose(far["arrested_radius"], near["arrested_radius"], atol=5.0)
+    assert near["necrotic_radius"][-1] > 100.0  # a core has formed by day 7
+
+
 def test_diffusion_conserves_mass_with_a_closed_outer_face(rng):
     n, h = 25, 12.0
     vol = tm.RadialGrid(n, h).volumes()

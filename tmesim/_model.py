@@ -789,10 +789,10 @@ class NicheReaction:
     octant: bool = True
     medium: bool = True
 
-    def bulk_weight(self, f, p):
-        """w of ``medium_exchange``: 0 in the organoid and its unstirred layer, 1 in the bulk."""
+    def bulk_weight(self, p, radius):
+        """w of ``medium_exchange``: 0 in the organoid and its unstirred layer, 1 in the bulk;
+        radius: the body's (``body_radius``)."""
         dtype = jnp.result_type(p["packing_fraction"])
-        radius = body_radius(f, p, self.grid, 8 if self.octant else 1)
         edge = radius + p["medium_unstirred_layer"] - MIXING_LENGTH
         h = min(self.grid.spacing)
         x = jnp.clip((radial_distance(self.grid, self.octant, dtype) - edge) / h + 0.5, 0.0, 1.0)
@@ -803,12 +803,20 @@ class NicheReaction:
     def __call__(self, f, p, t=0.0):
         del t
         d = shared_quantities(f, p)
+        far = None
         if self.medium:
-            d["bulk"] = self.bulk_weight(f, p)
+            radius = body_radius(f, p, self.grid, 8 if self.octant else 1)
+            d["bulk"] = self.bulk_weight(p, radius)
             index = {n: i for i, n in enumerate(self.names)}
             d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
             d["exchange_rate"] = {s: p["diffusion"][index[s]] / MIXING_LENGTH**2 for s in SOLUTES}
+            if isinstance(self.grid, RadialGrid):
+                # a layer wider than the shells: the outer face meets the rest of it
+                # (the bulk's relaxation holds the level from about R + δ on)
+                far = radius + p["medium_unstirred_layer"]
         r = _run_processes(f, p, d, self.medium)
+        if far is not None:
+            r.far_field(far)
         return r.carry(mixture_flow(f, p, r, self.grid))
 
 

@@ -169,6 +169,11 @@ class Rates:
     drift(name, Φ)        cells drift with v = −∇Φ (Φ in um²/min), summed
     carry(Ψ)              every cell species moves with the bulk velocity u = −∇Ψ
                           (Ψ (X, Y, Z); not limited by room: the whole mixture moves)
+    far_field(R)          the medium beyond the domain is still out to radius R (um,
+                          a scalar) and holds the outer face's value beyond it
+                          (``RadialStepper`` only: its outer face meets the exact
+                          steady resistance of that spherical shell; a Cartesian
+                          box's faces hold their values where they are)
     """
 
     def __init__(self):
@@ -178,6 +183,7 @@ class Rates:
         self.mobility: dict = {}
         self.potential: dict = {}
         self.carrier = None
+        self.far = None
 
     @staticmethod
     def _add(store, name, value, combine=jnp.add):
@@ -206,6 +212,12 @@ class Rates:
 
     def carry(self, potential):
         self.carrier = potential if self.carrier is None else self.carrier + potential
+        return self
+
+    def far_field(self, radius):
+        if self.far is not None:
+            raise ValueError("Rates.far_field: set once per evaluation")
+        self.far = radius
         return self
 
 
@@ -523,7 +535,9 @@ class RadialStepper(Stepper):
     Faces: the centre is closed by the geometry; the outer face is closed
     for cells and, for solutes, holds the value ``params["boundary_value"]``
     reads on its last row ((6, F) as the organoid's ``inputs`` give it, or
-    (F,)): the medium. Without "boundary_value" the outer face is closed.
+    (F,)): the medium, on the face or, where the reaction sets
+    ``Rates.far_field(R)``, beyond still medium out to radius R (the
+    kernel's ``far``). Without "boundary_value" the outer face is closed.
     ``pinned`` voxels are not supported.
     """
 
@@ -550,7 +564,9 @@ class RadialStepper(Stepper):
         if "boundary_value" in params:
             level = jnp.asarray(params["boundary_value"])
             outer = level.reshape((-1, level.shape[-1]))[-1][channels]
-        return K.radial_diffusion_step(c, self.dt, self.grid.spacing[0], D, lam, outer, source)
+        far = None if rates is None or rates.far is None else (rates.far, params["decay"][channels])
+        return K.radial_diffusion_step(c, self.dt, self.grid.spacing[0], D, lam, outer, source,
+                                       far)
 
     def _cell_rate(self, c, D, potential, room, speed, carrier):
         return K.radial_cell_transport_rate(c, self.grid.spacing[0], D, potential, room, speed,
