@@ -4,7 +4,7 @@ Usage: python bench/fit.py [PROBLEM ...] [--repeats 3] [--batch 1 4] [--workers 
                            [--out bench/results.jsonl]
 
 Default problem: scenarios/calibration/browning2021_wm983b/problem.toml (a spheroid,
-tmesim.spheroid, 80 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 model
+tmesim.spheroid, 30 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 model
 parameters and 2 noise levels in closed form).
 
   forward    jit(vmap(nll))(thetas): every condition's solve and the likelihood

@@ -106,12 +106,13 @@ def test_far_field_face_equals_the_still_medium_on_the_grid(decay):
 
 def test_spheroid_medium_layer_beyond_the_shells_is_the_far_field():
     """The untreated spheroid (182 um, dt 5 min) in a static well's 860 um unstirred layer
-    (with the values of the WM983b fit, docs/fits.md, rounded), over 7 days, on 30 shells of 20 um (600 um: the layer is beyond the shells, the outer
-    face meets it as ``Rates.far_field``) against 80 shells holding the layer. What differs
-    is where the bulk starts: at R + δ in the far field, within about ``MIXING_LENGTH`` of it
-    on the grid (the bulk's relaxation), about ℓR/(δ(R+δ)) ≈ 0.3% of the layer's
-    resistance: surface pO2 within 0.3 mmHg (of a 90 mmHg drop), radii within 1 um
-    (arrested, a switch at a threshold pO2: within 5 um, a quarter shell)."""
+    (the values of the WM983b fit, docs/fits.md, rounded), over 7 days, on 30 shells of
+    20 um (600 um: the layer is beyond the shells, the outer face meets it as
+    ``Rates.far_field``) against 80 shells holding the layer. What differs is where the
+    bulk starts: at R + δ in the far field, within about ``MIXING_LENGTH`` of it on the grid
+    (the bulk's relaxation), about ℓR/(δ(R+δ)) ≈ 0.3% of the layer's resistance: surface
+    pO2 within 0.3 mmHg (of a 90 mmHg drop), radii within 1 um (arrested, a switch at a
+    threshold pO2: within 5 um, a quarter shell)."""
     dt = 5.0
     days = [2.0, 4.0, 7.0]
     got = {}
@@ -311,6 +312,32 @@ def test_gradient_matches_central_differences():
     fd = (values[:3] - values[3:]) / (2 * eps)
     np.testing.assert_allclose(grad * theta, fd * theta, rtol=1e-4)
     assert np.all(np.abs(np.asarray(grad * theta)) > 0.1)  # each moves the radius
+
+
+def test_gradient_through_the_far_field_matches_central_differences():
+    """A 600 um layer around a 200 um spheroid on 20 shells of 20 um (the layer's outer 400
+    um are the outer face's far field): ∂(surface pO2 and radius at day 1)/∂(layer, O2
+    uptake) against central differences at a relative step of 1e-6, rel. error < 1e-4."""
+    dt = 10.0
+    s = tm.spheroid(n=20, spacing=20.0, radius=200.0, dt=dt, dtype=jnp.float64,
+                    overrides={"medium_unstirred_layer": 600.0})
+    save = tm.SaveAt(day_steps([1.0], dt), tm.observables)
+    paths = ("medium_unstirred_layer", "o2_uptake")
+
+    @jax.jit
+    def seen(theta):
+        v = tm.set_values(s.values, dict(zip(paths, theta)))
+        out = tm.solve(s.problem, v, n_steps=int(MIN_PER_DAY / dt), save=save).saved
+        return jnp.stack([out["o2_depth_0"][0], out["tumor_radius"][0]])
+
+    theta = jnp.stack([s.values["params"][k] for k in paths])
+    jac = jax.jacrev(seen)(theta) * theta
+    eps = 1e-6 * theta
+    up = jax.vmap(seen)(theta[None] + jnp.diag(eps))
+    down = jax.vmap(seen)(theta[None] - jnp.diag(eps))
+    fd = ((up - down) / (2 * eps[:, None])).T * theta
+    np.testing.assert_allclose(jac, fd, rtol=1e-4)
+    assert abs(float(jac[0, 0])) > 1.0  # the layer moves the surface pO2 (mmHg)
 
 
 # -- against the 3D octant ---------------------------------------------------------------

@@ -369,7 +369,9 @@ def spheroid(n=40, spacing=15.0, radius=100.0, csc_fraction=0.05, dt=2.0, medium
     The same species, processes, medium, values, bounds and treatments as
     ``organoid`` (the same keyword arguments, less ``octant``), on a
     ``RadialGrid`` of n shells of ``spacing`` um (the domain's radius is
-    n·spacing; its outer face is the medium, as the octant's outer faces).
+    n·spacing; its outer face is the medium, as the octant's outer faces; an
+    unstirred layer reaching beyond it is the face's far field, so the
+    domain need only hold the spheroid).
     Spherical finite volumes (docs/radial.md): one exact tridiagonal solve per
     solute per step, cell transport through the shells' faces. Use it where
     the organoid stays spherical (calibration of growth curves and radii):

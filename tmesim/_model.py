@@ -266,7 +266,9 @@ def medium_exchange(f, p, d, r):
     into the bulk, so the bulk starts ℓ inside the layer's outer edge. R is the
     equal-volume radius of the tumour body (``body_radius``), so the layer
     moves with the growing organoid and w changes smoothly with R (over one
-    voxel h). Results do not depend on where the box ends.
+    voxel h). Results do not depend on where the box ends, as long as it holds
+    the layer; on a ``RadialGrid`` it need not: the layer beyond the shells is
+    the outer face's far field (``Rates.far_field(R + δ)``, docs/radial.md).
     Only in the organoid geometry (``medium_only``).
     """
     for s in SOLUTES:
