@@ -127,7 +127,7 @@ def test_spheroid_medium_layer_beyond_the_shells_is_the_far_field():
                        save=tm.SaveAt(day_steps(days, dt), tm.observables))
         got[n] = {k: np.asarray(v) for k, v in sol.saved.items()}
     near, far = got[80], got[30]
-    assert 150.0 - near["o2_depth_0"][0] > 60.0  # the layer matters: a deep drop
+    assert 160.0 - near["o2_depth_0"][0] > 60.0  # the layer matters: a deep drop from 160
     np.testing.assert_allclose(far["o2_depth_0"], near["o2_depth_0"], atol=0.3)
     np.testing.assert_allclose(far["tumor_radius"], near["tumor_radius"], atol=1.0)
     np.testing.assert_allclose(far["necrotic_radius"], near["necrotic_radius"], atol=1.0)
