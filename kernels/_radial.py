@@ -126,7 +126,8 @@ def far_field_factors(rb: float, h: float, radius, D, decay):
 
 
 def radial_diffusion_rate(c: Array, h: float, D, decay, outer=None, source=None) -> Array:
-    """∂c/∂t of ``radial_diffusion_step``'s equation, explicitly (for tests and checks)."""
+    """∂c/∂t of ``radial_diffusion_step``'s equation, explicitly (for tests and checks), with
+    the outer value on the face (no ``far`` field)."""
     F, n = c.shape
     _, area, volume = shell_geometry(n, h)
     D = _per_channel(D, c)
