@@ -46,8 +46,8 @@ def test_ball_volume_radius_and_shares():
 
 def test_hypoxic_share_of_a_linear_profile():
     """pO2 = 2 + 0.1·r mmHg: below 15 mmHg within r = 130 um, so the hypoxic share of a
-    uniform ball is (130/200)³ = 0.2746; the ±1 mmHg ramp is symmetric about the
-    threshold, so on a linear profile it counts the same share."""
+    uniform ball is (130/200)³ = 0.2746; the threshold smeared over a voxel is symmetric
+    about it, so on a linear profile it counts the same share (measured 0.2791)."""
     g = SETUP.grid
     r = np.sqrt(sum(x**2 for x in g.mesh()))
     o = obs(state(o2=jnp.asarray(2.0 + 0.1 * r)))
@@ -75,8 +75,8 @@ def test_gradient_wrt_initial_radius(name, expected):
 def test_hypoxic_share_moves_with_the_threshold():
     """d(share)/d(threshold) on the linear profile: 3 r_h² /(R³ · 0.1 mmHg/um) = 0.0634/mmHg.
 
-    The ramp (±1 mmHg, ±10 um here) samples this surface term with 20 um voxels:
-    measured 0.0668, within 10%; exact against the finite difference."""
+    The threshold smeared over one voxel samples this surface term with the 20 um voxels
+    that the front cuts: measured 0.0679, within 10%; exact against the finite difference."""
     g = SETUP.grid
     r = np.sqrt(sum(x**2 for x in g.mesh()))
     fields = state(o2=jnp.asarray(2.0 + 0.1 * r))
@@ -108,12 +108,46 @@ def test_radii_of_a_ball_with_a_debris_core_within_a_quarter_voxel():
     # pimonidazole: below 10 mmHg inside r = 80 um on pO2 = 2 + 0.1·r
     ("hypoxic_radius", 2.0 + 0.1 * RADIAL, 80.0),
     # arrest: oxygen factor of division (O2 − 5)/155 below 0.1, pO2 below 20.5 mmHg,
-    # inside r = 150 um on pO2 = 0.5·r − 54.5 (the ramp of ±0.05 spans ±15.5 um)
+    # inside r = 150 um on pO2 = 0.5·r − 54.5 (measured 150.6; pimonidazole 80.8)
     ("arrested_radius", 0.5 * RADIAL - 54.5, 150.0),
 ])
 def test_threshold_radii_of_a_linear_profile_within_a_quarter_voxel(name, o2, expected):
     o = obs(state(o2=jnp.asarray(np.maximum(o2, 0.0))))
     assert abs(float(o[name]) - expected) < H / 4, float(o[name])
+
+
+@pytest.mark.parametrize("geometry", ["organoid", "spheroid"])
+def test_threshold_radius_moves_continuously_with_a_steep_front(geometry):
+    """pO2 = 10 + 5·(r − a) mmHg, steeper than any fixed ramp in pO2: the pimonidazole
+    radius (below 10 mmHg) is a, for a swept across one voxel, and d(radius)/da = 1.
+
+    On shells the front of a profile linear in r is exact (1e-9). On the octant a
+    spherical front cuts the voxels at every angle: measured within 0.7 um of a and
+    slope 0.94-1.06 over the sweep. A ramp of ±1 mmHg (0.4 um here) gave steps of a
+    whole shell (radius off by up to 8 um, slope 0 or 50) and slope 0 at 10 of 11 points
+    on the octant: that is what this guards."""
+    s = (SETUP if geometry == "organoid" else
+         tm.spheroid(n=16, spacing=20.0, radius=R, dt=5.0, dtype=jnp.float64))
+    g, names = s.grid, s.table.names
+    r = RADIAL if geometry == "organoid" else g.centers()
+    ball = s.problem.ball(R)
+
+    def radius(a):
+        f = {n: jnp.zeros(g.shape) for n in names}
+        f["tumor"] = PACKED * ball
+        f["oxygen"] = 10.0 + 5.0 * (jnp.asarray(r) - a)
+        return tm.observables(s.problem, jnp.stack([f[n] for n in names]), s.values)[
+            "hypoxic_radius"]
+
+    fronts = 130.0 + np.linspace(0.0, H, 11)
+    got = np.array([float(radius(a)) for a in fronts])
+    slope = np.array([float(jax.grad(radius)(jnp.asarray(a))) for a in fronts])
+    if geometry == "spheroid":
+        np.testing.assert_allclose(got, fronts, rtol=1e-9)
+        np.testing.assert_allclose(slope, 1.0, rtol=1e-9)
+    else:
+        np.testing.assert_allclose(got, fronts, atol=1.0)  # 1/20 voxel
+        np.testing.assert_allclose(slope, 1.0, atol=0.1)
 
 
 def test_projected_area_of_a_ball_and_its_fold_change():

@@ -172,6 +172,30 @@ class NicheProblem(Problem):
         shadow = jnp.max(occ, axis=2)
         return jnp.sum(shadow) * hx * hy * (4.0 if self.copies == 8 else 1.0)
 
+    def below(self, field, threshold):
+        """Share of each voxel (shell) where ``field`` is below ``threshold``, the field taken
+        as linear across it (its slope from ``jnp.gradient``): a threshold smeared over one
+        voxel, so that the marked region's volume moves continuously with the front.
+
+        On a ``RadialGrid`` exact for a profile linear in r: shell i puts the front at
+        r* = r_i + (threshold − f_i)/f'_i and counts the part of its volume on the low side
+        of r* (``shell_fraction``). On a Cartesian grid the voxel's share of the values
+        f ± Δ/2 below the threshold, Δ = Σ_a h_a |∂_a f| (the field's change across the
+        voxel along its gradient): exact for a plane front normal to an axis, and the
+        volume of a plane front's region for any direction (the ramp is symmetric).
+        A flat field is below or not as a whole."""
+        tiny = jnp.asarray(1e-30, field.dtype)
+        if self.radial:
+            h = self.grid.spacing[0]
+            slope = jnp.gradient(field, h)
+            safe = jnp.where(jnp.abs(slope) > tiny, slope, tiny)
+            front = jnp.asarray(self.grid.centers(), field.dtype) + (threshold - field) / safe
+            inside = shell_fraction(self.grid, front)
+            return jnp.where(safe > 0, inside, 1.0 - inside)
+        change = sum(h * jnp.abs(g) for h, g in
+                     zip(self.grid.spacing, jnp.gradient(field, *self.grid.spacing)))
+        return jnp.clip(0.5 + (threshold - field) / jnp.maximum(change, tiny), 0.0, 1.0)
+
     def shell_mean(self, field, radius):
         """Mean of ``field`` on the sphere of ``radius`` (um) about the centre: voxels (shell
         centres) weighted by a hat of half-width h in their distance from it (continuous in

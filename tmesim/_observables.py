@@ -14,11 +14,16 @@ the derivative of what it measures, not zero almost everywhere:
   smoothly with it; a threshold on the share, ramped or not, made the
   derivative a sampling of the voxels that happen to straddle it: 0.67 for
   a ramp over shares 0.25-0.75, measured);
-- a region that an experiment marks by a threshold on a smooth field
-  (arrested: division nearly stopped; hypoxic: pimonidazole binds) weighs
-  each occupied voxel by a linear ramp across the threshold, symmetric about
-  it, so that a locally linear profile counts the same share as the hard
-  threshold;
+- a region that an experiment marks by a threshold on pO2 (arrested:
+  division nearly stopped; hypoxic: pimonidazole binds; the hypoxic share)
+  weighs each occupied voxel by its share below the threshold with the
+  field linear across the voxel (``NicheProblem.below``): the threshold is
+  smeared over one voxel whatever the profile's slope, so the region's
+  volume moves continuously as the front crosses a voxel. A ramp of fixed
+  width in pO2 (±1 mmHg, or ±0.05 in the division factor) was narrower
+  than a voxel where the profile is steep: the arrested radius of the
+  WM983b fit stepped by whole shells, its derivative a sampling of the
+  shells that happened to straddle the ramp;
 - radii are equal-volume sphere radii of those regions (what a confocal slice
   through the centre of a spherical organoid shows);
 - shares are ratios of sums (CSC, debris).
@@ -39,15 +44,12 @@ from ._model import (
     STROMA,
     equal_volume_radius,
     occupied_share,
-    proliferation_o2,
 )
 
 UM3_PER_MM3 = 1e9
 UM2_PER_MM2 = 1e6
-HYPOXIC_HALF_WIDTH = 1.0  # mmHg: half-width of the ramp that counts a cell as hypoxic
 PIMONIDAZOLE_O2 = 10.0  # mmHg: pimonidazole adducts form below about this pO2 (hypoxic_radius)
 ARREST_LEVEL = 0.1  # arrested where the oxygen factor of division is below this (arrested_radius)
-ARREST_HALF_WIDTH = 0.05
 PROFILE_DEPTHS = (0.0, 50.0, 100.0, 200.0)  # um below the outer radius: o2_depth_<d>
 
 OBSERVABLES = {
@@ -56,15 +58,15 @@ OBSERVABLES = {
                            "debris), each voxel counted as min(body / packing_fraction, 1)"),
     "csc_fraction": ("1", "CSC share of live tumour cells"),
     "hypoxic_fraction": ("1", "share of live tumour cells below o2_hypoxic_threshold "
-                              "(ramp of +-1 mmHg)"),
+                              "(smeared over one voxel)"),
     "necrotic_fraction": ("1", "share of debris in the tumour body (debris / (live + debris))"),
     "necrotic_radius": ("um", "equal-volume radius of the necrotic region: occupied voxels "
                               "weighted by their debris share debris / (live + debris)"),
     "arrested_radius": ("um", "equal-volume radius of the proliferation-arrested region (FUCCI): "
                               "occupied voxels where the oxygen factor of division is below 0.1 "
-                              "(ramp +-0.05); includes the necrotic core"),
+                              "(smeared over one voxel); includes the necrotic core"),
     "hypoxic_radius": ("um", "equal-volume radius of the pimonidazole-positive region: occupied "
-                             "voxels below 10 mmHg (ramp +-1 mmHg)"),
+                             "voxels below 10 mmHg (smeared over one voxel)"),
     "viable_rim": ("um", "tumor_radius - necrotic_radius"),
     "projected_area": ("mm^2", "area of the organoid's shadow along z (brightfield image): each "
                                "column counts its most occupied voxel's share"),
@@ -84,14 +86,14 @@ def _ratio(a, b):
     return a / jnp.maximum(b, 1e-30)
 
 
-def hypoxic_weight(o2, threshold):
-    """1 well below ``threshold``, 0 well above, linear over ±HYPOXIC_HALF_WIDTH mmHg."""
-    return _ramp(o2, threshold, HYPOXIC_HALF_WIDTH)
-
-
-def _ramp(x, threshold, half_width):
-    """1 well below ``threshold``, 0 well above, linear over ±half_width."""
-    return jnp.clip(0.5 + (threshold - x) / (2.0 * half_width), 0.0, 1.0)
+def arrest_o2(p):
+    """The pO2 below which the oxygen factor of division g (``proliferation_o2``) is below
+    ARREST_LEVEL: g = x/(K + (1 − K)x) is increasing in x = (O2 − threshold)/(reference −
+    threshold), and g = L at x = L·K/(1 − L(1 − K))."""
+    k, level = p["o2_proliferation_shape"], ARREST_LEVEL
+    x = level * k / (1.0 - level * (1.0 - k))
+    low = p["o2_proliferation_threshold"]
+    return low + (p["o2_reference"] - low) * x
 
 
 def occupied(problem, fields, values):
@@ -140,14 +142,14 @@ def observables(problem, fields, values, step=None) -> dict:
     debris = fields[i("debris")]
     o2 = fields[i("oxygen")]
     live_sum = integral(live)
-    hypoxic = hypoxic_weight(o2, values["params"]["o2_hypoxic_threshold"])
     p = values["params"]
+    hypoxic = problem.below(o2, p["o2_hypoxic_threshold"])
     occ = occupied(problem, fields, values)
     radius = equal_volume_radius(integral(occ))
     necrotic = occ * _ratio(debris, live + debris)
     necrotic_radius = equal_volume_radius(integral(necrotic))
-    arrested = occ * _ramp(proliferation_o2(o2, p), ARREST_LEVEL, ARREST_HALF_WIDTH)
-    pimonidazole = occ * _ramp(o2, PIMONIDAZOLE_O2, HYPOXIC_HALF_WIDTH)
+    arrested = occ * problem.below(o2, arrest_o2(p))
+    pimonidazole = occ * problem.below(o2, PIMONIDAZOLE_O2)
     area = projected_area(problem, occ)
     debris_sum = integral(debris)
     out = {
