@@ -34,9 +34,9 @@ docs/observables.md.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 import math
+
+import jax.numpy as jnp
 
 from ._model import (
     DRUGS,
