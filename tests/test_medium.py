@@ -7,11 +7,15 @@ qR²/(6D) less at its centre. Box independence: the bulk is where it is, not
 where the box ends. Protocols: medium levels switched during a run.
 """
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import tmesim as tm
+from tmesim._run import build
+from tmesim._scenario import load_scenario
 
 STILL = {"tumor_division_rate": 0.0, "csc_division_rate": 0.0, "apoptosis_rate": 0.0}
 
@@ -67,6 +71,27 @@ def test_doubling_the_box_changes_the_10_day_radius_by_under_1_percent():
         _, fields = _o2(s, 7200)
         radii.append(float(tm.observables(s.problem, fields, s.values)["tumor_radius"]))
     assert abs(radii[1] / radii[0] - 1.0) < 0.01, radii
+
+
+def test_a_box_that_cuts_the_unstirred_layer_warns(tmp_path):
+    """R + δ past the medium faces: the faces hold the bulk level nearer than R + δ. The
+    warning names the parameter, the reach and the box (and the scenario file in a run);
+    a box that holds them, or a spheroid (far field), gives none."""
+    with pytest.warns(tm.MediumLayerWarning, match=r"medium_unstirred_layer = 300 um\) "
+                      r"reach 400 um .* at 240 um"):
+        tm.organoid(n=8, spacing=30.0, radius=100.0, overrides={"medium_unstirred_layer": 300.0})
+    with pytest.warns(tm.MediumLayerWarning, match="at 120 um"):  # a whole box: half of it
+        tm.organoid(n=8, spacing=30.0, radius=100.0, octant=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tm.organoid(n=8, spacing=30.0, radius=100.0, overrides={"medium_unstirred_layer": 130.0})
+        tm.spheroid(n=8, spacing=30.0, radius=100.0, overrides={"medium_unstirred_layer": 900.0})
+    path = tmp_path / "narrow.toml"
+    path.write_text('name = "narrow"\n[run]\ndays = 1.0\n[grid]\nn = 8\nspacing_um = 30.0\n'
+                    '[geometry]\nkind = "organoid"\nradius_um = 100.0\n[parameters]\n'
+                    'medium_unstirred_layer = 300.0\n')
+    with pytest.warns(tm.MediumLayerWarning, match="narrow.toml: the organoid"):
+        build(load_scenario(str(path)))
 
 
 def test_medium_oxygen_protocol_21_to_2_percent_and_back():

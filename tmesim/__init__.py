@@ -6,6 +6,7 @@ from ._fit import FitError as FitError
 from ._fit import fit as fit
 from ._fitplot import fit_text as fit_text
 from ._fitplot import plot_fit as plot_fit
+from ._geometry import MediumLayerWarning as MediumLayerWarning
 from ._geometry import NicheProblem as NicheProblem
 from ._geometry import Setup as Setup
 from ._geometry import ball_fraction as ball_fraction

@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import warnings
 
 from ._inspect import DEFAULT_PLOT_FIELDS, DEFAULT_PLOT_OBSERVABLES
 
@@ -121,6 +122,8 @@ def _model(args) -> int:
 def main(argv=None) -> int:
     from . import __version__
 
+    # warnings as one line each, as the command's other messages
+    warnings.formatwarning = lambda message, *_, **__: f"tmesim: warning: {message}\n"
     parser = argparse.ArgumentParser(prog="tmesim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tmesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

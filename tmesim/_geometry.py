@@ -24,6 +24,7 @@ values = {
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -359,6 +360,10 @@ def _common_values(overrides, diffusion, dtype) -> dict:
     }
 
 
+class MediumLayerWarning(UserWarning):
+    """An organoid's unstirred medium layer reaches past its box's medium faces."""
+
+
 def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant=True,
              medium=None, immune_medium=None, overrides=None, dtype=jnp.float32, diffusion=None,
              bounds=None, schedule_values=None) -> Setup:
@@ -369,7 +374,9 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     The other faces are the medium (Dirichlet: oxygen 160 mmHg, ``medium``
     values for the rest); it is well mixed at those levels beyond an unstirred
     layer of ``medium_unstirred_layer`` um around the organoid
-    (``medium_exchange``), so where the box ends does not matter. Initial
+    (``medium_exchange``), so where the box ends does not matter as long as
+    it holds the organoid and its layer (a ``MediumLayerWarning`` where it
+    does not at the start; ``spheroid`` holds any layer). Initial
     cells: a ball of ``radius`` um at the packing fraction (0.8) with a
     ``csc_fraction`` share of CSCs.
     immune_medium: {"cd8": 0.02, ...} seeds cells in the unstirred layer around
@@ -381,8 +388,20 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     faces = (Neumann(), Dirichlet(0.0)) * 3 if octant else (Dirichlet(0.0),) * 6
     grid = Grid((n, n, n), spacing, faces)
     fits = n * spacing if octant else n * spacing / 2
-    return _organoid(grid, fits, octant, radius, csc_fraction, dt, medium, immune_medium,
-                     overrides, dtype, diffusion, bounds, schedule_values)
+    setup = _organoid(grid, fits, octant, radius, csc_fraction, dt, medium, immune_medium,
+                      overrides, dtype, diffusion, bounds, schedule_values)
+    layer = float(setup.values["params"]["medium_unstirred_layer"])
+    if radius + layer > fits:
+        warnings.warn(
+            f"the organoid (radius {radius:g} um) and its unstirred layer "
+            f"(medium_unstirred_layer = {layer:g} um) reach {radius + layer:g} um from its "
+            f"centre, past the box's medium faces at {fits:g} um: the medium is at its bulk "
+            f"level on those faces, so the layer is in effect at most {fits - radius:g} um "
+            "thick and the results depend on the box (more so as the organoid grows). "
+            "Enlarge the box to hold the radius and the layer, or use a spheroid "
+            "(geometry.kind = \"spheroid\": its outer face holds any layer)",
+            MediumLayerWarning, stacklevel=2)
+    return setup
 
 
 def spheroid(n=40, spacing=15.0, radius=100.0, csc_fraction=0.05, dt=2.0, medium=None,

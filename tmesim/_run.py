@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._geometry import Setup, organoid, spheroid, tissue
+from ._geometry import MediumLayerWarning, Setup, organoid, spheroid, tissue
 from ._observables import OBSERVABLES, observables
 from ._output import (
     Output,
@@ -71,8 +72,12 @@ def build(scenario: Scenario) -> Built:
                   schedule_values=scenario.schedule())
     try:
         if geo["kind"] == "organoid":
-            setup = organoid(octant=geo["octant"], medium=geo["medium"],
-                             immune_medium=geo["co_culture"], **common)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", MediumLayerWarning)
+                setup = organoid(octant=geo["octant"], medium=geo["medium"],
+                                 immune_medium=geo["co_culture"], **common)
+            for w in caught:  # name the scenario file
+                warnings.warn(f"{scenario.source}: {w.message}", w.category, stacklevel=2)
         elif geo["kind"] == "spheroid":
             setup = spheroid(medium=geo["medium"], immune_medium=geo["co_culture"], **common)
         else:
