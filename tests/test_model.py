@@ -13,11 +13,14 @@ larger than any numerical error at this step (first-order coupling at
 dt = 2 min on processes with time scales of hours: below 1%).
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import tmesim as tm
+from tmesim._model import O2_ONSET, proliferation_o2
+from tmesim._observables import ARREST_LEVEL, arrest_o2
 
 DT = 2.0
 DAY = 720  # steps of DT
@@ -270,6 +273,32 @@ def test_m17_car_t_kills_cscs_first():
     none = evolve(1, NORMOXIC, init | {"car_t": 0.0})
     assert mean(car, "csc") < 0.7 * mean(none, "csc")
     assert mean(car, "tumor") > 0.8 * mean(none, "tumor")
+
+
+@pytest.mark.parametrize("shape, threshold", [(1.0, 5.0), (0.02, 12.0), (0.02, 22.8)])
+def test_oxygen_factor_of_division_has_a_smooth_onset(shape, threshold):
+    """g is 0 well below the threshold, PhysiCell's ramp (or its saturating form) more than a
+    few O2_ONSET above it, and its slope is continuous through the onset: no kink for a
+    shell's pO2 to cross between two steps (the hard onset's slope jumped from 0 to
+    1/(K·155 mmHg)). ``arrest_o2`` inverts it at ARREST_LEVEL."""
+    p = tm.set_values(WELL_MIXED.values, {"o2_proliferation_shape": shape,
+                                          "o2_proliferation_threshold": threshold})["params"]
+    span = float(p["o2_reference"]) - threshold
+
+    def hard(o2):
+        x = np.clip((o2 - threshold) / span, 0.0, 1.0)
+        return x / (shape + (1.0 - shape) * x)
+
+    o2 = np.array([threshold - 50 * O2_ONSET, threshold + 40 * O2_ONSET, 100.0,
+                   float(p["o2_reference"])])
+    np.testing.assert_allclose(proliferation_o2(jnp.asarray(o2), p), hard(o2), rtol=1e-12,
+                               atol=1e-12)
+    slope = jax.vmap(jax.grad(lambda x: proliferation_o2(x, p)))
+    near = threshold + O2_ONSET * np.linspace(-3.0, 3.0, 601)  # steps of 0.01 O2_ONSET
+    jumps = np.abs(np.diff(np.asarray(slope(jnp.asarray(near)))))
+    full = 1.0 / (shape * span)  # the hard onset's slope just above the threshold
+    assert jumps.max() < 0.02 * full, jumps.max() / full
+    np.testing.assert_allclose(proliferation_o2(arrest_o2(p), p), ARREST_LEVEL, rtol=1e-10)
 
 
 def test_m18_growth_pushes_a_compact_body_outwards():

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from ._model import (
     DRUGS,
     IMMUNE,
+    O2_ONSET,
     STROMA,
     equal_volume_radius,
     occupied_share,
@@ -88,12 +89,15 @@ def _ratio(a, b):
 
 def arrest_o2(p):
     """The pO2 below which the oxygen factor of division g (``proliferation_o2``) is below
-    ARREST_LEVEL: g = x/(K + (1 − K)x) is increasing in x = (O2 − threshold)/(reference −
-    threshold), and g = L at x = L·K/(1 − L(1 − K))."""
+    ARREST_LEVEL: g = x/(K + (1 − K)x) is increasing in x, g = L at x = L·K/(1 − L(1 − K)),
+    and x = w·softplus(u/w) (``proliferation_onset``) at u = x + w·log(1 − exp(−x/w)),
+    u = (O2 − threshold)/(reference − threshold)."""
     k, level = p["o2_proliferation_shape"], ARREST_LEVEL
     x = level * k / (1.0 - level * (1.0 - k))
     low = p["o2_proliferation_threshold"]
-    return low + (p["o2_reference"] - low) * x
+    span = p["o2_reference"] - low
+    w = O2_ONSET / span
+    return low + span * (x + w * jnp.log(-jnp.expm1(-x / w)))
 
 
 def occupied(problem, fields, values):

@@ -56,7 +56,7 @@ _ROWS = [
     ("o2_uptake_immune", 0.3, "1", "oxygen_uptake", "O2 consumption of immune cells (macrophages, T cells, CAR-T) per volume, relative to tumour cells", "assumed: as o2_uptake_stroma (resting immune cells are small and quiescent; issue 4 found tumour-like uptake by immune cells too high)"),
     ("o2_uptake_k", 1.0, "mmHg", "oxygen_uptake", "pO2 of half-maximal O2 consumption (Michaelis constant)", "assumed: cellular respiration is half-maximal near 1 mmHg, so consumption is nearly zero-order down to a few mmHg"),
     ("o2_proliferation_threshold", 5.0, "mmHg", "tumor_proliferation", "no proliferation below this pO2", PC.format("o2_proliferation_threshold")),
-    ("o2_proliferation_shape", 1.0, "1", "tumor_proliferation", "shape K of the oxygen factor of division x/(K + (1 - K)x), x the linear ramp: 1 linear (PhysiCell), below 1 saturating", "PhysiCell's linear ramp (K = 1); a saturating response (K < 1) is an option to calibrate"),
+    ("o2_proliferation_shape", 1.0, "1", "tumor_proliferation", "shape K of the oxygen factor of division x/(K + (1 - K)x), x the linear ramp (its onset at the threshold smoothed over 0.1 mmHg): 1 linear (PhysiCell), below 1 saturating", "PhysiCell's linear ramp (K = 1); a saturating response (K < 1) is an option to calibrate"),
     ("o2_reference", 160.0, "mmHg", "tumor_proliferation", "pO2 at which the reference division rate applies", PC.format("o2_reference")),
     ("o2_hypoxic_threshold", 15.0, "mmHg", "hif_activity", "HIF response starts below this pO2", PC.format("o2_hypoxic_threshold")),
     ("o2_hypoxic_saturation", 4.0, "mmHg", "hif_activity", "HIF response is full below this pO2", PC.format("o2_hypoxic_saturation")),
