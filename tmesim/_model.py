@@ -181,10 +181,8 @@ O2_ONSET = 0.1  # mmHg: width of the smooth onset of division at the threshold
 def proliferation_onset(o2, p):
     """x of ``proliferation_o2``: (O2 − threshold)/(reference − threshold), its onset at the
     threshold smoothed over w = O2_ONSET mmHg: w·softplus(·/w), at most 1."""
-    span = p["o2_reference"] - p["o2_proliferation_threshold"]
-    w = O2_ONSET / span
-    return jnp.minimum(w * jax.nn.softplus((o2 - p["o2_proliferation_threshold"]) / span / w),
-                       1.0)
+    above = jax.nn.softplus((o2 - p["o2_proliferation_threshold"]) / O2_ONSET) * O2_ONSET
+    return jnp.minimum(above / (p["o2_reference"] - p["o2_proliferation_threshold"]), 1.0)
 
 
 def proliferation_o2(o2, p):
