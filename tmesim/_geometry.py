@@ -173,10 +173,11 @@ class NicheProblem(Problem):
         shadow = jnp.max(occ, axis=2)
         return jnp.sum(shadow) * hx * hy * (4.0 if self.copies == 8 else 1.0)
 
-    def below(self, field, threshold):
-        """Share of each voxel (shell) where ``field`` is below ``threshold``, the field taken
-        as linear across it (its slope from ``jnp.gradient``): a threshold smeared over one
-        voxel, so that the marked region's volume moves continuously with the front.
+    def below(self, field, *thresholds):
+        """Share of each voxel (shell) where ``field`` is below each of ``thresholds`` (a tuple,
+        one share array per threshold; the field's slope is taken once), the field taken
+        as linear across the voxel (its slope from ``jnp.gradient``): a threshold smeared
+        over one voxel, so that the marked region's volume moves continuously with the front.
 
         On a ``RadialGrid`` exact for a profile linear in r: shell i puts the front at
         r* = r_i + (threshold − f_i)/f'_i and counts the part of its volume on the low side
@@ -187,15 +188,21 @@ class NicheProblem(Problem):
         A flat field is below or not as a whole."""
         tiny = jnp.asarray(1e-30, field.dtype)
         if self.radial:
-            h = self.grid.spacing[0]
-            slope = jnp.gradient(field, h)
+            slope = jnp.gradient(field, self.grid.spacing[0])
             safe = jnp.where(jnp.abs(slope) > tiny, slope, tiny)
-            front = jnp.asarray(self.grid.centers(), field.dtype) + (threshold - field) / safe
-            inside = shell_fraction(self.grid, front)
-            return jnp.where(safe > 0, inside, 1.0 - inside)
-        change = sum(h * jnp.abs(g) for h, g in
-                     zip(self.grid.spacing, jnp.gradient(field, *self.grid.spacing)))
-        return jnp.clip(0.5 + (threshold - field) / jnp.maximum(change, tiny), 0.0, 1.0)
+            centres = jnp.asarray(self.grid.centers(), field.dtype)
+
+            def share(threshold):
+                inside = shell_fraction(self.grid, centres + (threshold - field) / safe)
+                return jnp.where(safe > 0, inside, 1.0 - inside)
+        else:
+            change = sum(h * jnp.abs(g) for h, g in
+                         zip(self.grid.spacing, jnp.gradient(field, *self.grid.spacing)))
+            change = jnp.maximum(change, tiny)
+
+            def share(threshold):
+                return jnp.clip(0.5 + (threshold - field) / change, 0.0, 1.0)
+        return tuple(share(t) for t in thresholds)
 
     def shell_mean(self, field, radius):
         """Mean of ``field`` on the sphere of ``radius`` (um) about the centre: voxels (shell

@@ -147,13 +147,14 @@ def observables(problem, fields, values, step=None) -> dict:
     o2 = fields[i("oxygen")]
     live_sum = integral(live)
     p = values["params"]
-    hypoxic = problem.below(o2, p["o2_hypoxic_threshold"])
+    hypoxic, arrested, pimonidazole = problem.below(
+        o2, p["o2_hypoxic_threshold"], arrest_o2(p), PIMONIDAZOLE_O2)
     occ = occupied(problem, fields, values)
     radius = equal_volume_radius(integral(occ))
     necrotic = occ * _ratio(debris, live + debris)
     necrotic_radius = equal_volume_radius(integral(necrotic))
-    arrested = occ * problem.below(o2, arrest_o2(p))
-    pimonidazole = occ * problem.below(o2, PIMONIDAZOLE_O2)
+    arrested = occ * arrested
+    pimonidazole = occ * pimonidazole
     area = projected_area(problem, occ)
     debris_sum = integral(debris)
     out = {
