@@ -67,10 +67,12 @@ from ._solve import SaveAt, solve
 
 CHI2_95 = 3.841458820694124  # χ²₁ quantile at 0.95: a profile interval is Δ NLL ≤ CHI2_95 / 2
 RESULT_FORMAT = 2  # 2: per-start iterations and optimiser state (starts run in parallel)
-STAGES = ("optimise", "laplace", "profiles", "done")
+STAGES = ("optimise", "polish", "laplace", "profiles", "done")
 REJECTIONS = 2  # consecutive rejected steps after which a start stops (the second from a
 #                 fresh memory: a scaled steepest descent whose line search failed too)
 LINESEARCH_STEPS = 12  # zoom line-search evaluations per L-BFGS iteration at most
+POLISH_RADIUS = 0.05  # first trust region of the polish: ‖step / (upper − lower)‖
+POLISH_DECREASE = 1e-6  # the polish stops when its model predicts a smaller NLL decrease
 PLOT_EVERY_DAYS = 0.25
 
 
@@ -662,7 +664,11 @@ class FitState:
     #                         unfinished start (iterations > 0, not done) resumes from it
     best: np.ndarray | None = None
     best_value: float = math.nan
-    hessian: np.ndarray | None = None
+    hessian: np.ndarray | None = None  # at ``best`` (None: not computed there yet)
+    best_grad: np.ndarray | None = None  # (P,) gradient at ``best`` (the polish carries it)
+    polish_radius: float = POLISH_RADIUS  # trust region of the polish (scaled by the bounds)
+    polish_iterations: int = 0
+    polish_history: np.ndarray | None = None  # (iterations + 1,) NLL after each polish step
     profile_points: np.ndarray | None = None  # (J, 4): parameter index, side, scaled value, done
     profile_values: np.ndarray | None = None  # (J,) NLL (NaN: not done)
     profile_theta: np.ndarray | None = None  # (J, P)
@@ -709,8 +715,14 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
             b["theta"] = st.best
             b["value"] = np.array([st.best_value])
             b["linear"] = np.array([float(from_scale(z, sc)) for z, sc in zip(st.best, obj.scales)])
+            if st.best_grad is not None:
+                b["grad"] = st.best_grad
         if st.hessian is not None:
             h5["laplace/hessian"] = st.hessian
+        if st.polish_history is not None:
+            h5["polish/history"] = st.polish_history
+            h5["polish/iterations"] = np.array([st.polish_iterations])
+            h5["polish/radius"] = np.array([st.polish_radius])
         if st.profile_points is not None:
             h5["profiles/points"] = st.profile_points
             h5["profiles/value"] = st.profile_values
@@ -755,8 +767,14 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
         if "best" in h5:
             st.best = h5["best/theta"][...]
             st.best_value = float(h5["best/value"][0])
+            if "grad" in h5["best"]:
+                st.best_grad = h5["best/grad"][...]
         if "laplace/hessian" in h5:
             st.hessian = h5["laplace/hessian"][...]
+        if "polish/history" in h5:
+            st.polish_history = h5["polish/history"][...]
+            st.polish_iterations = int(h5["polish/iterations"][0])
+            st.polish_radius = float(h5["polish/radius"][0])
         if "profiles/points" in h5:
             st.profile_points = h5["profiles/points"][...]
             st.profile_values = h5["profiles/value"][...]
@@ -886,10 +904,16 @@ def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
                            f"failed or left the bounds")
         i = int(np.nanargmin(np.where(finite, st.value, np.inf)))
         st.best, st.best_value = st.theta[i].copy(), float(st.value[i])
-        st.stage, st.opt_leaves = "laplace", None
+        st.best_grad, st.hessian = st.grad[i].copy(), None
+        st.stage, st.opt_leaves = "polish", None
+        save()
+    if st.stage == "polish":
+        _polish(obj, st, B, workers, cfg, save, say)
+        st.stage = "laplace"
         save()
     if st.stage == "laplace":
-        st.hessian = laplace_hessian(obj, st.best, B, workers)
+        if st.hessian is None:
+            st.hessian = laplace_hessian(obj, st.best, B, workers, st.best_grad)
         st.stage = "profiles"
         save()
     if st.stage == "profiles":
@@ -1036,11 +1060,39 @@ def _stopped(obj: Objective, theta, grad, rejected, tolerance: float) -> np.ndar
 
 
 def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int,
-                    workers: _Workers | None = None) -> np.ndarray:
-    """Hessian of the NLL at ``theta`` (scale) by central differences of the exact gradient."""
+                    workers: _Workers | None = None, grad: np.ndarray | None = None) -> np.ndarray:
+    """Hessian of the NLL at ``theta`` (scale) by differences of the exact gradient.
+
+    Central differences with the step eps^(1/3)·max(1, |θ|) of the fit's precision
+    (6e-6 in float64: well inside the curvature's scale, far above the gradient's
+    round-off); one-sided (against ``grad``, the gradient at ``theta``, evaluated if not
+    given) for a coordinate within a step of its bound, whose other side the objective
+    clips. 2P gradient evaluations, ``batch`` to a compiled call, on ``workers``."""
     P = len(theta)
-    eps = 1e-3 * np.maximum(1.0, np.abs(theta))
-    pts = np.concatenate([theta + np.diag(eps), theta - np.diag(eps)])
+    theta = np.asarray(theta, float)
+    eps = np.cbrt(np.finfo(obj.dtype).eps) * np.maximum(1.0, np.abs(theta))
+    eps = np.minimum(eps, 0.25 * (obj.upper - obj.lower))
+    up = theta + eps <= obj.upper
+    down = theta - eps >= obj.lower
+    rows = [theta + np.eye(P)[i] * eps[i] for i in range(P) if up[i]]
+    rows += [theta - np.eye(P)[i] * eps[i] for i in range(P) if down[i]]
+    if grad is None and not (up & down).all():
+        rows.append(theta)
+    g = _gradients(obj, np.array(rows).reshape(-1, P), batch, workers)
+    plus = dict(zip(np.flatnonzero(up), g[:up.sum()]))
+    minus = dict(zip(np.flatnonzero(down), g[up.sum():up.sum() + down.sum()]))
+    here = np.asarray(grad, float) if grad is not None else g[-1]
+    H = np.empty((P, P))
+    for i in range(P):
+        hi = plus.get(i, here)
+        lo = minus.get(i, here)
+        H[i] = (hi - lo) / (eps[i] * ((i in plus) + (i in minus)))
+    return 0.5 * (H + H.T)
+
+
+def _gradients(obj: Objective, pts: np.ndarray, batch: int,
+               workers: _Workers | None = None, values: bool = False):
+    """The gradient (and with ``values``, the NLL) at each point, ``batch`` to a call."""
     own = workers is None
     workers = workers or _Workers(1)
     futures = {}
@@ -1049,15 +1101,139 @@ def laplace_hessian(obj: Objective, theta: np.ndarray, batch: int,
             chunk = pts[k:k + batch]
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
             futures[workers.submit(obj.value_and_grad_batch, padded)] = (k, len(chunk))
-        g = np.empty_like(pts)
+        v, g = np.empty(len(pts)), np.empty_like(pts)
         for f in workers.completed(futures):
             k, n = futures[f]
-            g[k:k + n] = np.asarray(f.result()[1])[:n]
+            value, grad = f.result()
+            v[k:k + n], g[k:k + n] = np.asarray(value)[:n], np.asarray(grad)[:n]
     finally:
         if own:
             workers.close()
-    H = (g[:P] - g[P:]) / (2 * eps[:, None])
-    return 0.5 * (H + H.T)
+    return (v, g) if values else g
+
+
+def trust_region_step(H, g, theta, lower, upper, radius):
+    """A step p that lowers the quadratic model g·p + ½ pᵀHp within the trust region
+    ‖p / (upper − lower)‖ ≤ radius and the box: (p, the model's decrease).
+
+    The coordinates held at a bound (gradient pointing out) stay; on the others, the
+    exact solution of the trust-region subproblem (Moré-Sorensen by the eigenvectors of
+    the scaled Hessian, hard case included). Where it leaves the box, the coordinates it
+    takes past a bound are put on that bound and the subproblem is solved again on the
+    rest with what remains of the region (an active set). The result, or the Cauchy point
+    along the projected gradient if that lowers the model more."""
+    H, g, theta = (np.asarray(x, float) for x in (H, g, theta))
+    lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+    width = upper - lower
+    Hs = H * width[:, None] * width[None, :]  # in q = p / width
+    gs = g * width
+    lo, hi = (lower - theta) / width, (upper - theta) / width
+
+    def model(q):
+        return -(gs @ q + 0.5 * q @ Hs @ q)
+
+    free = ~_held(theta, g, lower, upper)
+    if not free.any() or not np.any(gs[free]):
+        return np.zeros_like(theta), 0.0
+    q = np.zeros_like(theta)
+    while free.any():
+        left = radius ** 2 - q[~free] @ q[~free]
+        if left <= 0:
+            break
+        trial = q.copy()
+        trial[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs[:, ~free] @ q[~free])[free],
+                                  math.sqrt(left))
+        out = (trial < lo) | (trial > hi)
+        q = np.clip(trial, lo, hi)
+        if not out.any():
+            break
+        free &= ~out
+    g_free = np.where(_held(theta, g, lower, upper), 0.0, gs)
+    curv = g_free @ Hs @ g_free
+    t = radius / np.linalg.norm(g_free)
+    if curv > 0:
+        t = min(t, (g_free @ g_free) / curv)
+    cauchy = np.clip(-t * g_free, lo, hi)
+    q = max((q, cauchy), key=model)
+    return q * width, float(model(q))
+
+
+def _subproblem(H, g, radius):
+    """argmin g·q + ½ qᵀHq over ‖q‖ ≤ radius (H symmetric, small)."""
+    w, V = np.linalg.eigh(H)
+    a = V.T @ g
+
+    def q(lam):
+        return -V @ (a / (w + lam))
+
+    if w[0] > 0 and np.linalg.norm(q(0.0)) <= radius:
+        return q(0.0)  # the Newton step lies inside
+    lo = max(0.0, -w[0])
+    hi = lo + np.linalg.norm(a) / radius  # ‖q(hi)‖ ≤ ‖a‖ / (hi − lo) = radius
+    tiny = 1e-12 * max(1.0, hi)
+    if np.linalg.norm(q(lo + tiny)) <= radius:
+        # hard case: g has (almost) no part along the lowest eigenvector; go to the
+        # boundary along it
+        keep = w + lo > tiny
+        base = -V[:, keep] @ (a[keep] / (w[keep] + lo))
+        tau = np.sqrt(max(radius ** 2 - base @ base, 0.0))
+        return base + tau * V[:, 0]
+    for _ in range(200):  # ‖q(λ)‖ falls with λ: bisect ‖q(λ)‖ = radius
+        mid = 0.5 * (lo + hi)
+        if np.linalg.norm(q(mid)) > radius:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-14 * max(1.0, hi):
+            break
+    return q(hi)
+
+
+def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
+    """Trust-region Newton from the best start: the Hessian by differences of the exact
+    gradient (``laplace_hessian``), the step from ``trust_region_step``, accepted when the
+    NLL falls by at least a ten-thousandth of what the model predicted. Stops at
+    ``polish_iterations``, a projected gradient below ``tolerance``, or a predicted
+    decrease below POLISH_DECREASE. The Hessian at the final point is the Laplace one."""
+    iters = cfg["polish_iterations"]
+    if st.polish_history is None or len(st.polish_history) < iters + 1:
+        old = st.polish_history if st.polish_history is not None else [st.best_value]
+        st.polish_history = np.full(max(iters + 1, len(old)), np.nan)
+        st.polish_history[:len(old)] = old
+    if st.best_grad is None:
+        st.best_grad = _gradients(obj, st.best[None], B, workers)[0]
+    largest = math.sqrt(len(st.best))  # the box's diagonal, in the scaled coordinates
+    say.stage()
+    while st.polish_iterations < iters:
+        g = st.best_grad
+        if _projected_norm(obj, st.best, g) < cfg["tolerance"]:
+            break
+        if st.hessian is None:
+            st.hessian = laplace_hessian(obj, st.best, B, workers, g)
+            save()
+        p, predicted = trust_region_step(st.hessian, g, st.best, obj.lower, obj.upper,
+                                         st.polish_radius)
+        if not predicted > POLISH_DECREASE:
+            break
+        value, grad = _gradients(obj, (st.best + p)[None], B, workers, values=True)
+        value, grad = float(value[0]), grad[0]
+        rho = (st.best_value - value) / predicted if np.isfinite(value) else -np.inf
+        size = np.linalg.norm(p / (obj.upper - obj.lower))
+        if rho < 0.25:
+            st.polish_radius = 0.25 * size
+        elif rho > 0.75 and size > 0.99 * st.polish_radius:
+            st.polish_radius = min(2.0 * st.polish_radius, largest)
+        if rho > 1e-4 and np.all(np.isfinite(grad)):
+            st.best, st.best_value, st.best_grad = st.best + p, value, grad
+            st.hessian = None
+        st.polish_iterations += 1
+        st.polish_history[st.polish_iterations] = st.best_value
+        say(f"polish: iteration {st.polish_iterations}/{iters}, NLL {st.best_value:.8g} "
+            f"(step to {value:.8g}, {'taken' if st.hessian is None else 'refused'}; the model "
+            f"predicted a decrease of {predicted:.3g})", st.polish_iterations / iters, force=True)
+        save()
+        if st.polish_radius < 1e-12:
+            break
 
 
 PROFILE_ROUNDS = 4  # a profile side that has not risen by CHI2_95 / 2 is extended this often

@@ -35,6 +35,11 @@ def fit_text(path: str) -> str:
         value = s["value"][...]
         lines.append(f"  starts: {len(value)}; final NLL "
                      + " ".join(f"{v:.6g}" for v in np.sort(value)))
+        if "polish" in h5:
+            hist = h5["polish/history"][...]
+            n = int(h5["polish/iterations"][0])
+            lines.append(f"  polish: {n} trust-region Newton steps, NLL {hist[0]:.8g} -> "
+                         f"{hist[n]:.8g}")
         if "summary" in h5:
             g = h5["summary"]
             lines.append(f"  best NLL {float(h5['best/value'][0]):.6g}; 95% intervals "

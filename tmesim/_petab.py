@@ -115,6 +115,10 @@ FIT_SETTINGS = {
     "tolerance": Setting(float, 1e-4, _positive,
                          "a start has converged when its largest gradient entry (parameter "
                          "scale) is below this"),
+    "polish_iterations": Setting(int, 20, _at_least(0, 100_000),
+                                 "trust-region Newton steps from the best start after the "
+                                 "starts (the Hessian by differences of the exact gradient: 2P "
+                                 "gradients a step); 0: none"),
     "hierarchical": Setting(bool, False, None,
                             "set each noise parameter that is the whole noise formula of its "
                             "measurements to its closed-form optimum given the model (RMS or "
