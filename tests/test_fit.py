@@ -506,6 +506,49 @@ def test_polish_reaches_the_bottom_of_a_narrow_curved_valley():
     np.testing.assert_allclose(st.hessian, [[8.02e6, -4e6], [-4e6, 2e6]], rtol=1e-4)
 
 
+def test_profile_points_start_on_the_path_the_hessian_predicts():
+    """On a quadratic NLL the Hessian's prediction of the profile path is exact: every
+    profile point starts at its conditional optimum (the free gradient is zero there),
+    and its NLL is δ²/(2Σ_ii), Σ = H⁻¹, the Wald curve, without an iteration."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import CHI2_95, FitState, _profile_path, _profiles, _Progress, _Workers
+
+    A = np.array([[4.0, 1.8, 0.5], [1.8, 1.0, -0.2], [0.5, -0.2, 2.0]])  # a tilted valley
+    best = np.array([0.1, -0.2, 0.3])
+
+    def nll(t):
+        d = t - jnp.asarray(best)
+        return 0.5 * d @ jnp.asarray(A) @ d
+
+    vg = jax.jit(jax.vmap(jax.value_and_grad(nll)))
+    obj = SimpleNamespace(nll=nll, value_and_grad_batch=vg, dtype=jnp.float64,
+                          lower=np.full(3, -50.0), upper=np.full(3, 50.0), ids=("a", "b", "c"))
+    for i in range(3):
+        d = _profile_path(A, i)
+        g = A @ d  # the gradient at best + d: zero but for coordinate i
+        np.testing.assert_allclose(np.delete(g, i), 0.0, atol=1e-13)
+    st = FitState("profiles", best[None], best[None], np.zeros(1), np.zeros((1, 3)),
+                  np.zeros((1, 1)), np.zeros(1, np.int64), np.ones(1, bool),
+                  np.zeros(1, np.int32), None, best=best.copy(), best_value=0.0, hessian=A)
+    workers = _Workers(1)
+    try:
+        _profiles(obj, Optimiser(obj, "lbfgs", 0.05), st, 1, workers,
+                  {"profile_points": 2, "profiles": None, "profile_iterations": 1,
+                   "tolerance": 1e-8}, lambda: None, _Progress(None))
+    finally:
+        workers.close()
+    sigma = np.linalg.inv(A)
+    for (i, _, x, done), value, theta in zip(st.profile_points, st.profile_values,
+                                              st.profile_theta):
+        i = int(i)
+        assert done == 1.0
+        assert value == pytest.approx((x - best[i]) ** 2 / (2 * sigma[i, i]), rel=1e-9)
+        np.testing.assert_allclose(theta, best + (x - best[i]) * _profile_path(A, i),
+                                   atol=1e-12)
+    assert st.profile_values.max() >= CHI2_95 / 2  # each side crossed the threshold
+
+
 def test_laplace_hessian_is_one_sided_at_a_bound():
     """Central differences inside the box; at a bound (where the objective clips), a
     one-sided difference against the gradient there: exact on a quadratic either way."""

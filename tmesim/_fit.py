@@ -1334,8 +1334,11 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
             mask = np.ones((B, P))
             for b, j in enumerate(pad):
                 i = int(st.profile_points[j, 0])
+                # moved along the profile's path as the Hessian at the optimum predicts it
+                theta[b] += (st.profile_points[j, 2] - theta[b, i]) * _profile_path(st.hessian, i)
                 theta[b, i] = st.profile_points[j, 2]
                 mask[b, i] = 0.0
+            theta = np.clip(theta, obj.lower, obj.upper)
             running[workers.submit(_profile_point, obj, opt, theta, mask, iters,
                                    cfg["tolerance"], workers.cancel)] = group
             busy.update(group)
@@ -1350,6 +1353,24 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
         finished = int(st.profile_points[:, 3].sum())
         say(f"profiles: {finished}/{len(st.profile_points)} points",
             finished / len(st.profile_points), force=True)
+
+
+def _profile_path(H: np.ndarray | None, i: int) -> np.ndarray:
+    """d θ / d θ_i along parameter i's profile where the NLL is the quadratic of Hessian H:
+    the others at their conditional optimum, −H_oo⁻¹ H_oi (e_i where H_oo is not positive
+    definite or there is no Hessian)."""
+    P = 0 if H is None else len(H)
+    d = np.zeros(max(P, i + 1))
+    d[i] = 1.0
+    if H is None or P < 2:
+        return d
+    o = np.arange(P) != i
+    try:
+        c = np.linalg.cholesky(H[np.ix_(o, o)])
+    except np.linalg.LinAlgError:
+        return d
+    d[o] = -np.linalg.solve(c.T, np.linalg.solve(c, H[o, i]))
+    return d if np.all(np.isfinite(d)) else np.eye(P)[i]
 
 
 def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel):
