@@ -549,6 +549,46 @@ def test_profile_points_start_on_the_path_the_hessian_predicts():
     assert st.profile_values.max() >= CHI2_95 / 2  # each side crossed the threshold
 
 
+def test_a_profile_point_reaches_its_conditional_minimum_in_a_curved_valley():
+    """A profile point of a curved valley (Rosenbrock's in x, y, with z tied to y) is
+    re-optimised by trust-region steps from the Laplace Hessian with SR1 updates. The
+    profile of y holds x at the root of the cubic 400x³ + (2 − 400y)x − 2 = 0 and z = y;
+    at y = 0.5 and 1.4 it is reached to 1e-9 relative within 30 gradient evaluations."""
+    from threading import Event
+    from types import SimpleNamespace
+
+    from tmesim._fit import _profile_path, _profile_point, laplace_hessian
+
+    def f(t):
+        x, y, z = t[0], t[1], t[2]
+        return 1e4 * ((1 - x) ** 2 + 100 * (y - x * x) ** 2) + 1e3 * (z - y) ** 2
+
+    vg = jax.jit(jax.vmap(jax.value_and_grad(f)))
+    calls = []
+
+    def counted(t):
+        calls.append(len(t))
+        return vg(jnp.asarray(t))
+
+    obj = SimpleNamespace(value_and_grad_batch=counted, dtype=jnp.float64,
+                          lower=np.full(3, -3.0), upper=np.full(3, 3.0))
+    best = np.ones(3)
+    H = laplace_hessian(obj, best, 1)
+    for y in (0.5, 1.4):
+        roots = np.roots([400.0, 0.0, 2.0 - 400.0 * y, -2.0])
+        x = min(roots[np.abs(roots.imag) < 1e-12].real,
+                key=lambda r: (1 - r) ** 2 + 100 * (y - r * r) ** 2)
+        exact = 1e4 * ((1 - x) ** 2 + 100 * (y - x * x) ** 2)
+        calls.clear()
+        start = np.clip(best + (y - 1.0) * _profile_path(H, 1), obj.lower, obj.upper)
+        theta, value = _profile_point(obj, None, start[None], np.array([[1.0, 0.0, 1.0]]),
+                                      30, 1e-9, Event(), H)
+        assert theta[0, 1] == y
+        assert value[0] == pytest.approx(exact, rel=1e-9), (theta, x)
+        np.testing.assert_allclose(theta[0], [x, y, y], rtol=1e-6)
+        assert sum(calls) <= 31
+
+
 def test_laplace_hessian_is_one_sided_at_a_bound():
     """Central differences inside the box; at a bound (where the objective clips), a
     one-sided difference against the gradient there: exact on a quadratic either way."""

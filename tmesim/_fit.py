@@ -73,6 +73,7 @@ REJECTIONS = 2  # consecutive rejected steps after which a start stops (the seco
 LINESEARCH_STEPS = 12  # zoom line-search evaluations per L-BFGS iteration at most
 POLISH_RADIUS = 0.05  # first trust region of the polish: ‖step / (upper − lower)‖
 POLISH_DECREASE = 1e-6  # the polish stops when its model predicts a smaller NLL decrease
+POLISH_STALL = (5, 1e-3)  # ... or when its last 5 steps lowered the NLL by less than 1e-3
 PLOT_EVERY_DAYS = 0.25
 
 
@@ -1112,11 +1113,12 @@ def _gradients(obj: Objective, pts: np.ndarray, batch: int,
     return (v, g) if values else g
 
 
-def trust_region_step(H, g, theta, lower, upper, radius):
+def trust_region_step(H, g, theta, lower, upper, radius, fixed=None):
     """A step p that lowers the quadratic model g·p + ½ pᵀHp within the trust region
     ‖p / (upper − lower)‖ ≤ radius and the box: (p, the model's decrease).
 
-    The coordinates held at a bound (gradient pointing out) stay; on the others, the
+    The coordinates ``fixed`` (bool, optional) and those held at a bound (gradient
+    pointing out) stay; on the others, the
     exact solution of the trust-region subproblem (Moré-Sorensen by the eigenvectors of
     the scaled Hessian, hard case included). Where it leaves the box, the coordinates it
     takes past a bound are put on that bound and the subproblem is solved again on the
@@ -1132,7 +1134,8 @@ def trust_region_step(H, g, theta, lower, upper, radius):
     def model(q):
         return -(gs @ q + 0.5 * q @ Hs @ q)
 
-    free = ~_held(theta, g, lower, upper)
+    stay = _held(theta, g, lower, upper) | (False if fixed is None else np.asarray(fixed))
+    free = ~stay
     if not free.any() or not np.any(gs[free]):
         return np.zeros_like(theta), 0.0
     q = np.zeros_like(theta)
@@ -1148,7 +1151,7 @@ def trust_region_step(H, g, theta, lower, upper, radius):
         if not out.any():
             break
         free &= ~out
-    g_free = np.where(_held(theta, g, lower, upper), 0.0, gs)
+    g_free = np.where(stay, 0.0, gs)
     curv = g_free @ Hs @ g_free
     t = radius / np.linalg.norm(g_free)
     if curv > 0:
@@ -1189,12 +1192,39 @@ def _subproblem(H, g, radius):
     return q(hi)
 
 
+ACCEPT = 1e-4  # a trust-region step is taken when the NLL falls by this share of the
+#               model's predicted decrease
+
+
+def _new_radius(radius: float, rho: float, scaled_step: np.ndarray) -> float:
+    """The trust region after a step (scaled by the bounds) whose actual over predicted
+    decrease was rho: a quarter of the step after a poor one, doubled (up to the box's
+    diagonal) after a good one that reached the region's edge."""
+    size = float(np.linalg.norm(scaled_step))
+    if rho < 0.25:
+        return 0.25 * size
+    if rho > 0.75 and size > 0.99 * radius:
+        return min(2.0 * radius, math.sqrt(len(scaled_step)))
+    return radius
+
+
+def _sr1(H: np.ndarray, s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The symmetric rank-one update of H for the step s and gradient change y, skipped
+    where its denominator is tiny (Nocedal & Wright, eq. 6.26)."""
+    r = y - H @ s
+    den = r @ s
+    if not np.isfinite(den) or abs(den) < 1e-8 * np.linalg.norm(s) * np.linalg.norm(r):
+        return H
+    return H + np.outer(r, r) / den
+
+
 def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
     """Trust-region Newton from the best start: the Hessian by differences of the exact
-    gradient (``laplace_hessian``), the step from ``trust_region_step``, accepted when the
-    NLL falls by at least a ten-thousandth of what the model predicted. Stops at
-    ``polish_iterations``, a projected gradient below ``tolerance``, or a predicted
-    decrease below POLISH_DECREASE. The Hessian at the final point is the Laplace one."""
+    gradient (``laplace_hessian``), the step from ``trust_region_step``, taken when the
+    NLL falls by at least ACCEPT of what the model predicted. Stops at
+    ``polish_iterations``, a projected gradient below ``tolerance``, a predicted
+    decrease below POLISH_DECREASE, or a stall (POLISH_STALL: a cusp of the NLL, where
+    no quadratic model holds, or a Hessian too noisy to follow). The Hessian at the final point is the Laplace one."""
     iters = cfg["polish_iterations"]
     if st.polish_history is None or len(st.polish_history) < iters + 1:
         old = st.polish_history if st.polish_history is not None else [st.best_value]
@@ -1202,7 +1232,6 @@ def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
         st.polish_history[:len(old)] = old
     if st.best_grad is None:
         st.best_grad = _gradients(obj, st.best[None], B, workers)[0]
-    largest = math.sqrt(len(st.best))  # the box's diagonal, in the scaled coordinates
     say.stage()
     while st.polish_iterations < iters:
         g = st.best_grad
@@ -1218,12 +1247,8 @@ def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
         value, grad = _gradients(obj, (st.best + p)[None], B, workers, values=True)
         value, grad = float(value[0]), grad[0]
         rho = (st.best_value - value) / predicted if np.isfinite(value) else -np.inf
-        size = np.linalg.norm(p / (obj.upper - obj.lower))
-        if rho < 0.25:
-            st.polish_radius = 0.25 * size
-        elif rho > 0.75 and size > 0.99 * st.polish_radius:
-            st.polish_radius = min(2.0 * st.polish_radius, largest)
-        if rho > 1e-4 and np.all(np.isfinite(grad)):
+        st.polish_radius = _new_radius(st.polish_radius, rho, p / (obj.upper - obj.lower))
+        if rho > ACCEPT and np.all(np.isfinite(grad)):
             st.best, st.best_value, st.best_grad = st.best + p, value, grad
             st.hessian = None
         st.polish_iterations += 1
@@ -1232,7 +1257,10 @@ def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
             f"(step to {value:.8g}, {'taken' if st.hessian is None else 'refused'}; the model "
             f"predicted a decrease of {predicted:.3g})", st.polish_iterations / iters, force=True)
         save()
-        if st.polish_radius < 1e-12:
+        k, least = POLISH_STALL
+        n = st.polish_iterations
+        if st.polish_radius < 1e-12 or (n >= k and st.polish_history[n - k]
+                                        - st.polish_history[n] < least):
             break
 
 
@@ -1340,7 +1368,7 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
                 mask[b, i] = 0.0
             theta = np.clip(theta, obj.lower, obj.upper)
             running[workers.submit(_profile_point, obj, opt, theta, mask, iters,
-                                   cfg["tolerance"], workers.cancel)] = group
+                                   cfg["tolerance"], workers.cancel, st.hessian)] = group
             busy.update(group)
         future = next(workers.completed(running))
         group = running.pop(future)
@@ -1373,9 +1401,15 @@ def _profile_path(H: np.ndarray | None, i: int) -> np.ndarray:
     return d if np.all(np.isfinite(d)) else np.eye(P)[i]
 
 
-def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel):
+def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel, H=None):
     """Re-optimise a batch of profile points (their masked coordinate held): (theta, NLL).
-    Returns early, unfinished, when ``cancel`` is set (the fit is stopping)."""
+    Returns early, unfinished, when ``cancel`` is set (the fit is stopping).
+
+    With a finite Hessian H (the Laplace one), trust-region steps from it, updated by SR1
+    from each step's change of gradient: one gradient evaluation a step, and the valley's
+    curvature known from the start. Without, optax's L-BFGS (``opt``)."""
+    if H is not None and np.all(np.isfinite(H)):
+        return _profile_point_tr(obj, theta, mask, iters, tolerance, cancel, H)
     B = len(theta)
     theta = jnp.asarray(theta, obj.dtype)
     state = opt.init(theta)
@@ -1393,6 +1427,44 @@ def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel):
         if bool(np.all(np.asarray(done))):
             break
     return np.asarray(theta), np.asarray(value)
+
+
+def _profile_point_tr(obj, theta, mask, iters, tolerance, cancel, H):
+    theta = np.array(theta, float)
+    B = len(theta)
+    fixed = np.asarray(mask) == 0
+    width = obj.upper - obj.lower
+    value, grad = (np.array(x, float) for x in obj.value_and_grad_batch(theta))
+    hess = [np.array(H, float) for _ in range(B)]
+    radius = np.full(B, POLISH_RADIUS)
+    done = ~np.isfinite(value)
+    for _ in range(iters):
+        if cancel.is_set():
+            break
+        steps, predicted = np.zeros_like(theta), np.zeros(B)
+        for b in np.flatnonzero(~done):
+            free_grad = np.where(fixed[b], 0.0, grad[b])
+            if _projected_norm(obj, theta[b], free_grad) < tolerance:
+                done[b] = True
+                continue
+            steps[b], predicted[b] = trust_region_step(hess[b], grad[b], theta[b], obj.lower,
+                                                       obj.upper, radius[b], fixed[b])
+            done[b] = not predicted[b] > POLISH_DECREASE
+        if done.all():
+            break
+        new_value, new_grad = (np.array(x, float) for x in
+                               obj.value_and_grad_batch(theta + steps))
+        for b in np.flatnonzero(~done):
+            ok = np.isfinite(new_value[b]) and np.all(np.isfinite(new_grad[b]))
+            rho = (value[b] - new_value[b]) / predicted[b] if ok else -np.inf
+            radius[b] = _new_radius(radius[b], rho, steps[b] / width)
+            if ok:
+                s = np.where(fixed[b], 0.0, steps[b])
+                hess[b] = _sr1(hess[b], s, np.where(fixed[b], 0.0, new_grad[b] - grad[b]))
+            if rho > ACCEPT and ok:
+                theta[b], value[b], grad[b] = theta[b] + steps[b], new_value[b], new_grad[b]
+            done[b] |= radius[b] < 1e-12
+    return theta, value
 
 
 def _laplace_sd(H: np.ndarray) -> np.ndarray:
