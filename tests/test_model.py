@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import tmesim as tm
-from tmesim._model import O2_ONSET, proliferation_o2
+from tmesim._model import O2_ONSET, _ramp_down, proliferation_o2
 from tmesim._observables import ARREST_LEVEL, arrest_o2
 
 DT = 2.0
@@ -299,6 +299,29 @@ def test_oxygen_factor_of_division_has_a_smooth_onset(shape, threshold):
     full = 1.0 / (shape * span)  # the hard onset's slope just above the threshold
     assert jumps.max() < 0.02 * full, jumps.max() / full
     np.testing.assert_allclose(proliferation_o2(arrest_o2(p), p), ARREST_LEVEL, rtol=1e-10)
+
+
+@pytest.mark.parametrize("start, full", [(5.0, 2.5), (15.0, 4.0)])  # necrosis, HIF
+def test_oxygen_ramps_have_rounded_corners(start, full):
+    """PhysiCell's oxygen ramps (0 above ``start``, 1 below ``full``, linear between) with
+    both corners rounded over O2_ONSET: the linear ramp within 1e-12 from 3 mmHg past
+    each corner, decreasing, and a slope continuous through the corners (the hard
+    corner's jumped by 1/(start − full): a kink in a fit's NLL each time a voxel's pO2
+    crossed it between steps)."""
+    def hard(o2):
+        return np.clip((start - o2) / (start - full), 0.0, 1.0)
+
+    o2 = np.concatenate([np.linspace(0.0, full - 3.0, 5) if full > 3 else [],
+                         np.linspace(full + 3.0, start - 3.0, 5) if start - full > 6 else [],
+                         np.linspace(start + 3.0, 160.0, 5)])
+    np.testing.assert_allclose(_ramp_down(jnp.asarray(o2), start, full), hard(o2),
+                               rtol=0, atol=1e-12)
+    fine = np.linspace(0.0, start + 3.0, 20001)
+    ramp = np.asarray(_ramp_down(jnp.asarray(fine), start, full))
+    assert np.all(np.diff(ramp) <= 1e-15)  # decreasing, to round-off where saturated
+    slope = np.asarray(jax.vmap(jax.grad(lambda x: _ramp_down(x, start, full)))(
+        jnp.asarray(fine)))
+    assert np.abs(np.diff(slope)).max() < 0.02 / (start - full)
 
 
 def test_m18_growth_pushes_a_compact_body_outwards():

@@ -29,6 +29,7 @@ from ._model import equal_volume_radius as equal_volume_radius
 from ._model import niche_reaction as niche_reaction
 from ._model import niche_species as niche_species
 from ._model import radiotherapy as radiotherapy
+from ._model import region_radius as region_radius
 from ._observables import OBSERVABLES as OBSERVABLES
 from ._observables import PROFILE_DEPTHS as PROFILE_DEPTHS
 from ._observables import observables as observables

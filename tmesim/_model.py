@@ -161,12 +161,21 @@ def _hill(x, k):
 
 
 def _ramp_down(x, start, full):
-    """0 above ``start``, 1 below ``full``, linear between (PhysiCell's oxygen ramps).
+    """0 above ``start``, 1 below ``full``, linear between (PhysiCell's oxygen ramps in
+    pO2), its two corners rounded over O2_ONSET mmHg:
+    (w·softplus(u/w) − w·softplus((u − width)/w)) / width, u = start − x.
 
-    The parameter bounds keep start > full; the floor on the width only keeps
-    a value pushed outside them from dividing by zero.
+    Equal to the linear ramp within 1e-12 beyond 3 mmHg of each corner (w·log 2 / width
+    at a corner itself). Why: a hard corner put a kink in the NLL of a fit each time
+    a voxel's pO2 crossed it between two steps (the necrotic core's onset: the
+    gradient jumped from −2 to +371 within 5e-5 of the division rate, measured).
+    The parameter bounds keep start > full; the floor on the width only keeps a
+    value pushed outside them from dividing by zero.
     """
-    return jnp.clip((start - x) / jnp.maximum(start - full, 1e-3), 0.0, 1.0)
+    width = jnp.maximum(start - full, 1e-3)
+    u = start - x
+    w = O2_ONSET
+    return (jax.nn.softplus(u / w) - jax.nn.softplus((u - width) / w)) * (w / width)
 
 
 def equal_volume_radius(volume):
@@ -175,7 +184,22 @@ def equal_volume_radius(volume):
     return (3.0 * v / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
-O2_ONSET = 0.1  # mmHg: width of the smooth onset of division at the threshold
+def region_radius(volume, r0):
+    """Equal-volume radius (um) of a region that can vanish, smooth at V = 0:
+    (3(V + V0)/4π)^(1/3) − r0·V0/(V + V0), V0 = 4π r0³/3.
+
+    0 at V = 0 with slope 1/(π r0²) there, where the plain cube root's slope is
+    infinite (a region that appears as a parameter crosses its onset put a cusp in a
+    fit's NLL). Increasing, and above the plain radius r by r0³/(3r²) − r0⁴/r³ to
+    leading order (0.012 um at r = 50 um for r0 = 5 um)."""
+    # r0·((1 + x)^(1/3) − 1/(1 + x)), x = V/V0: exactly 0 at V = 0; round-off below 0
+    # is let through (no clamp at 0, whose derivative there would be halved)
+    x = jnp.maximum(jnp.asarray(volume) / (4.0 * math.pi * r0 ** 3 / 3.0), -0.5)
+    return r0 * ((1.0 + x) ** (1.0 / 3.0) - 1.0 / (1.0 + x))
+
+
+O2_ONSET = 0.1  # mmHg: width of the smooth onset of division at its threshold, and of the
+#                oxygen ramps' rounded corners (``_ramp_down``)
 
 
 def proliferation_onset(o2, p):
@@ -229,7 +253,7 @@ def shared_quantities(f, p) -> dict:
 
 
 def hif_activity(f, p, d):
-    """HIF = ramp(O2: 0 above 15 mmHg, 1 below 4 mmHg) / (1 + [HIF inhibitor]/K_hifi).
+    """HIF = ramp(O2: 0 above 15 mmHg, 1 below 4 mmHg; corners rounded over 0.1 mmHg) / (1 + [HIF inhibitor]/K_hifi).
 
     PhysiCell's hypoxic thresholds; the HIF inhibitor (a drug field) lowers every
     HIF-driven term (self-renewal, dedifferentiation, VEGF, PD-L1, glycolysis).
@@ -348,7 +372,7 @@ def apoptosis(f, p, d, r):
 
 
 def necrosis(f, p, d, r):
-    """every live cell → debris at r_nec · ramp(O2: 0 above 5, 1 below 2.5 mmHg) (M3, PhysiCell)."""
+    """every live cell → debris at r_nec · ramp(O2: 0 above 5, 1 below 2.5 mmHg; corners rounded over 0.1 mmHg) (M3, PhysiCell)."""
     rate = p["necrosis_rate"] * d["o2_necrosis"]
     for c in CELLS:
         if c != "debris":

@@ -45,12 +45,15 @@ from ._model import (
     STROMA,
     equal_volume_radius,
     occupied_share,
+    region_radius,
 )
 
 UM3_PER_MM3 = 1e9
 UM2_PER_MM2 = 1e6
 PIMONIDAZOLE_O2 = 10.0  # mmHg: pimonidazole adducts form below about this pO2 (hypoxic_radius)
 ARREST_LEVEL = 0.1  # arrested where the oxygen factor of division is below this (arrested_radius)
+REGION_SMOOTHING = 0.25  # regions that can vanish are smooth at zero volume below this
+#                          share of the finest spacing (``region_radius``'s r0)
 PROFILE_DEPTHS = (0.0, 50.0, 100.0, 200.0)  # um below the outer radius: o2_depth_<d>
 
 OBSERVABLES = {
@@ -62,12 +65,15 @@ OBSERVABLES = {
                               "(smeared over one voxel)"),
     "necrotic_fraction": ("1", "share of debris in the tumour body (debris / (live + debris))"),
     "necrotic_radius": ("um", "equal-volume radius of the necrotic region: occupied voxels "
-                              "weighted by their debris share debris / (live + debris)"),
+                              "weighted by their debris share debris / (live + debris); "
+                              "smooth at zero volume (region_radius)"),
     "arrested_radius": ("um", "equal-volume radius of the proliferation-arrested region (FUCCI): "
                               "occupied voxels where the oxygen factor of division is below 0.1 "
-                              "(smeared over one voxel); includes the necrotic core"),
+                              "(smeared over one voxel); includes the necrotic core; smooth at "
+                              "zero volume (region_radius)"),
     "hypoxic_radius": ("um", "equal-volume radius of the pimonidazole-positive region: occupied "
-                             "voxels below 10 mmHg (smeared over one voxel)"),
+                             "voxels below 10 mmHg (smeared over one voxel); smooth at zero "
+                             "volume (region_radius)"),
     "viable_rim": ("um", "tumor_radius - necrotic_radius"),
     "projected_area": ("mm^2", "area of the organoid's shadow along z (brightfield image): each "
                                "column counts its most occupied voxel's share"),
@@ -151,8 +157,10 @@ def observables(problem, fields, values, step=None) -> dict:
         o2, p["o2_hypoxic_threshold"], arrest_o2(p), PIMONIDAZOLE_O2)
     occ = occupied(problem, fields, values)
     radius = equal_volume_radius(integral(occ))
+    # regions that can vanish: smooth at zero volume below a quarter of the finest spacing
+    r0 = REGION_SMOOTHING * min(problem.grid.spacing)
     necrotic = occ * _ratio(debris, live + debris)
-    necrotic_radius = equal_volume_radius(integral(necrotic))
+    necrotic_radius = region_radius(integral(necrotic), r0)
     arrested = occ * arrested
     pimonidazole = occ * pimonidazole
     area = projected_area(problem, occ)
@@ -161,8 +169,8 @@ def observables(problem, fields, values, step=None) -> dict:
         "tumor_volume": live_sum / UM3_PER_MM3,
         "tumor_radius": radius,
         "necrotic_radius": necrotic_radius,
-        "arrested_radius": equal_volume_radius(integral(arrested)),
-        "hypoxic_radius": equal_volume_radius(integral(pimonidazole)),
+        "arrested_radius": region_radius(integral(arrested), r0),
+        "hypoxic_radius": region_radius(integral(pimonidazole), r0),
         "viable_rim": radius - necrotic_radius,
         "projected_area": area / UM2_PER_MM2,
         "projected_area_fold": area / (math.pi * values["initial"]["radius_um"] ** 2),
