@@ -525,7 +525,7 @@ def test_profile_points_start_on_the_path_the_hessian_predicts():
     obj = SimpleNamespace(nll=nll, value_and_grad_batch=vg, dtype=jnp.float64,
                           lower=np.full(3, -50.0), upper=np.full(3, 50.0), ids=("a", "b", "c"))
     for i in range(3):
-        d = _profile_path(A, i)
+        d = _profile_path(A, i, 3)
         g = A @ d  # the gradient at best + d: zero but for coordinate i
         np.testing.assert_allclose(np.delete(g, i), 0.0, atol=1e-13)
     st = FitState("profiles", best[None], best[None], np.zeros(1), np.zeros((1, 3)),
@@ -544,7 +544,7 @@ def test_profile_points_start_on_the_path_the_hessian_predicts():
         i = int(i)
         assert done == 1.0
         assert value == pytest.approx((x - best[i]) ** 2 / (2 * sigma[i, i]), rel=1e-9)
-        np.testing.assert_allclose(theta, best + (x - best[i]) * _profile_path(A, i),
+        np.testing.assert_allclose(theta, best + (x - best[i]) * _profile_path(A, i, 3),
                                    atol=1e-12)
     assert st.profile_values.max() >= CHI2_95 / 2  # each side crossed the threshold
 
@@ -580,7 +580,7 @@ def test_a_profile_point_reaches_its_conditional_minimum_in_a_curved_valley():
                 key=lambda r: (1 - r) ** 2 + 100 * (y - r * r) ** 2)
         exact = 1e4 * ((1 - x) ** 2 + 100 * (y - x * x) ** 2)
         calls.clear()
-        start = np.clip(best + (y - 1.0) * _profile_path(H, 1), obj.lower, obj.upper)
+        start = np.clip(best + (y - 1.0) * _profile_path(H, 1, 3), obj.lower, obj.upper)
         theta, value = _profile_point(obj, None, start[None], np.array([[1.0, 0.0, 1.0]]),
                                       30, 1e-9, Event(), H)
         assert theta[0, 1] == y

@@ -1224,7 +1224,8 @@ def _polish(obj, st: FitState, B: int, workers: _Workers, cfg, save, say):
     NLL falls by at least ACCEPT of what the model predicted. Stops at
     ``polish_iterations``, a projected gradient below ``tolerance``, a predicted
     decrease below POLISH_DECREASE, or a stall (POLISH_STALL: a cusp of the NLL, where
-    no quadratic model holds, or a Hessian too noisy to follow). The Hessian at the final point is the Laplace one."""
+    no quadratic model holds, or a Hessian too noisy to follow). The Hessian at the
+    final point is the Laplace one."""
     iters = cfg["polish_iterations"]
     if st.polish_history is None or len(st.polish_history) < iters + 1:
         old = st.polish_history if st.polish_history is not None else [st.best_value]
@@ -1363,7 +1364,8 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
             for b, j in enumerate(pad):
                 i = int(st.profile_points[j, 0])
                 # moved along the profile's path as the Hessian at the optimum predicts it
-                theta[b] += (st.profile_points[j, 2] - theta[b, i]) * _profile_path(st.hessian, i)
+                path = _profile_path(st.hessian, i, P)
+                theta[b] += (st.profile_points[j, 2] - theta[b, i]) * path
                 theta[b, i] = st.profile_points[j, 2]
                 mask[b, i] = 0.0
             theta = np.clip(theta, obj.lower, obj.upper)
@@ -1383,12 +1385,11 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
             finished / len(st.profile_points), force=True)
 
 
-def _profile_path(H: np.ndarray | None, i: int) -> np.ndarray:
-    """d θ / d θ_i along parameter i's profile where the NLL is the quadratic of Hessian H:
-    the others at their conditional optimum, −H_oo⁻¹ H_oi (e_i where H_oo is not positive
-    definite or there is no Hessian)."""
-    P = 0 if H is None else len(H)
-    d = np.zeros(max(P, i + 1))
+def _profile_path(H: np.ndarray | None, i: int, P: int) -> np.ndarray:
+    """d θ / d θ_i along parameter i's profile where the NLL is the quadratic of Hessian H
+    (P × P): the others at their conditional optimum, −H_oo⁻¹ H_oi (e_i where H_oo is not
+    positive definite or there is no Hessian)."""
+    d = np.zeros(P)
     d[i] = 1.0
     if H is None or P < 2:
         return d
