@@ -672,7 +672,7 @@ def test_synthetic_recovery_with_intervals_covering_the_truth(tmp_path, syntheti
         assert "tumor_division_rate = " in fh.read()
 
 
-@pytest.mark.slow  # measured 6 minutes on 2 cores shared with a fit (README: -m slow)
+@pytest.mark.slow  # measured 6-6.6 minutes on 2 cores shared with other jobs (README: -m slow)
 def test_a_fit_interrupted_at_an_iteration_resumes_to_the_same_result(tmp_path, synthetic,
                                                                      monkeypatch):
     import tmesim._fit as F
