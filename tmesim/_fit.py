@@ -22,15 +22,19 @@ The fit, in stages, each written to the result file when it completes a step
    there. Bounds are held by an active set. A start stops after two
    rejections in a row, when its largest projected gradient entry is below
    ``tolerance``, or after ``iterations``.
-2. ``laplace``: the Hessian of the NLL at the best point by central
-   differences of the exact gradient (2P gradients), its inverse the
-   covariance on the parameter scale (Laplace's approximation); Wald intervals.
-3. ``profiles``: for each profiled parameter, points on both sides of the
-   optimum at which the others are re-optimised (warm-started from the
-   optimum; run like the starts); the 95% interval is where the profile rises
+2. ``polish``: trust-region Newton steps from the best start, each with the
+   Hessian by differences of the exact gradient (``_polish``).
+3. ``laplace``: the Hessian of the NLL at the best point by central
+   differences of the exact gradient (2P gradients; the polish's last one
+   when it has it), its inverse the covariance on the parameter scale
+   (Laplace's approximation); Wald intervals.
+4. ``profiles``: for each profiled parameter, points on both sides of the
+   optimum at which the others are re-optimised (started on the path the
+   Laplace Hessian predicts, then trust-region steps from that Hessian with
+   SR1 updates); the 95% interval is where the profile rises
    by χ²₁(0.95)/2 = 1.92; a profile that stays below that on a side is
    flagged: not identifiable there.
-4. ``done``: the simulated observables of every condition on a fine time
+5. ``done``: the simulated observables of every condition on a fine time
    grid and at the measurement times (residuals), and the fitted parameter set
    as a TOML file a scenario can name (``parameters_file``).
 

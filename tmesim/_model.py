@@ -168,7 +168,7 @@ def _ramp_down(x, start, full):
     Equal to the linear ramp within 1e-12 beyond 3 mmHg of each corner (w·log 2 / width
     at a corner itself). Why: a hard corner put a kink in the NLL of a fit each time
     a voxel's pO2 crossed it between two steps (the necrotic core's onset: the
-    gradient jumped from −2 to +371 within 5e-5 of the division rate, measured).
+    gradient jumped from −2 to +371 within 5e-5 of the log division rate, measured).
     The parameter bounds keep start > full; the floor on the width only keeps a
     value pushed outside them from dividing by zero.
     """
