@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import h5py
@@ -757,13 +758,16 @@ def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic
     def dying(where, fp, obj, st, *args, **kwargs):
         real(where, fp, obj, st, *args, **kwargs)
         if st.stage == "profiles" and st.profile_points is not None:
-            raise KeyboardInterrupt  # once the profile points are laid out
+            # once the profile points are laid out: `kill PID`, as to `tmesim fit`
+            os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(F, "_write_state", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with tmesim.stop_on_signals(), pytest.raises(tmesim.Interrupted, match="SIGTERM"):
         fit(path, out, progress=None)
     monkeypatch.setattr(F, "_write_state", real)
     with h5py.File(out, "r") as h5:
+        assert h5["meta"].attrs["status"] == "interrupted"
+        assert h5["meta"].attrs["message"] == "stopped by SIGTERM in stage profiles"
         assert h5["meta"].attrs["stage"] == "profiles"
         assert set(h5["profiles/points"][:, 0]) == {0.0}  # tumor_division_rate's
     fit(path, out, progress=None, settings={"profiles": ["o2_uptake"]})

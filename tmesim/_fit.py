@@ -49,6 +49,7 @@ import contextlib
 import fcntl
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -65,7 +66,7 @@ import optax
 from ._observables import OBSERVABLES, observables
 from ._parameters import set_values
 from ._petab import FitProblem, ProblemError, load_problem, noise_placeholder
-from ._run import RunError, _check_stop, build
+from ._run import Interrupted, RunError, _check_stop, build
 from ._scenario import MIN_PER_DAY, load_scenario
 from ._solve import SaveAt, solve
 
@@ -743,6 +744,21 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
     _atomic_write(path, write)
 
 
+def _mark(path: str, status: str, message: str) -> None:
+    """Set the status of the result file as last written (its state is kept: what was
+    computed after that write is lost either way); no file yet, nothing to do."""
+    if not os.path.exists(path):
+        return
+
+    def write(tmp):
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as h5:
+            h5["meta"].attrs.update({"status": status, "message": message})
+
+    with _suppress():  # best effort: a full disk must not hide the error being reported
+        _atomic_write(path, write)
+
+
 def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
     try:
         h5 = h5py.File(path, "r")
@@ -886,6 +902,17 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
     workers = _Workers(cfg["workers"] or default_workers())
     try:
         _stages(obj, opt, st, workers, fp, cfg, save, say)
+    except Interrupted as err:
+        _mark(output, "interrupted", f"{err} in stage {st.stage}")
+        raise Interrupted(err.signum, f"{output}: {err} in stage {st.stage}; the file keeps "
+                          f"every finished iteration (resume: the same tmesim fit command)"
+                          ) from None
+    except KeyboardInterrupt:
+        _mark(output, "interrupted", f"in stage {st.stage}")
+        raise
+    except Exception as err:
+        _mark(output, "failed", f"in stage {st.stage}: {err}")
+        raise
     finally:
         workers.close()
     summary = summarise(obj, st)
@@ -904,7 +931,6 @@ def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
         _optimise(obj, opt, st, B, workers, cfg, save, say)
         finite = np.isfinite(st.value)
         if not finite.any():
-            save("failed", "no start reached a finite objective")
             raise FitError(f"{fp.path}: no start reached a finite objective: every simulation "
                            f"failed or left the bounds")
         i = int(np.nanargmin(np.where(finite, st.value, np.inf)))
