@@ -33,8 +33,13 @@ def fit_text(path: str) -> str:
                  f" ({m['device']}, JAX {m['jax']})"]
         s = h5["starts"]
         value = s["value"][...]
+        order = np.argsort(value)
         lines.append(f"  starts: {len(value)}; final NLL "
-                     + " ".join(f"{v:.6g}" for v in np.sort(value)))
+                     + " ".join(f"{v:.6g}" for v in value[order]))
+        if "evaluations" in s:  # results written before this count have none
+            lines.append("    iterations " + " ".join(str(k) for k in s["iterations"][...][order])
+                         + "; loss-and-gradient evaluations "
+                         + " ".join(str(k) for k in s["evaluations"][...][order]))
         if "polish" in h5:
             hist = h5["polish/history"][...]
             n = int(h5["polish/iterations"][0])
@@ -59,10 +64,29 @@ def fit_text(path: str) -> str:
                                  f"{p} = {v:.6g}" for p, v in zip(_names(c["id"]), c["value"])))
             for note in _names(g["notes"]) if "notes" in g else ():
                 lines.append(f"  note: {note}")
+            lines += _residual_lines(h5["measurements"])
         elif "best" in h5:
             lines.append(f"  best so far NLL {float(h5['best/value'][0]):.6g}: "
                          + ", ".join(f"{p} = {v:.6g}" for p, v in zip(ids, h5["best/linear"])))
     return "\n".join(lines)
+
+
+def _residual_lines(ms) -> list[str]:
+    """Model minus data at the best point, per observable and condition."""
+    obs, cond = np.array(_names(ms["observable"])), np.array(_names(ms["condition"]))
+    h, y, sigma = ms["simulated"][...], ms["measurement"][...], ms["sigma"][...]
+    lines = ["  residuals, model - data (sigma: the noise level on the observable's "
+             "transformed scale):"]
+    for oid in dict.fromkeys(obs):
+        for cid in dict.fromkeys(cond[obs == oid]):
+            sel = (obs == oid) & (cond == cid)
+            r = h[sel] - y[sel]
+            text = (f"    {oid} in {cid}: {sel.sum()} rows, RMS {np.sqrt(np.mean(r ** 2)):.4g}, "
+                    f"mean {np.mean(r):+.4g}")
+            if np.all(h[sel] > 0) and np.all(y[sel] > 0):
+                text += f", RMS log ratio {np.sqrt(np.mean(np.log(h[sel] / y[sel]) ** 2)):.3g}"
+            lines.append(text + f"; sigma {np.mean(sigma[sel]):.4g}")
+    return lines
 
 
 def plot_fit(path: str, prefix: str | None = None) -> list[str]:
