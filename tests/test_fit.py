@@ -316,7 +316,8 @@ def test_no_recompilation_across_iterations(tmp_path, synthetic):
     done, rejected = jnp.zeros(1, bool), jnp.zeros(1, jnp.int32)
     counts = []
     for _ in range(4):
-        x, state, value, grad, rejected = opt.step(x, state, value, grad, mask, done, rejected)
+        x, state, value, grad, rejected, _ = opt.step(x, state, value, grad, mask, done,
+                                                      rejected)
         counts.append(obj.traces)
     assert counts[0] > traced  # the step traced the objective once (value and line search)
     assert counts[1:] == [counts[0]] * 3, counts  # and never again
@@ -360,17 +361,52 @@ def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():
     state = opt.init(x)
     mask, done = jnp.ones_like(x), jnp.zeros(1, bool)
     value, grad = jax.vmap(jax.value_and_grad(obj.nll))(x)
-    x1, state1, value1, grad1, rejected = opt.step(x, state, value, grad, mask, done,
-                                                   jnp.zeros(1, jnp.int32))
+    x1, state1, value1, grad1, rejected, _ = opt.step(x, state, value, grad, mask, done,
+                                                      jnp.zeros(1, jnp.int32))
     assert float(value1[0]) < float(value[0])  # an honest first step is taken
-    x2, state2, _, _, rejected = opt.step(x1, state1, value1 - 1e6, grad1, mask, done, rejected)
+    x2, state2, _, _, rejected, _ = opt.step(x1, state1, value1 - 1e6, grad1, mask, done,
+                                             rejected)
     np.testing.assert_array_equal(x2, x1)
     assert int(rejected[0]) == 1
     for got, fresh in zip(jax.tree_util.tree_leaves(state2),
                           jax.tree_util.tree_leaves(opt.init(x1))):
         np.testing.assert_array_equal(got, fresh)  # the memory of the first step is gone
-    _, _, _, _, rejected = opt.step(x2, state2, value1 - 1e6, grad1, mask, done, rejected)
+    _, _, _, _, rejected, _ = opt.step(x2, state2, value1 - 1e6, grad1, mask, done, rejected)
     assert int(rejected[0]) == REJECTIONS
+
+
+def test_a_step_counts_the_evaluations_its_line_search_made():
+    """The step's count of loss-and-gradient evaluations (a fit's cost, in its result file
+    and `tmesim inspect`) against the evaluations counted as they run, on Rosenbrock's
+    valley, where the line search takes one to several trials a step."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def nll(x):
+        jax.debug.callback(lambda: calls.append(1))
+        return 100.0 * (x[1] - x[0] ** 2) ** 2 + (1.0 - x[0]) ** 2
+
+    obj = SimpleNamespace(nll=nll, dtype=jnp.float64, lower=np.full(2, -5.0),
+                          upper=np.full(2, 5.0))
+    opt = Optimiser(obj, "lbfgs", 0.05)
+    x = jnp.asarray([[-1.2, 1.0]])
+    state, mask, done = opt.init(x), jnp.ones_like(x), jnp.zeros(1, bool)
+    value, grad = jax.vmap(jax.value_and_grad(nll))(x)
+    rejected = jnp.zeros(1, jnp.int32)
+    counted = []
+    for _ in range(8):
+        jax.effects_barrier()
+        calls.clear()
+        x, state, value, grad, rejected, evaluations = opt.step(x, state, value, grad, mask,
+                                                                done, rejected)
+        jax.effects_barrier()
+        counted.append(int(evaluations[0]))
+        assert counted[-1] == len(calls)
+    assert min(counted) >= 1 and max(counted) > 1, counted
+    _, _, _, _, _, evaluations = opt.step(x, state, value, grad, mask, jnp.ones(1, bool),
+                                          rejected)
+    assert int(evaluations[0]) == 0  # a finished start makes none
 
 
 def test_a_start_where_the_objective_is_not_finite_is_drawn_again():
@@ -783,4 +819,11 @@ def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic
         assert hist[1] <= hist[0] == np.nanmin(h5["starts/value"][...])
         assert h5["best/value"][0] == hist[1]
     # the public names do what `tmesim inspect` and `tmesim plot` do with a fit result
-    assert "status complete" in tmesim.inspect_text(out)
+    text = tmesim.inspect_text(out)
+    assert "status complete" in text
+    with h5py.File(out, "r") as h5:  # the residual line of the outer radius, recomputed
+        ms = h5["measurements"]
+        sel = ms["observable"][...] == b"outer"
+        r = ms["simulated"][...][sel] - ms["measurement"][...][sel]
+    assert f"outer in ball: {sel.sum()} rows, RMS {np.sqrt(np.mean(r ** 2)):.4g}, " \
+        f"mean {np.mean(r):+.4g}" in text

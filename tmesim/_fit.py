@@ -208,7 +208,7 @@ class Objective:
                              (*o.formula.names, *o.noise.names) if n in OBSERVABLES})
         self._noise = self._noise_tables()
         self.traces = 0
-        self._jit_vg = _FirstCallLock(jax.jit(jax.vmap(jax.value_and_grad(self.nll))))
+        self._jit_vg = _FirstCallLock(jax.jit(batched(jax.value_and_grad(self.nll))))
 
     # -- pieces ---------------------------------------------------------------
     def _noise_tables(self):
@@ -245,7 +245,7 @@ class Objective:
                             checkpoints=ckpt)
                 return {n: sol.saved[n] for n in self.names}, sol.ok
 
-            saved, good = jax.vmap(one)(g.values, jnp.asarray(g.steps, jnp.int32))
+            saved, good = batched(one)(g.values, jnp.asarray(g.steps, jnp.int32))
             ok = ok & jnp.all(good)
             for n in self.names:
                 got[n].append(saved[n].reshape(-1)[g.flat])
@@ -472,6 +472,25 @@ def perturbed_points(obj: Objective, n: int, seed: int, factor: float) -> np.nda
 
 
 # --------------------------------------------------------------------------
+def batched(fn):
+    """``jax.vmap(fn)``, except over a batch of one, where ``fn`` runs on the one member.
+
+    Under ``vmap`` a ``lax.cond`` whose predicate is batched becomes a select that runs
+    both branches: the line search's two phases (each a loss-and-gradient evaluation) and
+    the solve's conditional writes of the observables at the measurement steps would run
+    at every trial and every step. A batch of one (a fit's default on a CPU, a problem
+    with one condition) keeps its conds."""
+    many = jax.vmap(fn)
+
+    def call(*args):
+        if {x.shape[0] for x in jax.tree_util.tree_leaves(args)} != {1}:
+            return many(*args)
+        out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
+        return jax.tree_util.tree_map(lambda x: jnp.expand_dims(x, 0), out)
+
+    return call
+
+
 class Optimiser:
     """One compiled step for a batch of points: L-BFGS (zoom line search) or Adam, masked
     coordinates held fixed, non-finite steps rejected, finished members frozen.
@@ -491,7 +510,7 @@ class Optimiser:
                                                           initial_guess_strategy="one"))
         else:
             self.opt = optax.adam(learning_rate)
-        self._step = _FirstCallLock(jax.jit(jax.vmap(self._one)))
+        self._step = _FirstCallLock(jax.jit(batched(self._one)))
         self._init = _FirstCallLock(jax.jit(jax.vmap(self._fresh)))
 
     def _fresh(self, theta):
@@ -525,11 +544,12 @@ class Optimiser:
             # returns the same point) is rejected: the memory restarts, and a second such
             # step in a row, from steepest descent, stops the start
             lower_value = new_value < value
+            evaluations = optax.tree_utils.tree_get(new_state, "num_linesearch_steps")
         else:
             updates, new_state = self.opt.update(g, state, theta)
             new_theta = self._project(optax.apply_updates(theta, updates * m))
             new_value, new_grad = jax.value_and_grad(nll)(new_theta)
-            lower_value = True
+            lower_value, evaluations = True, 1
         good = (jnp.all(jnp.isfinite(new_theta)) & jnp.isfinite(new_value)
                 & jnp.all(jnp.isfinite(new_grad)) & lower_value)
         keep = done | ~good
@@ -544,7 +564,8 @@ class Optimiser:
             new_state, state, fresh)
         rejected = jnp.where(done, rejected, jnp.where(good, 0, rejected + 1))
         return (pick(new_theta, theta), (state, jnp.where(done, active, now)),
-                pick(new_value, value), pick(new_grad, grad), rejected)
+                pick(new_value, value), pick(new_grad, grad), rejected,
+                jnp.where(done, 0, evaluations).astype(jnp.int32))
 
     def _project(self, theta):
         return jnp.clip(theta, jnp.asarray(self.obj.lower, theta.dtype),
@@ -586,7 +607,9 @@ class _Workers:
         self.cancel = threading.Event()
 
     def submit(self, fn, *args):
-        return self.pool.submit(fn, *args)
+        # done when computed, not when dispatched: a wait on an unready result would hold
+        # the calling thread, and a stop request, for the whole call
+        return self.pool.submit(lambda: jax.block_until_ready(fn(*args)))
 
     def completed(self, futures):
         pending = set(futures)
@@ -679,6 +702,11 @@ class FitState:
     profile_values: np.ndarray | None = None  # (J,) NLL (NaN: not done)
     profile_theta: np.ndarray | None = None  # (J, P)
     seconds: float = 0.0
+    evaluations: np.ndarray | None = None  # (S,) loss-and-gradient evaluations per start
+
+    def __post_init__(self):
+        if self.evaluations is None:
+            self.evaluations = np.zeros(len(self.starts), np.int64)
 
 
 def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status: str,
@@ -712,6 +740,7 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
         s["done"] = st.done
         s["rejected"] = st.rejected
         s["iterations"] = st.iterations
+        s["evaluations"] = st.evaluations
         if st.opt_leaves is not None:
             o = s.create_group("optimiser_state")
             for i, leaf in enumerate(st.opt_leaves):
@@ -784,7 +813,8 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
         st = FitState(str(h5["meta"].attrs["stage"]), s["initial"][...], s["theta"][...],
                       s["value"][...], s["grad"][...], s["history"][...],
                       s["iterations"][...], s["done"][...], s["rejected"][...], leaves,
-                      seconds=float(h5["meta"].attrs["seconds"]))
+                      seconds=float(h5["meta"].attrs["seconds"]),
+                      evaluations=s["evaluations"][...] if "evaluations" in s else None)
         if "best" in h5:
             st.best = h5["best/theta"][...]
             st.best_value = float(h5["best/value"][0])
@@ -974,6 +1004,7 @@ def _starting_values(obj, st: FitState, B: int, workers: _Workers, cfg, save, sa
         idx = running.pop(future)
         value, grad = (np.asarray(x)[: len(idx)] for x in future.result())
         for k, s in enumerate(idx):
+            st.evaluations[s] += 1
             if np.isfinite(value[k]) or attempts[s] >= REDRAWS:
                 st.value[s], st.grad[s], st.history[s, 0] = value[k], grad[k], value[k]
                 st.done[s] = not np.isfinite(value[k])
@@ -1030,7 +1061,7 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
         return workers.submit(opt.step, *args), (idx, pad)
 
     def record(idx, out):
-        theta, state, value, grad, rejected = out
+        theta, state, value, grad, rejected, evaluations = out
         n = len(idx)
         flat = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
         if st.opt_leaves is None:
@@ -1041,13 +1072,14 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
         st.value[idx] = np.asarray(value)[:n]
         st.grad[idx] = np.asarray(grad)[:n]
         st.rejected[idx] = np.asarray(rejected)[:n]
+        st.evaluations[idx] += np.asarray(evaluations)[:n]
 
     running = dict(launch(queue.pop(0)) for _ in range(min(workers.n, len(queue))))
     while running:
         future = next(workers.completed(running))
         idx, pad = running.pop(future)
         out = future.result()
-        theta, state, value, grad, rejected = out
+        theta, state, value, grad, rejected, _ = out
         n = len(idx)
         moved = ~st.done[idx]
         record(idx, out)
@@ -1451,8 +1483,8 @@ def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel, 
     for _ in range(iters):
         if cancel.is_set():
             break
-        theta, state, value, grad, rejected = opt.step(theta, state, value, grad, mask,
-                                                       done, rejected)
+        theta, state, value, grad, rejected, _ = opt.step(theta, state, value, grad, mask,
+                                                          done, rejected)
         done = jnp.asarray(np.asarray(done) | _stopped(obj, theta, grad * mask, rejected,
                                                        tolerance))
         if bool(np.all(np.asarray(done))):
