@@ -324,6 +324,44 @@ def test_no_recompilation_across_iterations(tmp_path, synthetic):
     assert np.all(np.isfinite(np.asarray(value)))
 
 
+def test_conditions_solved_together_match_each_solved_alone(tmp_path):
+    """Two conditions of one structure are one vmapped solve, saved at the union of their
+    measurement steps; each measurement gets its own condition's value at its own time
+    (against a problem holding that condition alone), and a batch of two points (vmap)
+    gives what each point gives alone (a batch of one runs unbatched)."""
+    rows = {"ball": ((0.5, 1.5, 2.0), 300), "small": ((1.0, 2.0), 250)}
+
+    def table(which):
+        out = ["observableId\tsimulationConditionId\ttime\tmeasurement"]
+        for cid in which:
+            for t in rows[cid][0]:
+                out += [f"outer\t{cid}\t{t:g}\t{rows[cid][1]}", f"necrotic\t{cid}\t{t:g}\t40"]
+        return "\n".join(out) + "\n"
+
+    def simulated(folder, which):
+        conditions = "conditionId\tgeometry.radius_um\n" + "".join(
+            f"{cid}\t{rows[cid][1]}\n" for cid in which)
+        obj = Objective(load_problem(write_problem(tmp_path / folder, table(which),
+                                                   conditions=conditions)))
+        h, _, _ = obj.evaluate(jnp.asarray(obj.nominal))
+        back = np.empty(len(obj.order), int)
+        back[obj.order] = np.arange(len(obj.order))
+        return obj, np.asarray(h)[back]
+
+    both, h = simulated("both", ("ball", "small"))
+    assert len(both.groups) == 1 and len(both.groups[0].conditions) == 2
+    _, ball = simulated("ball", ("ball",))
+    _, small = simulated("small", ("small",))
+    np.testing.assert_allclose(h, np.concatenate([ball, small]), rtol=1e-12)
+    assert h[0] != h[len(ball)]  # two radii: the conditions differ
+    thetas = np.stack([both.nominal, both.nominal + 0.05])
+    value, grad = both.value_and_grad_batch(thetas)
+    for k in range(2):
+        v1, g1 = both.value_and_grad_batch(thetas[k:k + 1])
+        np.testing.assert_allclose(value[k], v1[0], rtol=1e-12)
+        np.testing.assert_allclose(grad[k], g1[0], rtol=1e-9)
+
+
 def test_loss_gradient_of_a_spheroid_problem_against_finite_differences(tmp_path, synthetic):
     """The whole objective of a fit as it runs by default (the radially symmetric model, two
     days, noise that scales with the prediction) against central differences, each from

@@ -132,7 +132,7 @@ class _Group:
     problem: object
     conditions: list  # condition indices
     values: dict  # stacked values (leading axis: conditions)
-    steps: np.ndarray  # (C, S) save steps
+    steps: np.ndarray  # (S,) save steps: every condition's measurement steps
     n_steps: int
     members: np.ndarray  # measurement indices, in the order of ``flat``
     flat: np.ndarray  # index into (C * S) of each member
@@ -188,14 +188,14 @@ class Objective:
         self.groups = []
         for (problem, _, _), members in groups.items():
             cis = [ci for ci, _ in members]
-            per = [np.unique(steps[ms.condition == ci]) for ci in cis]
-            width = max(len(p) for p in per)
-            table = np.stack([np.pad(p, (0, width - len(p)), mode="edge") for p in per])
+            # one set of save steps for all members (not batched: under vmap the solve's
+            # conditional write at a save step stays a cond, see ``batched``)
+            table = np.unique(steps[np.isin(ms.condition, cis)])
             idx, flat = [], []
             for c, ci in enumerate(cis):
                 for m in np.flatnonzero(ms.condition == ci):
                     idx.append(m)
-                    flat.append(c * width + int(np.searchsorted(per[c], steps[m])))
+                    flat.append(c * len(table) + int(np.searchsorted(table, steps[m])))
             stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[v for _, v in members])
             self.groups.append(_Group(problem, cis, stacked, table, int(table.max()),
                                       np.array(idx), np.array(flat)))
@@ -239,13 +239,14 @@ class Objective:
         got = {n: [] for n in self.names}
         ok = jnp.asarray(True)
         for g in self.groups:
-            def one(values, steps, g=g):
+            def one(values, g=g):
                 v = set_values(values, model)
-                sol = solve(g.problem, v, n_steps=g.n_steps, save=SaveAt(steps, observables),
+                sol = solve(g.problem, v, n_steps=g.n_steps,
+                            save=SaveAt(jnp.asarray(g.steps, jnp.int32), observables),
                             checkpoints=ckpt)
                 return {n: sol.saved[n] for n in self.names}, sol.ok
 
-            saved, good = batched(one)(g.values, jnp.asarray(g.steps, jnp.int32))
+            saved, good = batched(one)(g.values)
             ok = ok & jnp.all(good)
             for n in self.names:
                 got[n].append(saved[n].reshape(-1)[g.flat])
@@ -358,7 +359,7 @@ class Objective:
                     v = set_values(v, model)
                     return solve(g.problem, v, n_steps=g.n_steps,
                                  save=SaveAt(jnp.asarray(grid, jnp.int32), observables)).saved
-                return jax.vmap(one)(values)
+                return batched(one)(values)
 
             saved = jax.device_get(run(g.values))
             for c, ci in enumerate(g.conditions):
