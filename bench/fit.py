@@ -7,8 +7,11 @@ Default problem: scenarios/calibration/browning2021_wm983b/problem.toml (a spher
 tmesim.spheroid, 30 shells of 20 um, dt 5 min, 18 days, 2061 measurements, 8 model
 parameters and 2 noise levels in closed form).
 
-  forward    jit(vmap(nll))(thetas): every condition's solve and the likelihood
-  gradient   jit(vmap(value_and_grad(nll)))(thetas): what the optimiser calls
+  forward    jit(batched(nll))(thetas): every condition's solve and the likelihood
+  gradient   jit(batched(value_and_grad(nll)))(thetas): what the optimiser calls
+  gradient_vmap (batch 1 only, the baseline) jit(vmap(value_and_grad(nll))): before
+             ``batched`` (commit 4b5a781) a batch of one ran under vmap, where every
+             lax.cond with a batched predicate becomes a select that runs both branches
 
 Each at batch sizes ``--batch`` (starts or profile points under vmap). Compile
 time apart (the first call), then the median of ``repeats`` calls.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit  # noqa: E402
 
 from tmesim import load_problem  # noqa: E402
-from tmesim._fit import Objective, default_workers  # noqa: E402
+from tmesim._fit import Objective, batched, default_workers  # noqa: E402
 
 DEFAULT = Path(__file__).parent.parent / "scenarios/calibration/browning2021_wm983b/problem.toml"
 
@@ -75,13 +78,18 @@ def main():
                 "dtype": obj.fp.settings["dtype"]}
             for b in args.batch:
                 x = jnp.asarray(np.tile(obj.nominal, (b, 1)), obj.dtype)
-                fwd = jax.jit(jax.vmap(obj.nll))
+                fwd = jax.jit(batched(obj.nll))
                 c_f, m_f, t_f = timed(fwd, x, args.repeats)
                 c_g, m_g, t_g = timed(obj.value_and_grad_batch, x, args.repeats)
-                emit({**common, "batch": b, "compile_forward_s": c_f, "forward_s": m_f,
-                      "compile_gradient_s": c_g, "gradient_s": m_g,
-                      "gradient_over_forward": m_g / m_f, "forward_times": t_f,
-                      "gradient_times": t_g}, provenance, out)
+                row = {**common, "batch": b, "compile_forward_s": c_f, "forward_s": m_f,
+                       "compile_gradient_s": c_g, "gradient_s": m_g,
+                       "gradient_over_forward": m_g / m_f, "forward_times": t_f,
+                       "gradient_times": t_g}
+                if b == 1:
+                    vmapped = jax.jit(jax.vmap(jax.value_and_grad(obj.nll)))
+                    _, m_v, t_v = timed(vmapped, x, args.repeats)
+                    row |= {"gradient_vmap_s": m_v, "gradient_vmap_times": t_v}
+                emit(row, provenance, out)
             W = args.workers or default_workers()
             if W > 1:
                 xs = [jnp.asarray(obj.nominal[None] + 0.01 * k, obj.dtype) for k in range(W)]
