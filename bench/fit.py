@@ -10,7 +10,7 @@ parameters and 2 noise levels in closed form).
   forward    jit(batched(nll))(thetas): every condition's solve and the likelihood
   gradient   jit(batched(value_and_grad(nll)))(thetas): what the optimiser calls
   gradient_vmap (batch 1 only, the baseline) jit(vmap(value_and_grad(nll))): before
-             ``batched`` (commit 4b5a781) a batch of one ran under vmap, where every
+             ``batched`` (commit f6a82b9) a batch of one ran under vmap, where every
              lax.cond with a batched predicate becomes a select that runs both branches
 
 Each at batch sizes ``--batch`` (starts or profile points under vmap). Compile
