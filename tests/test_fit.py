@@ -664,6 +664,28 @@ def test_a_profile_point_reaches_its_conditional_minimum_in_a_curved_valley():
         assert sum(calls) <= 31
 
 
+def test_profile_points_reach_the_threshold_from_an_optimum_on_a_bound():
+    """The first profile points on a side span 2.5 Laplace standard deviations from an
+    interior optimum; from an optimum held on a bound by its gradient g (where the NLL
+    rises linearly, and WM983b's profile of the oxygen factor's shape, spaced by the
+    curvature, had risen by 0.97 of the 1.92 needed after 4 rounds) 1.25 CHI2_95 / 2 / g;
+    none on a side whose bound the optimum is on; never past a bound."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import CHI2_95, _first_profile_step
+
+    obj = SimpleNamespace(lower=np.array([0.0, 0.0, 0.0]), upper=np.array([1.0, 1.0, 1.0]))
+    st = SimpleNamespace(best=np.array([0.5, 0.0, 1.0]), best_grad=np.array([0.0, 20.0, -8.0]))
+    assert _first_profile_step(obj, st, 0, 1, 2, 0.1) == pytest.approx(0.125)
+    assert _first_profile_step(obj, st, 0, -1, 2, np.inf) == pytest.approx(0.25)  # span / K
+    assert _first_profile_step(obj, st, 1, -1, 2, 0.001) is None
+    assert _first_profile_step(obj, st, 1, 1, 2, 0.001) == pytest.approx(1.25 * CHI2_95 / 2 / 20 / 2)
+    assert _first_profile_step(obj, st, 2, 1, 2, 0.001) is None
+    assert _first_profile_step(obj, st, 2, -1, 2, 0.001) == pytest.approx(1.25 * CHI2_95 / 2 / 8 / 2)
+    st.best_grad[1] = 0.5  # a shallow rise: the points stop at the bound
+    assert _first_profile_step(obj, st, 1, 1, 2, 0.001) == pytest.approx(0.5)
+
+
 def test_laplace_hessian_is_one_sided_at_a_bound():
     """Central differences inside the box; at a bound (where the objective clips), a
     one-sided difference against the gradient there: exact on a quadratic either way."""

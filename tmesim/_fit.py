@@ -1345,6 +1345,28 @@ def _profile_side(obj, st: FitState, i: int, side: int, K: int, step: float, sta
     return rows
 
 
+def _first_profile_step(obj, st: FitState, i: int, side: int, K: int, sd: float):
+    """The spacing (scale) of the first K points on one side of parameter i's profile, so
+    that they reach past the 95% threshold once, or None where the optimum is on that
+    side's bound. At an interior optimum: 2.5 Laplace standard deviations (the threshold
+    is at 1.96). At an optimum held on the other bound by its gradient g, the profile
+    rises linearly from it, by g per unit, where the Laplace curvature says nothing
+    (its difference is one-sided there): 1.25 times the distance where g·d = CHI2_95/2."""
+    span = (st.best[i] - obj.lower[i]) if side < 0 else (obj.upper[i] - st.best[i])
+    tol = 1e-9 * max(1.0, abs(st.best[i]))
+    if span <= tol:
+        return None
+    other = (obj.upper[i] - st.best[i]) if side < 0 else (st.best[i] - obj.lower[i])
+    rise = side * st.best_grad[i] if st.best_grad is not None else 0.0
+    if other <= tol and rise > 0:
+        step = 1.25 * (CHI2_95 / 2) / rise / K
+    elif np.isfinite(sd) and sd > 0:
+        step = 2.5 * sd / K
+    else:
+        step = span / K
+    return min(step, span / K)
+
+
 def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say):
     """Profile likelihoods: rows (parameter, side, scaled value, done) are re-optimised in
     batches of B, ``workers.n`` batches at once; a side that has not risen by CHI2_95 / 2
@@ -1367,11 +1389,9 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
         rows = []
         for i in added:
             for side in (-1, 1):
-                span = (st.best[i] - obj.lower[i]) if side < 0 else (obj.upper[i] - st.best[i])
-                if span <= 1e-9 * max(1.0, abs(st.best[i])):
-                    continue  # the optimum is on this bound
-                step = 2.5 * sd[i] / K if np.isfinite(sd[i]) and sd[i] > 0 else span / K
-                rows += _profile_side(obj, st, i, side, K, min(step, span / K), st.best[i])
+                step = _first_profile_step(obj, st, i, side, K, sd[i])
+                if step is not None:
+                    rows += _profile_side(obj, st, i, side, K, step, st.best[i])
         st.profile_points = np.concatenate([st.profile_points[keep],
                                             np.array(rows, float).reshape(-1, 4)])
         st.profile_values = np.concatenate([st.profile_values[keep], np.full(len(rows), np.nan)])
