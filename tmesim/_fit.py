@@ -227,8 +227,12 @@ class Objective:
 
     def linear(self, theta):
         """Linear values {id: x} of the estimated parameters, plus the fixed ones."""
-        out = {pid: from_scale(theta[i], s, jnp) for i, (pid, s) in
-               enumerate(zip(self.ids, self.scales))}
+        out = {}
+        for i, (q, s) in enumerate(zip(self.estimated, self.scales)):
+            # exp(log(bound)) may round past the bound, which the plan refuses (an infinite
+            # NLL at every point on that bound): the value is clipped, its derivative kept
+            x = from_scale(theta[i], s, jnp)
+            out[q.id] = x + jax.lax.stop_gradient(jnp.clip(x, q.lower, q.upper) - x)
         return {**{k: jnp.asarray(v, self.dtype) for k, v in self.fixed.items()}, **out}
 
     def simulate(self, theta):
