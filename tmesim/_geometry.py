@@ -76,16 +76,20 @@ def ball_fraction(grid: Grid, radius, centre=None, sub: int = 4):
     centre = [e / 2 for e in grid.extent] if centre is None else centre
     offsets = (np.arange(sub) + 0.5) / sub - 0.5
     delta = min(grid.spacing) / sub
-    axes = [(grid.centers(a)[:, None] + offsets[None, :] * grid.spacing[a] - centre[a]) ** 2
-            for a in range(3)]  # (n_a, sub) squared distances per axis
     radius = jnp.asarray(radius)
     dtype = radius.dtype if jnp.issubdtype(radius.dtype, jnp.floating) else jnp.float32
+    # The distances are computed by the program from per-axis constants (n_a, sub): as
+    # whole-grid NumPy constants they were sub² copies of 4 fields, 4.3 GB at 256³. In
+    # float64 where enabled, so that a float32 r is the correctly rounded distance.
+    wide = jnp.float64 if jax.config.jax_enable_x64 else dtype
+    axes = [jnp.asarray((grid.centers(a)[:, None] + offsets[None, :] * grid.spacing[a]
+                         - centre[a]) ** 2, wide) for a in range(3)]  # squared, per axis
     total = 0.0
     for i in range(sub):
         for j in range(sub):
             r2 = (axes[0][:, i, None, None, None] + axes[1][None, :, j, None, None]
                   + axes[2][None, None, :, :])
-            r = jnp.asarray(np.sqrt(r2), dtype)
+            r = jnp.sqrt(r2).astype(dtype)
             inside = jnp.clip((radius - r) / delta + 0.5, 0.0, 1.0)
             total = total + jnp.sum(inside, axis=-1)
     return total / sub**3
