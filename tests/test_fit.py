@@ -387,16 +387,19 @@ def test_the_objective_is_finite_on_its_bounds(tmp_path, synthetic):
     """A log-scaled parameter on its bound: exp(log(0.0002)) rounds below 0.0002 and
     exp(log(0.004)) above 0.004, outside the bounds the plan checks, which made the NLL
     infinite on the bounds (EMT6/Ro's and Matthews' polish refused every step there).
-    The value is clipped to the bound; the objective is continuous there."""
+    The value is clipped to the bound; the objective is continuous there, and its
+    derivative on the bound is the one from inside (a plain clip halves it at the tie,
+    which the profiles' first step at a bound divides by)."""
     obj = Objective(load_problem(write_problem(tmp_path, synthetic[0])))
     for bound in (obj.lower, obj.upper):
         theta = np.array(obj.nominal)
         theta[0] = bound[0]
         inside = theta.copy()
         inside[0] += 1e-7 * np.sign(obj.nominal[0] - bound[0])
-        (v, g), (w, _) = (obj.value_and_grad_batch(t[None]) for t in (theta, inside))
+        (v, g), (w, h) = (obj.value_and_grad_batch(t[None]) for t in (theta, inside))
         assert np.isfinite(float(v[0])) and np.all(np.isfinite(np.asarray(g)))
         assert float(v[0]) == pytest.approx(float(w[0]), abs=1e-3)
+        assert float(g[0, 0]) == pytest.approx(float(h[0, 0]), rel=1e-3)
 
 
 def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():

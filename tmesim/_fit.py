@@ -324,11 +324,12 @@ class Objective:
         Each coordinate is clipped to its bounds first, so the objective is constant
         outside them along that coordinate and a line search may step past a bound
         (the optimiser then projects the point back onto the box) instead of meeting
-        an infinite value there.
+        an infinite value there. On a bound the derivative is the one from inside.
         """
         self.traces += 1
-        theta = jnp.clip(theta, jnp.asarray(self.lower, theta.dtype),
-                         jnp.asarray(self.upper, theta.dtype))
+        lo, hi = jnp.asarray(self.lower, theta.dtype), jnp.asarray(self.upper, theta.dtype)
+        # on a bound the derivative is the inside one (jnp.clip's would be halved there)
+        theta = jnp.where((theta >= lo) & (theta <= hi), theta, jnp.clip(theta, lo, hi))
         sim, ok = self.simulate(theta)
         _, sigma, terms = self.evaluate(theta, sim)
         total = jnp.sum(terms)
