@@ -423,6 +423,19 @@ def test_the_objective_is_finite_on_its_bounds(tmp_path, synthetic):
         assert np.isfinite(float(v[0])) and np.all(np.isfinite(np.asarray(g)))
         assert float(v[0]) == pytest.approx(float(w[0]), abs=1e-3)
         assert float(g[0, 0]) == pytest.approx(float(h[0, 0]), rel=1e-3)
+    # the summary (and the parameter file written from it) holds a value within the bounds
+    from tmesim._fit import FitState, from_scale, summarise
+
+    q, P = obj.fp.parameter(obj.ids[0]), len(obj.nominal)
+    assert float(from_scale(obj.lower[0], "log")) < q.lower  # the rounding guarded against
+    for bound in (obj.lower, obj.upper):
+        best = np.array(obj.nominal)
+        best[0] = bound[0]
+        st = FitState("done", best[None], best[None], np.zeros(1), np.zeros((1, P)),
+                      np.zeros((1, 1)), np.zeros(1, int), np.ones(1, bool), np.zeros(1, int),
+                      None, best=best, best_value=0.0)
+        value = summarise(obj, st)["parameters"][obj.ids[0]]["value"]
+        assert q.lower <= value <= q.upper
 
 
 def test_a_rejected_step_restarts_the_memory_and_a_second_stops_the_start():

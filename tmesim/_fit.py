@@ -1602,7 +1602,10 @@ def summarise(obj: Objective, st: FitState) -> dict:
     rows = {}
     for i, pid in enumerate(obj.ids):
         sc = obj.scales[i]
-        best = float(from_scale(st.best[i], sc))
+        q = obj.fp.parameter(pid)
+        # exp(log(bound)) may round past the bound (as in ``Objective.linear``): a
+        # parameter file must hold a value its scenario accepts
+        best = float(np.clip(from_scale(st.best[i], sc), q.lower, q.upper))
         wald = (float(from_scale(max(st.best[i] - z * sd[i], obj.lower[i]), sc)),
                 float(from_scale(min(st.best[i] + z * sd[i], obj.upper[i]), sc))) \
             if np.isfinite(sd[i]) else (math.nan, math.nan)
