@@ -763,6 +763,43 @@ def test_laplace_hessian_is_one_sided_at_a_bound():
         np.testing.assert_allclose(laplace_hessian(obj, theta, 2), A, rtol=1e-8)
 
 
+def test_a_minimum_on_a_bound_is_judged_on_the_free_parameters():
+    """Two parameters of three on their upper bounds with the NLL falling outwards (as in
+    the Matthews fit): the full Hessian curves down along one of them, yet the point is a
+    minimum on the box. The free parameter's Laplace interval comes from its own block;
+    the held ones get none; no note says "not a minimum"."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import summarise
+
+    H = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 2.0], [0.5, 2.0, -0.1]])
+    lower, upper = np.full(3, -5.0), np.ones(3)
+    bounds = SimpleNamespace(lower=math.exp(-5), upper=math.e)  # [-5, 1] on the log scale
+    obj = SimpleNamespace(ids=["a", "b", "c"], scales=["log"] * 3, lower=lower,
+                          upper=upper, fp=SimpleNamespace(parameter=lambda pid: bounds))
+    st = SimpleNamespace(best=np.array([0.5, 1.0, 1.0]), best_value=10.0, hessian=H,
+                         profile_points=None)
+    st.best_grad = np.array([0.0, -1.0, -0.1])
+    s = summarise(obj, st)
+    assert not any("not a minimum" in n for n in s["notes"])
+    assert any("b, c on their bounds" in n for n in s["notes"])
+    sd_a = 1 / math.sqrt(4.0)  # conditional on b and c: the (a, a) block alone
+    lo, hi = s["parameters"]["a"]["wald"]
+    assert math.log(lo) == pytest.approx(0.5 - 1.959963984540054 * sd_a)
+    assert math.log(hi) == pytest.approx(1.0)  # 0.5 + 0.98, clipped to the bound
+    assert s["covariance"][0, 0] == pytest.approx(0.25)
+    assert np.isnan(s["covariance"][1:]).all() and np.isnan(s["covariance"][:, 1:]).all()
+    for pid in "bc":
+        assert np.isnan(s["parameters"][pid]["wald"]).all()
+    # the gradient of c turned inwards: c is free, and the (a, c) block is not positive
+    # definite (det 4 * -0.1 - 0.25 < 0): not a minimum
+    st.best_grad = np.array([0.0, -1.0, 0.1])
+    notes = summarise(obj, st)["notes"]
+    assert any("b on its bound" in n for n in notes)
+    assert any("not positive definite over the parameters not held" in n for n in notes)
+    assert summarise(obj, st)["covariance"] is None
+
+
 @pytest.mark.slow  # compiles for about 2 minutes; the spheroid problem above runs by default
 def test_loss_gradient_through_a_3d_organoid_against_finite_differences(tmp_path):
     """The whole objective (3D octant, 1 day, every process of an organoid) against central

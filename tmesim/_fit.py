@@ -1408,7 +1408,7 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     keep = np.isin(st.profile_points[:, 0], wanted)
     added = [i for i in wanted if i not in st.profile_points[:, 0]]
     if added or not keep.all():
-        sd = _laplace_sd(st.hessian)
+        sd = _laplace_sd(st.hessian, _held_at_best(obj, st))
         rows = []
         for i in added:
             for side in (-1, 1):
@@ -1574,30 +1574,51 @@ def _profile_point_tr(obj, theta, mask, iters, tolerance, cancel, H):
     return theta, value
 
 
-def _laplace_sd(H: np.ndarray) -> np.ndarray:
-    """Standard deviations on the parameter scale from the Hessian (inf where not positive)."""
+def _laplace_sd(H: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
+    """Standard deviations on the parameter scale from the Hessian (inf where not positive).
+
+    The coordinates ``held`` (on a bound, the NLL falling outwards) are left out: the
+    others' come from their block of H, conditional on those at their bounds, and theirs
+    are inf (a quadratic says nothing of a minimum on a bound)."""
+    sd = np.full(len(H) if H is not None else len(held), np.inf)
+    if H is None:
+        return sd
+    free = np.ones(len(H), bool) if held is None else ~np.asarray(held, bool)
+    if not free.any():
+        return sd
     try:
-        w, V = np.linalg.eigh(H)
+        w, V = np.linalg.eigh(H[np.ix_(free, free)])
     except np.linalg.LinAlgError:
-        return np.full(len(H), np.inf)
-    if not np.all(np.isfinite(w)) or w.min() <= 0:
-        # directions of zero or negative curvature: not determined
-        with np.errstate(divide="ignore"):
-            inv = np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), np.inf)
-        var = (V ** 2) @ inv
-        return np.sqrt(var)
-    return np.sqrt(np.diag(V @ np.diag(1.0 / w) @ V.T))
+        return sd
+    # directions of zero or negative curvature: not determined
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), np.inf)
+        sd[free] = np.sqrt((V ** 2) @ inv)
+    return sd
+
+
+def _held_at_best(obj: Objective, st: FitState) -> np.ndarray:
+    """The parameters on a bound at the best point whose gradient points out of the box."""
+    if st.best_grad is None:
+        return np.zeros(len(obj.ids), bool)
+    return _held(np.asarray(st.best, float), np.asarray(st.best_grad, float), obj.lower,
+                 obj.upper)
 
 
 def summarise(obj: Objective, st: FitState) -> dict:
     """Per parameter: fitted value, Laplace and profile intervals (linear scale), flags."""
     P = len(obj.ids)
-    sd = _laplace_sd(st.hessian) if st.hessian is not None else np.full(P, np.inf)
-    cov = None
-    if st.hessian is not None:
-        w = np.linalg.eigvalsh(st.hessian)
-        if np.all(np.isfinite(w)) and w.min() > 0:
-            cov = np.linalg.inv(st.hessian)
+    held = _held_at_best(obj, st)
+    free = ~held
+    sd = _laplace_sd(st.hessian, held) if st.hessian is not None else np.full(P, np.inf)
+    cov, minimum = None, None
+    if st.hessian is not None and free.any():
+        block = st.hessian[np.ix_(free, free)]
+        w = np.linalg.eigvalsh(block) if np.all(np.isfinite(block)) else [np.nan]
+        minimum = bool(np.all(np.asarray(w) > 0))
+        if minimum:  # conditional on the held parameters, which have no row (NaN)
+            cov = np.full((P, P), np.nan)
+            cov[np.ix_(free, free)] = np.linalg.inv(block)
     z = 1.959963984540054
     rows = {}
     for i, pid in enumerate(obj.ids):
@@ -1656,10 +1677,18 @@ def summarise(obj: Objective, st: FitState) -> dict:
         rows[pid] = {"value": best, "scale": sc, "sd_scale": float(sd[i]), "wald": wald,
                      "profile": prof, "identifiable": identifiable, "flags": flags}
     notes = []
-    if st.hessian is not None and not np.all(np.linalg.eigvalsh(st.hessian) > 0):
-        notes.append("the Hessian at the best point is not positive definite: it is not a "
-                     "minimum (the optimisation has not converged), so the Laplace intervals "
-                     "are undefined and the profiles start from a point that is not optimal")
+    if held.any():
+        notes.append(f"{', '.join(np.asarray(obj.ids)[held])} on "
+                     f"{'its bound' if held.sum() == 1 else 'their bounds'} with the NLL "
+                     "falling outwards: a minimum on the boundary of the box has no Laplace "
+                     "interval there, and the others' are conditional on "
+                     f"{'it' if held.sum() == 1 else 'them'}")
+    if minimum is False:
+        notes.append("the Hessian at the best point is not positive definite"
+                     + (" over the parameters not held at a bound" if held.any() else "")
+                     + ": it is not a minimum (the optimisation has not converged), so "
+                     "the Laplace intervals are undefined and the profiles start from a "
+                     "point that is not optimal")
     return {"parameters": rows, "covariance": cov, "nll": st.best_value, "notes": notes}
 
 
