@@ -446,6 +446,25 @@ def test_conversions_conserve_cell_volume():
     assert abs(total - start) < 1e-12
 
 
+def test_apoptotic_remains_become_debris():
+    """``apoptotic_remains`` = a: the share a of the volume apoptosis removes stays as debris
+    (in culture, secondary necrosis), the rest is cleared. With every other creation,
+    removal and kill of tumour cells off, the debris gained is a times the tumour volume
+    lost, and at a = 0 (the default: bodies cleared at once) none forms."""
+    off = {name: 0.0 for name in (
+        "tumor_division_rate", "csc_division_rate", "debris_lysis_rate", "phagocytosis_rate",
+        "t_cell_kill_rate")}
+    start = MIXED_INIT["tumor"] + MIXED_INIT["csc"]
+    for a in (0.0, 0.5, 1.0):
+        f = evolve(1, off | NORMOXIC | {"apoptotic_remains": a})
+        lost = start - tumor_load(f)
+        # about 0.53 x (1 - exp(-5.3e-5 x 1440)) = 0.039 (CSCs die slower, IL-6 and lactate)
+        assert 0.03 < lost < 0.04
+        # round-off: 720 steps each exact to some ulps of the 0.5 volume fraction (measured
+        # 1.7e-12 at a = 0.5); a share off by 0.1% would miss by 2e-5
+        assert abs(mean(f, "debris") - a * lost) < 1e-10
+
+
 def test_parameter_table_is_complete():
     names = {q.name for q in tm.PARAMETERS}
     processes = {p.name for p in tm.PROCESSES} | {"hif_activity", "immune_suppression",

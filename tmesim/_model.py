@@ -365,10 +365,13 @@ def dedifferentiation(f, p, d, r):
 
 
 def apoptosis(f, p, d, r):
-    """∂T/∂t −= r_apo·T; ∂C/∂t −= r_apo·(1 − s_IL6·H(IL6))(1 − s_lac·H(lac))·C (M4, M12: CSC survival)."""
-    r.lose("tumor", p["apoptosis_rate"])
-    r.lose("csc", p["apoptosis_rate"] * (1.0 - p["csc_survival_il6"] * d["il6"])
-           * (1.0 - p["csc_survival_lactate"] * d["lactate"]))
+    """∂T/∂t −= r_apo·T; ∂C/∂t −= r_apo·(1 − s_IL6·H(IL6))(1 − s_lac·H(lac))·C (M4, M12: CSC survival); the share a_rem of the dead volume → debris, the rest cleared."""
+    remains = p["apoptotic_remains"]
+    csc = p["apoptosis_rate"] * (1.0 - p["csc_survival_il6"] * d["il6"]) * (
+        1.0 - p["csc_survival_lactate"] * d["lactate"])
+    for cell, rate in (("tumor", p["apoptosis_rate"]), ("csc", csc)):
+        r.lose(cell, rate * (1.0 - remains))
+        r.move(cell, "debris", rate * remains)
 
 
 def necrosis(f, p, d, r):

@@ -69,7 +69,8 @@ _ROWS = [
     # --- tumor growth ----------------------------------------------------------
     ("tumor_division_rate", 0.00072, "1/min", "tumor_proliferation", "division rate of progenitor/differentiated cells at o2_reference (16 h doubling)", PC.format("live_cycle_entry_rate")),
     ("progenitor_terminal", 0.25, "1", "tumor_proliferation", "share of progenitor daughters that differentiate terminally (stop dividing and die)", "assumed: limited proliferative capacity of non-stem cells (CSC hierarchy); 0.5 would stop net progenitor growth"),
-    ("apoptosis_rate", 5.31667e-05, "1/min", "apoptosis", "apoptotic death rate of tumor cells (bodies cleared at once)", PC.format("apoptosis_death_rate")),
+    ("apoptosis_rate", 5.31667e-05, "1/min", "apoptosis", "apoptotic death rate of tumor cells", PC.format("apoptosis_death_rate")),
+    ("apoptotic_remains", 0.0, "1", "apoptosis", "share of apoptotic cell volume left as debris, which lysis then removes (1: nothing clears apoptotic bodies, as in culture, where they end in secondary necrosis and stain with PI; 0: phagocytes clear them at once)", "Silva 2010 (FEBS Lett 584:4491): apoptotic cells that are not engulfed undergo secondary necrosis, losing membrane integrity; 0 by default: PhysiCell removes apoptotic cells after their apoptotic phase"),
     ("csc_division_rate", 0.00036, "1/min", "csc_division", "CSC division rate at o2_reference (half the bulk rate: slow-cycling)", "assumed: CSCs cycle about half as fast as bulk cells (quiescence)"),
     ("self_renewal_base", 0.2, "1", "csc_division", "share of new CSC volume that stays CSC in normoxia without niche signals", "assumed: keeps CSCs a minority (<10%) in a normoxic organoid"),
     ("self_renewal_max", 0.9, "1", "csc_division", "upper bound of the self-renewal share", "assumed"),
@@ -220,7 +221,7 @@ _BOUNDS = {
     "chemo_lethality": (0.0, 30.0, "log"),
     "rt_csc_resistance": (0.0, 1.0, "logit"),
 }
-SHARES = ("mixture_flow", "o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+SHARES = ("mixture_flow", "apoptotic_remains", "o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
           "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate", "csc_survival_il6",
           "csc_survival_lactate", "pathway_inhibitor_max", "exosome_inhibitor_max",
           "anti_pd1_max", "ferroptosis_bulk", "car_t_bulk")
@@ -282,7 +283,7 @@ class Domain(NamedTuple):
 # Shares, probabilities and volume fractions: [0, 1]. The uptake ratios of stromal and
 # immune cells are ratios by meaning, but the oxygen loss bound that sizes the plan
 # (``_model._oxygen_uptake_bound``) assumes no cell respires more than a tumour cell.
-FRACTIONS = ("progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+FRACTIONS = ("progenitor_terminal", "apoptotic_remains", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
              "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate",
              "csc_survival_il6", "csc_survival_lactate", "pathway_inhibitor_max",
              "exosome_inhibitor_max", "anti_pd1_max", "mixture_flow", "vessel_seed",
