@@ -558,6 +558,59 @@ def _brute_force_model_decrease(H, g, theta, lower, upper, radius, n=200_000, se
     return np.max(-(p @ g + 0.5 * np.einsum("ni,ij,nj->n", p, H, p)))
 
 
+def test_trust_region_step_along_a_valley_that_leaves_the_box():
+    """Two parameters in a narrow valley (curvatures 1 and 1000 at 45 degrees) that the
+    gradient pushes up, one 1e-5 below its upper bound, the other 0.05: Matthews' chemo
+    lethality and half-maximal level. Putting both on their bounds at once raised the
+    model (by 0.58), and the polish stopped; the optimum has the first on its bound and
+    the second at its conditional minimum, in closed form."""
+    from tmesim._fit import trust_region_step
+
+    R = np.array([[1.0, -1.0], [1.0, 1.0]]) / math.sqrt(2.0)
+    H = R @ np.diag([1.0, 1000.0]) @ R.T
+    g = np.array([-1.0, -1.0])
+    lower, upper = np.array([-1.0, -1.0]), np.array([1e-5, 0.05])  # width 1 and 1.05
+    p, decrease = trust_region_step(H, g, np.zeros(2), lower, upper, 0.1)
+    q1 = -(g[1] + H[1, 0] * 1e-5) / H[1, 1]
+    np.testing.assert_allclose(p, [1e-5, q1], rtol=1e-9, atol=1e-15)
+    assert decrease == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-12) and decrease > 0
+
+
+@pytest.mark.parametrize("negative", [0.0, 0.2])
+def test_trust_region_step_never_raises_the_model(negative):
+    """300 random quadratics in 4 parameters, each near, on or far from its bounds, with
+    positive definite Hessians (curvatures 1e-3 to 1e3) or, at ``negative``, some of them
+    negative: the step stays in the box and the region and never raises the model. With a
+    positive definite Hessian the subproblem is convex and the step is its optimum: it
+    lowers the model at least as much as any of 20000 random feasible points."""
+    from tmesim._fit import trust_region_step
+
+    rng = np.random.default_rng(1)
+    P = 4
+    for k in range(300):
+        lower, upper = -rng.uniform(1, 10, P), rng.uniform(1, 10, P)
+        width = upper - lower
+        theta = rng.uniform(lower, upper)
+        where = rng.random(P)
+        near = width * 10 ** rng.uniform(-7, -1, P)
+        theta = np.where(where < 0.25, upper - near, np.where(where < 0.5, lower + near, theta))
+        theta = np.where((where >= 0.5) & (where < 0.6), upper, theta)
+        Q, _ = np.linalg.qr(rng.normal(size=(P, P)))
+        w = 10 ** rng.uniform(-3, 3, P) * np.where(rng.random(P) < negative, -1, 1)
+        H = (Q @ np.diag(w) @ Q.T) / np.outer(width, width)
+        g = rng.normal(size=P) * 10 ** rng.uniform(-2, 1, P) / width
+        radius = 10 ** rng.uniform(-2, 0)
+        p, decrease = trust_region_step(H, g, theta, lower, upper, radius)
+        slack = 1e-12 * width  # a step onto a bound: theta + (bound - theta) rounds
+        assert np.all(theta + p >= lower - slack) and np.all(theta + p <= upper + slack), k
+        assert np.linalg.norm(p / width) <= radius * (1 + 1e-9), k
+        assert decrease >= 0.0, (k, decrease)
+        if negative == 0.0:
+            best = _brute_force_model_decrease(H, g, theta, lower, upper, radius, n=20_000,
+                                               seed=k)
+            assert decrease >= best - 1e-12 * max(1.0, abs(best)), (k, decrease, best)
+
+
 @pytest.mark.parametrize("case", ["newton", "small", "indefinite", "hard", "box"])
 def test_trust_region_step_solves_its_subproblem(case):
     """The polish's step against the Newton step (inside the region) or, on the boundary,

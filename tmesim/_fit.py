@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import math
 import os
 import shutil
@@ -1201,15 +1202,23 @@ def _gradients(obj: Objective, pts: np.ndarray, batch: int,
 
 def trust_region_step(H, g, theta, lower, upper, radius, fixed=None):
     """A step p that lowers the quadratic model g·p + ½ pᵀHp within the trust region
-    ‖p / (upper − lower)‖ ≤ radius and the box: (p, the model's decrease).
+    ‖p / (upper − lower)‖ ≤ radius and the box: (p, the model's decrease, ≥ 0).
 
-    The coordinates ``fixed`` (bool, optional) and those held at a bound (gradient
-    pointing out) stay; on the others, the
-    exact solution of the trust-region subproblem (Moré-Sorensen by the eigenvectors of
-    the scaled Hessian, hard case included). Where it leaves the box, the coordinates it
-    takes past a bound are put on that bound and the subproblem is solved again on the
-    rest with what remains of the region (an active set). The result, or the Cauchy point
-    along the projected gradient if that lowers the model more."""
+    The coordinates ``fixed`` (bool, optional) stay; at a point where every other one is
+    on a bound with the gradient pointing out (first-order optimal on the box), p = 0.
+    Otherwise the best of three candidates, each in the box and the region:
+
+    - the exact solution of the trust-region subproblem (Moré-Sorensen by the
+      eigenvectors of the scaled Hessian, hard case included) on each face of the box
+      the region reaches, where it lies in the box (``_faces``): with a positive definite
+      H this is the optimum, as long as at most FACES bounds are within reach;
+    - an active set from 0 (``_active_set``): each subproblem step cut at the first bound
+      it meets, so that the model falls along every segment;
+    - the generalised Cauchy point along the projected gradient (``_cauchy_point``).
+
+    An earlier version put every coordinate that left the box on its bound at once: where
+    the model's valley leaves the box at an angle that step could raise the model, and
+    the polish stopped on a point that was not a minimum (Matthews' fit)."""
     H, g, theta = (np.asarray(x, float) for x in (H, g, theta))
     lower, upper = np.asarray(lower, float), np.asarray(upper, float)
     width = upper - lower
@@ -1220,31 +1229,103 @@ def trust_region_step(H, g, theta, lower, upper, radius, fixed=None):
     def model(q):
         return -(gs @ q + 0.5 * q @ Hs @ q)
 
-    stay = _held(theta, g, lower, upper) | (False if fixed is None else np.asarray(fixed))
-    free = ~stay
-    if not free.any() or not np.any(gs[free]):
-        return np.zeros_like(theta), 0.0
-    q = np.zeros_like(theta)
-    while free.any():
-        left = radius ** 2 - q[~free] @ q[~free]
-        if left <= 0:
-            break
-        trial = q.copy()
-        trial[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs[:, ~free] @ q[~free])[free],
-                                  math.sqrt(left))
-        out = (trial < lo) | (trial > hi)
-        q = np.clip(trial, lo, hi)
-        if not out.any():
-            break
-        free &= ~out
-    g_free = np.where(stay, 0.0, gs)
-    curv = g_free @ Hs @ g_free
-    t = radius / np.linalg.norm(g_free)
-    if curv > 0:
-        t = min(t, (g_free @ g_free) / curv)
-    cauchy = np.clip(-t * g_free, lo, hi)
-    q = max((q, cauchy), key=model)
+    stay = np.zeros(len(theta), bool) if fixed is None else np.asarray(fixed, bool)
+    moving = ~stay & ~_held(theta, g, lower, upper)
+    if not moving.any() or not np.any(gs[moving]):
+        return np.zeros_like(theta), 0.0  # first-order optimal on the box
+    cauchy = _cauchy_point(Hs, gs, lo, hi, radius, stay)
+    candidates = [cauchy, _active_set(Hs, gs, lo, hi, radius, stay, np.zeros_like(theta)),
+                  *_faces(Hs, gs, lo, hi, radius, stay)]
+    q = max(candidates, key=model)
     return q * width, float(model(q))
+
+
+FACES = 6  # the faces of the box are searched where at most this many bounds are in reach
+
+
+def _faces(Hs, gs, lo, hi, radius, stay):
+    """The solution of the subproblem on each face of the box the region reaches (the
+    coordinates whose bound is within ``radius`` each free, on its lower or on its upper
+    bound; the rest free), where it lies in the box: the optimum lies on one of them."""
+    near = np.flatnonzero(~stay & ((-lo <= radius) | (hi <= radius)))
+    if len(near) > FACES:
+        return []
+    out = []
+    for pick in itertools.product((0, -1, 1), repeat=len(near)):
+        q = np.zeros_like(gs)
+        fixed = stay.copy()
+        for i, side in zip(near, pick):
+            if side:
+                q[i] = lo[i] if side < 0 else hi[i]
+                fixed[i] = True
+        left = radius ** 2 - q @ q
+        if left < 0 or fixed.all():
+            continue
+        free = ~fixed
+        q[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs @ q)[free], math.sqrt(left))
+        if np.all(q >= lo) and np.all(q <= hi):
+            out.append(q)
+    return out
+
+
+def _active_set(Hs, gs, lo, hi, radius, stay, q):
+    """From q (in the box and the region), trust-region steps on the coordinates not on a
+    bound, each cut at the first bound it meets (that coordinate then stays), until one
+    ends inside the box; then those on a bound whose gradient points inwards are
+    released and it goes on, up to 2P passes. Each segment lowers the model."""
+    q = np.array(q, float)
+    for _ in range(2 * len(q)):
+        grad = gs + Hs @ q
+        free = ~stay & ((q > lo) & (q < hi) | (q <= lo) & (grad < 0) | (q >= hi) & (grad > 0))
+        while free.any():
+            left = radius - np.linalg.norm(q)
+            if left <= 1e-12 * radius:
+                return q
+            d = np.zeros_like(q)
+            d[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs @ q)[free], left)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                room = np.where(d > 0, (hi - q) / d, np.where(d < 0, (lo - q) / d, np.inf))
+            first = int(np.argmin(room))
+            if room[first] >= 1.0:
+                q = q + d
+                break
+            alpha = max(room[first], 0.0)
+            hit = free & (room <= alpha * (1 + 1e-12))
+            hit[first] = True
+            q = q + alpha * d
+            q[hit] = np.where(d[hit] > 0, hi[hit], lo[hit])
+            free &= ~hit
+        grad = gs + Hs @ q
+        if not np.any(~stay & ((q <= lo) & (grad < 0) | (q >= hi) & (grad > 0))):
+            break  # no coordinate on a bound would move inwards
+    return q
+
+
+def _cauchy_point(Hs, gs, lo, hi, radius, stay):
+    """The first minimum of the model gs·q + ½ qᵀHs q along the projected gradient path
+    q(t) = clip(−t·gs, lo, hi) (coordinates ``stay`` at 0) within ‖q‖ ≤ radius: the
+    generalised Cauchy point (Nocedal & Wright, section 16.7), piece by piece between
+    the breakpoints where a coordinate reaches its bound."""
+    d = np.where(stay, 0.0, -gs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = np.where(d > 0, hi / d, np.where(d < 0, lo / d, np.inf))
+    q, t = np.zeros_like(gs), 0.0
+    for t_next in np.append(np.unique(reach[np.isfinite(reach) & (reach > 0)]), np.inf):
+        u = np.where(reach <= t, 0.0, d)  # coordinates on their bound stop
+        if not u.any():
+            break
+        slope, curv = (gs + Hs @ q) @ u, u @ Hs @ u
+        if slope >= 0:
+            break
+        a, b, c = u @ u, 2.0 * q @ u, q @ q - radius ** 2
+        span = min(t_next - t, (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a))
+        tau = span if curv <= 0 else min(span, -slope / curv)
+        q = q + tau * u
+        if tau < t_next - t:
+            break
+        t = t_next
+        q = np.clip(q, lo, hi)  # those reaching a bound now: exactly on it
+    return q
 
 
 def _subproblem(H, g, radius):
