@@ -851,6 +851,14 @@ def test_a_minimum_on_a_bound_is_judged_on_the_free_parameters():
     assert any("b on its bound" in n for n in notes)
     assert any("not positive definite over the parameters not held" in n for n in notes)
     assert summarise(obj, st)["covariance"] is None
+    # a value held on its bound is the bound itself: exp(log(5.31667e-4)) rounds below it
+    # (Matthews' parameter file had apoptosis_rate = 0.0005316669999999999)
+    top = 5.31667e-4
+    obj.lower[:], obj.upper[:] = math.log(1e-6), math.log(top)
+    obj.fp = SimpleNamespace(parameter=lambda pid: SimpleNamespace(lower=1e-6, upper=top))
+    st.best = np.array([-10.0, math.log(top), -9.0])
+    assert math.exp(math.log(top)) < top
+    assert summarise(obj, st)["parameters"]["b"]["value"] == top
 
 
 @pytest.mark.slow  # compiles for about 2 minutes; the spheroid problem above runs by default

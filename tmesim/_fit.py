@@ -1708,6 +1708,8 @@ def summarise(obj: Objective, st: FitState) -> dict:
         # exp(log(bound)) may round past the bound (as in ``Objective.linear``): a
         # parameter file must hold a value its scenario accepts
         best = float(np.clip(from_scale(st.best[i], sc), q.lower, q.upper))
+        if held[i]:  # on its bound: the bound itself, not exp(log(bound))
+            best = q.lower if st.best[i] <= obj.lower[i] else q.upper
         wald = (float(from_scale(max(st.best[i] - z * sd[i], obj.lower[i]), sc)),
                 float(from_scale(min(st.best[i] + z * sd[i], obj.upper[i]), sc))) \
             if np.isfinite(sd[i]) else (math.nan, math.nan)
