@@ -1259,10 +1259,12 @@ def _faces(Hs, gs, lo, hi, radius, stay):
                 q[i] = lo[i] if side < 0 else hi[i]
                 fixed[i] = True
         left = radius ** 2 - q @ q
-        if left < 0 or fixed.all():
+        if left < 0:
             continue
         free = ~fixed
-        q[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs @ q)[free], math.sqrt(left))
+        if free.any():
+            q[free] = _subproblem(Hs[np.ix_(free, free)], (gs + Hs @ q)[free],
+                                  math.sqrt(left))
         if np.all(q >= lo) and np.all(q <= hi):
             out.append(q)
     return out
