@@ -176,6 +176,31 @@ def test_m10_chemo_spares_quiescent_effluxing_cscs():
     assert mean(after, "csc") > 1.1 * mean(no_efflux, "csc")  # measured 0.038 against 0.034
 
 
+
+def test_m10_a_delayed_kill_makes_damaged_cells_that_die_later():
+    """``chemo_delayed`` = 1: the kill first makes damaged cells (alive, PI-negative),
+    which die into debris at ``damaged_death_rate`` r_d. With nothing else acting on them
+    they decay as exp(-r_d t), their volume going to debris (closed form); under drug the
+    debris after 6 hours is far below that of the immediate kill, the damaged cells hold
+    the difference, and after 2 days (four mean delays of 12 h, the drug still killing)
+    the debris outweighs the damaged cells."""
+    off = {name: 0.0 for name in ("tumor_division_rate", "csc_division_rate", "apoptosis_rate",
+                                  "debris_lysis_rate", "phagocytosis_rate", "t_cell_kill_rate")}
+    r_d = 1e-3
+    f = evolve(1, off | NORMOXIC | {"damaged_death_rate": r_d}, {"damaged": 0.1, "cd8": 0.0})
+    # the exponential integrator is exact for a constant rate: round-off only
+    assert mean(f, "damaged") == pytest.approx(0.1 * np.exp(-r_d * DAY * DT), rel=1e-12)
+    assert mean(f, "debris") == pytest.approx(0.1 - mean(f, "damaged"), rel=1e-12)
+    drug = NORMOXIC | {"plasma_chemo": 1000.0, "damaged_death_rate": 1 / 720.0}
+    now = evolve(1, drug, {"cd8": 0.0}, steps=180)
+    later = evolve(1, drug | {"chemo_delayed": 1.0}, {"cd8": 0.0}, steps=180)
+    # measured: debris 0.016 against 0.070, damaged 0.058
+    assert mean(later, "debris") < 0.5 * mean(now, "debris")
+    assert mean(later, "damaged") > 0.5 * mean(now, "debris")
+    assert mean(now, "damaged") == 0.0
+    later = evolve(2, drug | {"chemo_delayed": 1.0}, {"cd8": 0.0})
+    assert mean(later, "damaged") < 0.5 * mean(later, "debris")  # measured 0.065, 0.170
+
 def _organoid_small(**kw):
     # chemo uptake up to 25 times its default (M11), beyond the default bounds: widened
     # for every test here, so that they share one compiled program (the plan follows)

@@ -47,6 +47,7 @@ _FIELDS = [
     ("csc", "cell", 0.0, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
     ("tumor", "cell", 0.0, 0.0, "volume fraction", TUMOR_MU, False, "tumor cells"),
     ("debris", "cell", 0.0, 0.0, "volume fraction", "necrotic/dead cells; moved only by pressure", False, "tumor cells"),
+    ("damaged", "cell", 0.0, 0.0, "volume fraction", "drug-damaged tumor cells committed to die: alive, not dividing, PI-negative; moved only by pressure", False, "tumor cells"),
     ("fibroblast", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
     ("caf", "cell", 1.0, 0.0, "volume fraction", "assumed: slow stromal motility", False, "stroma"),
     ("msc", "cell", 10.0, 0.0, "volume fraction", "assumed: MSCs migrate (homing)", True, "stroma"),
@@ -277,7 +278,7 @@ def immune_suppression(f, p, d):
 # --------------------------------------------------------------------------
 # processes
 def oxygen_uptake(f, p, d, r):
-    """∂O2/∂t −= V · (T + C + a_s·stroma + a_i·immune) · O2/(K + O2) (Michaelis-Menten; V = 1000 mmHg/min, K = 1 mmHg); solved with diffusion.
+    """∂O2/∂t −= V · (T + C + damaged + a_s·stroma + a_i·immune) · O2/(K + O2) (Michaelis-Menten; V = 1000 mmHg/min, K = 1 mmHg); solved with diffusion.
 
     Nearly zero-order down to a few mmHg, as measured respiration is, so a
     large enough organoid runs out of oxygen at its centre (PhysiCell's linear
@@ -286,7 +287,8 @@ def oxygen_uptake(f, p, d, r):
     debris none. The loss rate is frozen at the step's start with the
     diffusion solve.
     """
-    consumers = (f["tumor"] + f["csc"] + p["o2_uptake_stroma"] * sum(f[c] for c in STROMA)
+    consumers = (f["tumor"] + f["csc"] + f["damaged"]
+                 + p["o2_uptake_stroma"] * sum(f[c] for c in STROMA)
                  + p["o2_uptake_immune"] * sum(f[c] for c in IMMUNE))
     r.lose("oxygen", p["o2_uptake"] * consumers / (p["o2_uptake_k"] + d["o2"]))
 
@@ -635,17 +637,24 @@ def t_cell_killing(f, p, d, r):
 
 
 def chemotherapy(f, p, d, r):
-    """T → debris at ℓ·r_T·g(O2)·room·H(chemo); C at ℓ·r_C·g(O2)·room·H(chemo/(1 + e)); ∂chemo/∂t −= k_u·(T + C)·chemo (M10).
+    """T → debris at ℓ·r_T·g(O2)·room·H(chemo); C at ℓ·r_C·g(O2)·room·H(chemo/(1 + e)), the share s of each kill → damaged instead; damaged → debris at r_d; ∂chemo/∂t −= k_u·(T + C)·chemo (M10).
 
     Kill scales with each population's division rate (ℓ = lethality per
     division); CSCs cycle slower and pump the drug out (ABC transporters:
-    intracellular drug = chemo / (1 + efflux)).
+    intracellular drug = chemo / (1 + efflux)). With s > 0 (``chemo_delayed``)
+    killed cells first become damaged: alive, not dividing and PI-negative,
+    they die at rate r_d, a delay of 1/r_d on average.
     """
     chemo = _nonnegative(f["chemo"])
     cycling = p["chemo_lethality"] * d["o2_growth"] * d["room"]
-    r.move("tumor", "debris", cycling * p["tumor_division_rate"] * _hill(chemo, p["chemo_k"]))
-    r.move("csc", "debris", cycling * p["csc_division_rate"]
-           * _hill(chemo / (1.0 + p["csc_efflux"]), p["chemo_k"]))
+    delayed = p["chemo_delayed"]
+    kills = (("tumor", cycling * p["tumor_division_rate"] * _hill(chemo, p["chemo_k"])),
+             ("csc", cycling * p["csc_division_rate"]
+              * _hill(chemo / (1.0 + p["csc_efflux"]), p["chemo_k"])))
+    for cell, kill in kills:
+        r.move(cell, "debris", kill * (1.0 - delayed))
+        r.move(cell, "damaged", kill * delayed)
+    r.move("damaged", "debris", p["damaged_death_rate"])
     r.lose("chemo", p["chemo_uptake"] * (f["tumor"] + f["csc"]))
 
 
@@ -786,8 +795,9 @@ def niche_reaction(f, p, t=0.0):
 
 
 def occupied_share(f, p):
-    """Share of each voxel the tumour body occupies, min((T + C + debris)/φ_packed, 1)."""
-    return jnp.minimum((f["tumor"] + f["csc"] + f["debris"]) / p["packing_fraction"], 1.0)
+    """Share of each voxel the tumour body occupies, min((T + C + debris + damaged)/φ_packed, 1)."""
+    return jnp.minimum((f["tumor"] + f["csc"] + f["debris"] + f["damaged"])
+                       / p["packing_fraction"], 1.0)
 
 
 def integrate(x, grid, copies: int = 1):

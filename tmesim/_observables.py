@@ -109,7 +109,8 @@ def arrest_o2(p):
 def occupied(problem, fields, values):
     """Occupied share of every voxel (``_model.occupied_share``), (X, Y, Z) or (n,) shells."""
     i = problem.table.index
-    return occupied_share({n: fields[i(n)] for n in ("tumor", "csc", "debris")}, values["params"])
+    return occupied_share({n: fields[i(n)] for n in ("tumor", "csc", "debris", "damaged")},
+                          values["params"])
 
 
 def projected_area(problem, occ):
@@ -148,7 +149,7 @@ def observables(problem, fields, values, step=None) -> dict:
     del step
     i = problem.table.index
     integral = problem.integrate
-    live = fields[i("tumor")] + fields[i("csc")]
+    live = fields[i("tumor")] + fields[i("csc")] + fields[i("damaged")]  # alive, PI-negative
     debris = fields[i("debris")]
     o2 = fields[i("oxygen")]
     live_sum = integral(live)
