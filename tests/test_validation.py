@@ -55,7 +55,7 @@ CASES = [
     ("checkpoint-inf", UNTREATED, ["run.checkpoint_every_days=inf"],
      ["run.checkpoint_every_days", "expected a finite number"]),
     ("grid-1024", UNTREATED, ["grid.n=1024"],
-     ["grid.n", "needs about 1488.0 GiB", "24.0 GiB are available", "expected grid.n <= 258"]),
+     ["grid.n", "needs about 1536.0 GiB", "24.0 GiB are available", "expected grid.n <= 256"]),
     ("o2-uptake-k-0", UNTREATED, ["parameters.o2_uptake_k=0"],
      ["parameters.o2_uptake_k", "expected a value > 0", "Michaelis"]),
     ("o2-uptake-k-bounds-0", UNTREATED,
@@ -174,7 +174,7 @@ def test_bounds_api_refuses_values_outside_the_domain():
 
 
 def test_memory_estimate_and_message(monkeypatch):
-    n = 258  # the largest grid the fixture's 24 GiB hold in float32
+    n = 256  # the largest grid the fixture's 24 GiB hold in float32 (32 fields: exactly)
     assert S.run_memory(n, "float32") <= 24 * GIB < S.run_memory(n + 1, "float32")
     load_scenario(UNTREATED, [f"grid.n={n}", "geometry.radius_um=200"])
     text = message(UNTREATED, [f"grid.n={n}", 'run.dtype="float64"'])
