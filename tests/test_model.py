@@ -176,7 +176,6 @@ def test_m10_chemo_spares_quiescent_effluxing_cscs():
     assert mean(after, "csc") > 1.1 * mean(no_efflux, "csc")  # measured 0.038 against 0.034
 
 
-
 def test_m10_a_delayed_kill_makes_damaged_cells_that_die_later():
     """``chemo_delayed`` = 1: the kill first makes damaged cells (alive, PI-negative),
     which die into debris at ``damaged_death_rate`` r_d. With nothing else acting on them
@@ -200,6 +199,7 @@ def test_m10_a_delayed_kill_makes_damaged_cells_that_die_later():
     assert mean(now, "damaged") == 0.0
     later = evolve(2, drug | {"chemo_delayed": 1.0}, {"cd8": 0.0})
     assert mean(later, "damaged") < 0.5 * mean(later, "debris")  # measured 0.065, 0.170
+
 
 def _organoid_small(**kw):
     # chemo uptake up to 25 times its default (M11), beyond the default bounds: widened

@@ -794,10 +794,12 @@ def niche_reaction(f, p, t=0.0):
     return _run_processes(f, p, shared_quantities(f, p))
 
 
+BODY = ("tumor", "csc", "debris", "damaged")  # the fields that make up the tumour body
+
+
 def occupied_share(f, p):
-    """Share of each voxel the tumour body occupies, min((T + C + debris + damaged)/φ_packed, 1)."""
-    return jnp.minimum((f["tumor"] + f["csc"] + f["debris"] + f["damaged"])
-                       / p["packing_fraction"], 1.0)
+    """Share of each voxel the tumour body occupies, min(Σ BODY / φ_packed, 1)."""
+    return jnp.minimum(sum(f[n] for n in BODY) / p["packing_fraction"], 1.0)
 
 
 def integrate(x, grid, copies: int = 1):

@@ -39,6 +39,7 @@ import math
 import jax.numpy as jnp
 
 from ._model import (
+    BODY,
     DRUGS,
     IMMUNE,
     O2_ONSET,
@@ -109,7 +110,7 @@ def arrest_o2(p):
 def occupied(problem, fields, values):
     """Occupied share of every voxel (``_model.occupied_share``), (X, Y, Z) or (n,) shells."""
     i = problem.table.index
-    return occupied_share({n: fields[i(n)] for n in ("tumor", "csc", "debris", "damaged")},
+    return occupied_share({n: fields[i(n)] for n in BODY},
                           values["params"])
 
 
