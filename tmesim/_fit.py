@@ -1657,16 +1657,14 @@ def _profile_point_tr(obj, theta, mask, iters, tolerance, cancel, H):
     return theta, value
 
 
-def _laplace_sd(H: np.ndarray, held: np.ndarray | None = None) -> np.ndarray:
+def _laplace_sd(H: np.ndarray, held: np.ndarray) -> np.ndarray:
     """Standard deviations on the parameter scale from the Hessian (inf where not positive).
 
     The coordinates ``held`` (on a bound, the NLL falling outwards) are left out: the
     others' come from their block of H, conditional on those at their bounds, and theirs
     are inf (a quadratic says nothing of a minimum on a bound)."""
-    sd = np.full(len(H) if H is not None else len(held), np.inf)
-    if H is None:
-        return sd
-    free = np.ones(len(H), bool) if held is None else ~np.asarray(held, bool)
+    sd = np.full(len(H), np.inf)
+    free = ~np.asarray(held, bool)
     if not free.any():
         return sd
     try:
