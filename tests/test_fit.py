@@ -129,8 +129,6 @@ BAD = [
      "growth\tlog\t0.0002\t0.004\t0.0007\t1\n", "neither a model value"),
     ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
      "diffusion.oxygn\tlog\t5e4\t1.5e5\t1e5\t1\n", "did you mean diffusion.oxygen"),
-    ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
-     "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t0\n", "no parameter is estimated"),
     ("parameters.tsv", "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\tobjectivePriorType\n"
      "tumor_division_rate\tlog\t0.0002\t0.004\t0.0007\t1\tnormal\n", "objectivePriorParameters"),
     ("observables.tsv", "observableId\tobservableFormula\nouter\ttumor_radiuss\nnecrotic\tnecrotic_radius\n",
@@ -298,6 +296,36 @@ def test_closed_form_noise_parameters_are_the_optimum_of_the_full_likelihood(tmp
     assert abs(float(g_full[0, 2])) < 1e-9 and abs(float(g_full[0, 3])) < 1e-9
     np.testing.assert_allclose(np.asarray(g_hier[0]), np.asarray(g_full[0])[[0, 1, 4]],
                                rtol=1e-9, atol=1e-9)
+
+
+def test_a_problem_with_nothing_estimated_scores_its_parameter_set(tmp_path, synthetic):
+    """Every estimate 0 (a parameter set fitted elsewhere, scored on conditions it was not
+    fitted to): one evaluation, no step; the NLL is the estimating problem's at the same
+    values, and the parameter file holds the fixed values and the scenario's own."""
+    meas, _ = synthetic
+    fixed = write_problem(tmp_path / "fixed", meas, parameters=(
+        "parameterId\tparameterScale\tlowerBound\tupperBound\tnominalValue\testimate\n"
+        f"tumor_division_rate\tlog\t0.0002\t0.004\t{TRUTH['tumor_division_rate']}\t0\n"
+        f"o2_uptake\tlog\t300\t1500\t{TRUTH['o2_uptake']}\t0\n"),
+        scenario=SCENARIO.format(kind="spheroid") + "[parameters]\nnecrosis_rate = 0.002\n")
+    out = str(tmp_path / "fixed" / "result.h5")
+    fit(fixed, out, progress=None)
+    with h5py.File(out, "r") as h5:
+        assert h5["meta"].attrs["status"] == "complete"
+        assert h5["starts/value"].shape == (1,)
+        assert int(h5["starts/iterations"][0]) == 0 and int(h5["starts/evaluations"][0]) == 1
+        value = float(h5["best/value"][0])
+    assert "nothing estimated: the parameter set of the problem's tables, scored" in \
+        tmesim.inspect_text(out)
+    free = write_problem(tmp_path / "free", meas,
+                         scenario=SCENARIO.format(kind="spheroid")
+                         + "[parameters]\nnecrosis_rate = 0.002\n")
+    obj = Objective(load_problem(free))
+    theta = np.array([to_scale(TRUTH[p], "log") for p in obj.ids])
+    assert value == pytest.approx(float(obj.nll(jnp.asarray(theta))), rel=1e-12)
+    text = open(str(tmp_path / "fixed" / "result.parameters.toml")).read()
+    assert f"tumor_division_rate = {TRUTH['tumor_division_rate']!r}  # not fitted: fixed" in text
+    assert "necrosis_rate = 0.002  # not fitted: set by the problem's scenario" in text
 
 
 # --------------------------------------------------------------------------

@@ -937,8 +937,11 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
         say(f"resuming {output} at stage {st.stage} ({int(st.iterations.sum())} iterations "
             f"of {len(st.iterations)} starts taken)", force=True)
     else:
+        if not P:
+            say("nothing is estimated: the NLL of the tables' parameter set, its simulated "
+                "observables and residuals", force=True)
         pts = starts if starts is not None else starting_points(
-            obj, cfg["starts"], cfg["seed"], cfg["sampling"])
+            obj, cfg["starts"] if P else 1, cfg["seed"], cfg["sampling"])
         pts = np.asarray(pts, float)
         if pts.ndim != 2 or pts.shape[1] != P:
             raise ValueError(f"starts: expected shape (S, {P}), got {pts.shape}")
@@ -994,7 +997,10 @@ def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
         st.stage, st.opt_leaves = "polish", None
         save()
     if st.stage == "polish":
-        _polish(obj, st, B, workers, cfg, save, say)
+        if len(st.best):
+            _polish(obj, st, B, workers, cfg, save, say)
+        else:
+            st.hessian = np.zeros((0, 0))
         st.stage = "laplace"
         save()
     if st.stage == "laplace":
@@ -1048,6 +1054,10 @@ def _optimise(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     records each step and writes the file after it."""
     _starting_values(obj, st, B, workers, cfg, save, say)
     S, P = st.starts.shape
+    # a start already at a stationary point takes no step (with nothing estimated, all do)
+    fresh = (st.iterations == 0) & ~st.done
+    st.done[fresh] = _stopped(obj, st.theta[fresh], st.grad[fresh], st.rejected[fresh],
+                              cfg["tolerance"])
     iters = cfg["iterations"]
     if st.history.shape[1] < iters + 1:  # resumed with more iterations than it began with
         st.history = np.pad(st.history, ((0, 0), (0, iters + 1 - st.history.shape[1])),
@@ -1137,7 +1147,7 @@ def _projected_norm(obj: Objective, theta: np.ndarray, grad: np.ndarray) -> np.n
     """Largest entry of the gradient projected on the box: a coordinate at a bound whose
     gradient points out of the box counts 0 (the optimum may lie on a bound)."""
     g = np.where(_held(theta, grad, obj.lower, obj.upper), 0.0, np.asarray(grad, float))
-    return np.max(np.abs(g), axis=-1)
+    return np.max(np.abs(g), axis=-1, initial=0.0)
 
 
 def _stopped(obj: Objective, theta, grad, rejected, tolerance: float) -> np.ndarray:
@@ -1819,25 +1829,35 @@ def write_parameter_file(obj: Objective, st: FitState, summary: dict, path: str)
     lines = [f"# fitted by tmesim fit from {where}",
              f"# NLL {st.best_value:.8g}; intervals: 95% profile likelihood",
              *(f"# note: {n}" for n in summary.get("notes", ())), "", "[parameters]"]
-    groups: dict = {}
+    entries = []  # (path, value, note): the fitted values, then the model's fixed ones
     for pid in obj.ids:
-        q = obj.fp.parameter(pid)
-        if not q.model:
+        if not obj.fp.parameter(pid).model:
             continue
         r = summary["parameters"][pid]
-        group, _, key = pid.rpartition(".")
         lo, hi = r["profile"]
         note = (f"  # 95% [{lo:.6g}, {hi:.6g}]" if np.isfinite([lo, hi]).all()
                 else "  # not profiled") \
             + {1: "", 0: " not identifiable", -1: ", identifiability unknown"}[r["identifiable"]] \
             + "".join(f"; {f}" for f in r["flags"] if not f.startswith(("not profiled",
                                                                          "profile flat")))
+        entries.append((pid, r["value"], note))
+    # so that a scenario naming the file runs the fitted model: what the problem held fixed
+    entries += [(q.id, q.nominal, "  # not fitted: fixed in the parameter table")
+                for q in obj.fp.parameters if q.model and not q.estimate]
+    for table, values in (("", obj.fp.scenario.data["parameters"]),
+                          ("diffusion.", obj.fp.scenario.data["diffusion"])):
+        entries += [(table + k, v, "  # not fitted: set by the problem's scenario")
+                    for k, v in values.items()
+                    if table + k not in {e[0] for e in entries}]
+    groups: dict = {}
+    for pid, value, note in entries:
+        group, _, key = pid.rpartition(".")
         if group == "diffusion":
-            groups.setdefault(group, []).append(f"{key} = {r['value']!r}{note}")
+            groups.setdefault(group, []).append(f"{key} = {value!r}{note}")
         elif group:  # initial state, medium, decay: a condition's values, not a scenario table
-            groups.setdefault("", []).append(f"# {pid} = {r['value']!r}{note}")
+            groups.setdefault("", []).append(f"# {pid} = {value!r}{note}")
         else:
-            lines.append(f"{key} = {r['value']!r}{note}")
+            lines.append(f"{key} = {value!r}{note}")
     for group, items in groups.items():
         lines += ["", f"[{group}]" if group else "# fitted values of the conditions "
                   "(geometry.radius_um, geometry.medium, ... in a scenario):", *items]

@@ -47,8 +47,9 @@ def fit_text(path: str) -> str:
                          f"{hist[n]:.8g}")
         if "summary" in h5:
             g = h5["summary"]
-            lines.append(f"  best NLL {float(h5['best/value'][0]):.6g}; 95% intervals "
-                         f"(profile likelihood; Laplace/Wald):")
+            lines.append(f"  best NLL {float(h5['best/value'][0]):.6g}; " + (
+                "95% intervals (profile likelihood; Laplace/Wald):" if ids else
+                "nothing estimated: the parameter set of the problem's tables, scored"))
             for i, pid in enumerate(ids):
                 lo, hi = g["profile"][i]
                 wl, wh = g["wald"][i]

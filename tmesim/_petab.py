@@ -811,8 +811,6 @@ def load_problem(path, overrides: dict | None = None) -> FitProblem:
             if key in ids:
                 ct.fail(c.row, key, f"{key!r} is also in the parameter table (row "
                                     f"{ids[key].row}): set it in one place")
-    if not any(q.estimate for q in parameters):
-        pt.fail(pt.rows[0][0], "estimate", "no parameter is estimated (every estimate is 0)")
     for pid in settings["profiles"] or ():
         if pid not in ids or not ids[pid].estimate:
             raise ProblemError(f"{path}: fit.profiles: {pid!r} is not an estimated parameter; "
