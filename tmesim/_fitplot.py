@@ -91,7 +91,8 @@ def _residual_lines(ms) -> list[str]:
 
 
 def plot_fit(path: str, prefix: str | None = None) -> list[str]:
-    """Three PNGs: fit against data per condition, the waterfall of starts, the profiles."""
+    """Three PNGs: fit against data per condition, the waterfall of starts, the profiles
+    (a problem that estimates nothing, scored: the first alone, its line labelled model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,6 +111,7 @@ def plot_fit(path: str, prefix: str | None = None) -> list[str]:
         y = ms["measurement"][...]
         conds = list(h5["simulated"])
         oids = sorted(set(obs))
+        model = "fit" if len(h5["parameters/id"]) else "model"  # nothing estimated: scored
         fig, axes = plt.subplots(len(oids), len(conds), figsize=(3.6 * len(conds), 2.8 * len(oids)),
                                  squeeze=False)
         for j, cid in enumerate(conds):
@@ -119,7 +121,7 @@ def plot_fit(path: str, prefix: str | None = None) -> list[str]:
                 sel = (obs == oid) & (cond == cid)
                 ax.plot(t[sel], y[sel], "o", ms=3, alpha=0.5, color="0.3", label="data")
                 if oid in sim:
-                    ax.plot(sim["time_day"][...], sim[oid][...], "-", color="C3", label="fit")
+                    ax.plot(sim["time_day"][...], sim[oid][...], "-", color="C3", label=model)
                 ax.set_title(f"{cid}: {oid}", fontsize=8)
                 ax.set_xlabel("day", fontsize=8)
                 ax.tick_params(labelsize=7)
@@ -131,6 +133,8 @@ def plot_fit(path: str, prefix: str | None = None) -> list[str]:
         written.append(out)
 
         value = np.sort(h5["starts/value"][...])
+        if model == "model":  # one start, no steps: no waterfall
+            return written
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         best = value[np.isfinite(value)].min() if np.isfinite(value).any() else 0.0
         ax.plot(np.arange(1, len(value) + 1), value - best + 1e-3, "o-")
