@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import tomllib
 from pathlib import Path
 
 import h5py
@@ -172,11 +173,13 @@ def test_bad_tables_are_refused_with_file_row_and_column(tmp_path, name, text, e
     assert sorted(os.listdir(tmp_path)) == before  # nothing written
 
 
-COMMITTED = sorted((Path(__file__).parent.parent / "scenarios" / "calibration").glob(
-    "*/problem.toml"))
+CALIBRATION = Path(__file__).parent.parent / "scenarios" / "calibration"
+COMMITTED = sorted(p for p in CALIBRATION.glob("**/*.toml")  # the problem files
+                   if p.name != "scenario.toml" and not p.name.endswith(".parameters.toml"))
 
 
-@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", COMMITTED,
+                         ids=lambda p: str(p.relative_to(CALIBRATION).with_suffix("")))
 def test_the_committed_problems_load_and_their_domain_holds_the_spheroid(path):
     """Each real-data problem loads; where it measures the outer radius, its spheroid's
     domain holds the largest measured radius with 100 um to spare (room for the model to
@@ -191,6 +194,30 @@ def test_the_committed_problems_load_and_their_domain_holds_the_spheroid(path):
         assert fp.scenario.data["geometry"]["kind"] == "spheroid"
         largest = fp.measurements.value[np.isin(fp.measurements.observable, radius)].max()
         assert largest + 100.0 <= grid["n"] * grid["spacing_um"]
+
+
+@pytest.mark.parametrize("dose", [100, 1000])
+def test_a_held_out_dose_is_split_from_the_whole_problem(dose):
+    """Matthews' dose held out: the fit's rows and the prediction's are the whole
+    problem's, each once, and the prediction's model values are the fit's result."""
+    folder = CALIBRATION / "matthews2022_gemcitabine"
+    held = folder / f"held_out_{dose}nM"
+    whole = load_problem(str(folder / "problem.toml"))
+    fitted = load_problem(str(held / "fit.toml"))
+    scored = load_problem(str(held / "predict.toml"))
+
+    def rows(fp):
+        return sorted(zip((fp.conditions[c].id for c in fp.measurements.condition),
+                          (fp.observables[o].id for o in fp.measurements.observable),
+                          fp.measurements.time_min, fp.measurements.value))
+
+    assert {c.id for c in scored.conditions} == {f"gemcitabine_{dose}nM"}
+    assert f"gemcitabine_{dose}nM" not in {c.id for c in fitted.conditions}
+    assert sorted(rows(fitted) + rows(scored)) == rows(whole)
+    assert {q.id for q in scored.estimated} == {"sigma_area", "sigma_pi"}  # closed form
+    values = tomllib.loads((held / "fitted.parameters.toml").read_text())["parameters"]
+    model = [q for q in fitted.estimated if q.model]
+    assert model and all(scored.parameter(q.id).nominal == values[q.id] for q in model)
 
 
 def test_bad_problem_file_and_settings(tmp_path):
@@ -317,6 +344,7 @@ def test_a_problem_with_nothing_estimated_scores_its_parameter_set(tmp_path, syn
         value = float(h5["best/value"][0])
     assert "nothing estimated: the parameter set of the problem's tables, scored" in \
         tmesim.inspect_text(out)
+    assert [os.path.basename(f) for f in tmesim.plot_fit(out)] == ["result_fit.png"]
     free = write_problem(tmp_path / "free", meas,
                          scenario=SCENARIO.format(kind="spheroid")
                          + "[parameters]\nnecrosis_rate = 0.002\n")

@@ -19,6 +19,7 @@ DATA = os.path.join(HERE, "..", "..", "docs", "data")
 # Browning 2021: simulations start at the first day with confocal sections
 # (WM983b day 3, WM793b day 4); earlier IncuCyte rows precede spheroid formation.
 BROWNING_START = {"WM983b": 3.0, "WM793b": 4.0}
+HELD_OUT = (100, 1000)  # Matthews' doses predicted by fits to the other three
 HEADER = ["observableId", "simulationConditionId", "time", "measurement", "replicateId",
           "datasetId"]
 
@@ -28,8 +29,8 @@ def _rows(name):
         return list(csv.DictReader(fh))
 
 
-def _write(folder, rows):
-    path = os.path.join(HERE, folder, "measurements.tsv")
+def _write(folder, rows, name="measurements.tsv"):
+    path = os.path.join(HERE, folder, name)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(HEADER)
@@ -95,11 +96,17 @@ def matthews() -> None:
                          f"{float(r['pi_fluorescence_in_organoids_au']) / p0:.6g}",
                          f"well_{well}", "matthews2022"])
     _write("matthews2022_gemcitabine", rows)
+    # a dose held out: the fit of the other doses, and the rows its prediction is scored on
+    for dose in HELD_OUT:
+        held, cond = f"matthews2022_gemcitabine/held_out_{dose}nM", f"gemcitabine_{dose}nM"
+        _write(held, [r for r in rows if r[1] != cond])
+        _write(held, [r for r in rows if r[1] == cond], f"measurements_{dose}nM.tsv")
 
 
 if __name__ == "__main__":
     for folder in ("browning2021_wm983b", "browning2021_wm793b", "freyer_sutherland1986_emt6ro",
-                   "matthews2022_gemcitabine"):
+                   "matthews2022_gemcitabine",
+                   *(f"matthews2022_gemcitabine/held_out_{d}nM" for d in HELD_OUT)):
         os.makedirs(os.path.join(HERE, folder), exist_ok=True)
     browning("WM983b")
     browning("WM793b")
