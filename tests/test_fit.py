@@ -356,6 +356,34 @@ def test_a_problem_with_nothing_estimated_scores_its_parameter_set(tmp_path, syn
     assert "necrosis_rate = 0.002  # not fitted: set by the problem's scenario" in text
 
 
+def test_a_finished_result_is_summarised_again_without_fitting(tmp_path, synthetic):
+    """``summarise`` (``tmesim fit --summarise``): a finished result's summary and parameter
+    file are made again from its stored state, as the fit made them; nothing is fitted
+    again. Without a finished result it is refused."""
+    meas, _ = synthetic
+    path = write_problem(tmp_path, meas, fit_settings=(
+        "starts = 1\niterations = 2\npolish_iterations = 1\nprofiles = []\n"))
+    out = str(tmp_path / "result.h5")
+    with pytest.raises(tmesim.FitError, match="there is none"):
+        fit(path, out, progress=None, summarise=True)
+    fit(path, out, progress=None)
+    params = tmp_path / "result.parameters.toml"
+    text = params.read_text()
+    with h5py.File(out, "r+") as h5:
+        value = h5["summary/wald"][...]
+        evaluations = h5["starts/evaluations"][...]
+        h5["summary/wald"][...] = 0.0  # as an older version might have written it
+    params.unlink()
+    fit(path, out, progress=None, summarise=True)
+    with h5py.File(out, "r") as h5:
+        assert h5["meta"].attrs["status"] == "complete"
+        np.testing.assert_array_equal(h5["summary/wald"][...], value)
+        np.testing.assert_array_equal(h5["starts/evaluations"][...], evaluations)
+    assert params.read_text() == text
+    with pytest.raises(tmesim.FitError, match="not overwrite"):
+        fit(path, out, progress=None, summarise=True, overwrite=True)
+
+
 # --------------------------------------------------------------------------
 def test_no_recompilation_across_iterations(tmp_path, synthetic):
     """The fit's step (L-BFGS with its line search, one point per call as a fit on a CPU

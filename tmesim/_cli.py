@@ -71,7 +71,7 @@ def _fit(args) -> int:
     output = args.output or os.path.splitext(os.path.basename(args.problem))[0] + "_fit.h5"
     with stop_on_signals():
         fit(args.problem, output, overwrite=args.overwrite, progress=_progress(args),
-            settings=settings)
+            settings=settings, summarise=args.summarise)
     if not args.quiet:
         print(fit_text(output))
     written = [output, parameter_file_path(output)] + plot_fit(output)
@@ -164,6 +164,10 @@ def main(argv=None) -> int:
     fp.add_argument("--seed", type=int, help="seed of the starting points")
     fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")
+    fp.add_argument("--summarise", action="store_true",
+                    help="make a finished result's summary, simulated observables and "
+                         "parameter file again with this version (after an upgrade); "
+                         "nothing is fitted again")
     fp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     fp.set_defaults(run=_fit)
     ip = sub.add_parser("inspect", help="what is in a run file or a fit result")

@@ -886,17 +886,21 @@ class _Progress:
 
 
 def fit(problem, output: str, *, overwrite: bool = False, progress=sys.stderr,
-        settings: dict | None = None, starts: np.ndarray | None = None) -> str:
+        settings: dict | None = None, starts: np.ndarray | None = None,
+        summarise: bool = False) -> str:
     """Fit a calibration problem (a path or a ``FitProblem``); write the result to ``output``.
 
     An existing ``output`` from the same problem files is resumed from its last
     iteration (a finished one is left as it is) unless ``overwrite``.
     settings: [fit] settings replacing the problem file's; starts: (S, P) starting
-    points on the parameter scale instead of the sampled ones. Returns ``output``.
+    points on the parameter scale instead of the sampled ones; summarise: a finished
+    ``output`` gets its summary (intervals, identifiability, notes), simulated observables
+    and parameter file made again by this version, from its stored starts, polish, Hessian
+    and profiles, nothing fitted again. Returns ``output``.
     """
     fp = problem if isinstance(problem, FitProblem) else load_problem(problem, settings)
     with _writer_lock(output):
-        return _fit(fp, output, overwrite, progress, settings, starts, problem)
+        return _fit(fp, output, overwrite, progress, settings, starts, problem, summarise)
 
 
 @contextlib.contextmanager
@@ -920,7 +924,7 @@ def _writer_lock(output: str):
         os.close(fd)
 
 
-def _fit(fp, output, overwrite, progress, settings, starts, problem):
+def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False):
     if isinstance(problem, FitProblem) and settings:
         fp = FitProblem(**{**fp.__dict__, "settings": fp.settings | settings})
     cfg = fp.settings
@@ -929,13 +933,22 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem):
     say = _Progress(progress)
     P = len(obj.ids)
     t_start = time.monotonic()
+    if again and (overwrite or not os.path.exists(output)):
+        raise FitError(f"{output}: summarise needs a finished result to summarise again"
+                       + (", not overwrite" if overwrite else f"; there is none at {output}"))
     if os.path.exists(output) and not overwrite:
         st = _read_state(output, fp, obj)
+        if again and st.stage != "done":
+            raise FitError(f"{output}: stage {st.stage}, not finished: nothing to summarise "
+                           f"again (resume it with the same command, without summarise)")
         if st.stage == "done":
-            say(f"{output} is finished", force=True)
-            return output
-        say(f"resuming {output} at stage {st.stage} ({int(st.iterations.sum())} iterations "
-            f"of {len(st.iterations)} starts taken)", force=True)
+            if not again:
+                say(f"{output} is finished", force=True)
+                return output
+            say(f"{output}: its summary made again (nothing is fitted again)", force=True)
+        else:
+            say(f"resuming {output} at stage {st.stage} ({int(st.iterations.sum())} "
+                f"iterations of {len(st.iterations)} starts taken)", force=True)
     else:
         if not P:
             say("nothing is estimated: the NLL of the tables' parameter set, its simulated "
