@@ -167,8 +167,9 @@ def _rate(rho, spacing, mu, potential, room, periodic, max_speed, carrier):
 # Reverse mode by hand. JAX's transpose of the pass above (slices, concatenations,
 # clips) compiled to 78 loops where the pass itself is one, and ran 10 times its time
 # (32³ × 13 populations, 2-core CPU). The rule below writes the pullback of each input
-# as one expression of shifted inputs and cotangents per axis, which XLA fuses as it
-# does the forward pass; it keeps only the inputs for the reverse pass.
+# as one expression of shifted inputs and cotangents per axis: 49 loops, 64 ms against
+# 113 (XLA still stores some face-sized intermediates), and only the inputs are kept
+# for the reverse pass. It takes JAX's slopes at ties, so it equals autodiff of the pass.
 
 def _up(x):
     """d max(x, 0)/dx as JAX takes it: 1 above 0, 1/2 at 0 (a tie), 0 below."""
