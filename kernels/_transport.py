@@ -39,6 +39,19 @@ def _zeros_face(x: Array, axis: int) -> Array:
     return jnp.zeros_like(_slice(x, 0, 1, axis))
 
 
+def _face_rates(phi_lo, phi_hi, mu_lo, mu_hi, h, max_speed):
+    """At each face: the drift velocity before and after the cap (None without a
+    potential), and the rates per unit content forward (lo to hi) and backward."""
+    hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
+    v = vc = None
+    if phi_lo is not None:
+        v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
+        vc = v if max_speed is None else jnp.clip(v, -max_speed, max_speed)
+        fwd = hop + jnp.maximum(vc, 0.0) / h
+        bwd = hop + jnp.maximum(-vc, 0.0) / h
+    return v, vc, fwd, bwd
+
+
 def face_transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, psi_lo, psi_hi,
                   h: float, max_speed: float | None = None):
     """Net transfer T (volume fraction per minute of a cube of side h) across one face.
@@ -49,14 +62,8 @@ def face_transfer(r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi, ps
     the potential's parts on the two sides, or None (no drift); psi_lo, psi_hi:
     the carrier Ψ, or None.
     """
-    hop = fwd = bwd = 0.5 * (mu_lo + mu_hi) / h**2
-    v = 0.0
-    if phi_lo is not None:
-        v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
-        if max_speed is not None:
-            v = jnp.clip(v, -max_speed, max_speed)
-        fwd = hop + jnp.maximum(v, 0.0) / h
-        bwd = hop + jnp.maximum(-v, 0.0) / h
+    _, v, fwd, bwd = _face_rates(phi_lo, phi_hi, mu_lo, mu_hi, h, max_speed)
+    v = 0.0 if v is None else v
     out = fwd * r_lo * room_hi - bwd * r_hi * room_lo
     if psi_lo is not None:
         u = -(psi_hi - psi_lo) / h
@@ -186,14 +193,7 @@ def _face_pullback(g, r_lo, r_hi, phi_lo, phi_hi, room_lo, room_hi, mu_lo, mu_hi
     """Cotangents of ``face_transfer``'s inputs for the cotangent g of its transfer T:
     (r_lo, r_hi, the drift velocity v, room_lo, room_hi, the hop rate, the carrier's
     velocity u); None where an input is absent."""
-    hop = 0.5 * (mu_lo + mu_hi) / h**2
-    fwd = bwd = hop
-    v = vc = None
-    if phi_lo is not None:
-        v = -sum(hi - lo for lo, hi in zip(phi_lo, phi_hi)) / h
-        vc = v if max_speed is None else jnp.clip(v, -max_speed, max_speed)
-        fwd = hop + jnp.maximum(vc, 0.0) / h
-        bwd = hop + jnp.maximum(-vc, 0.0) / h
+    v, vc, fwd, bwd = _face_rates(phi_lo, phi_hi, mu_lo, mu_hi, h, max_speed)
     d_lo = g * fwd * room_hi
     d_hi = -g * bwd * room_lo
     d_room_hi = g * fwd * r_lo
