@@ -75,12 +75,13 @@ def _rkl1_reference(c, dt, rate, stages):
 
 @pytest.mark.parametrize("method, case, variable", [
     ("rkl2", "mixed", False), ("rkl2", "periodic-x", True), ("rkl2", "dirichlet", True),
-    ("rkl1", "mixed", True)])
+    ("rkl1", "mixed", True), ("rkl2", "periodic-x", False), ("rkl1", "dirichlet", False)])
 def test_rkl_reverse_rule_matches_autodiff_of_the_reference(method, case, variable, rng):
     """The stages' hand-written pullback (the symmetric operator applied to the
     cotangent) against JAX's reverse mode through the plain stage-by-stage
     reference: cotangents of the state, D, a per-voxel decay and source, and
-    every face's Dirichlet value and Neumann flux, with pinned voxels."""
+    every face's Dirichlet value and Neumann flux, with pinned voxels. D one value
+    per channel (the pairings written by hand) or per voxel (through JAX)."""
     kinds = BC_CASES[case]
     shape = (2, 7, 6, 5)
     c = jnp.asarray(rng.uniform(0.5, 2.0, shape))
