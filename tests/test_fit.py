@@ -856,6 +856,50 @@ def test_a_profile_point_reaches_its_conditional_minimum_in_a_curved_valley():
         assert sum(calls) <= 31
 
 
+def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
+    """A tilted double well, V(x) = (x² − 1)² + 0.3x, with y tied to x: the polish from the
+    right well stops in it (a local minimum, 0.60 above the left one); the profile of x
+    crosses the barrier (0.72 above the right well, below the 1.92 that ends an interval)
+    and finds the left well lower. The fit goes back to the polish from that point, then the Laplace Hessian
+    and profiles again, and ends in the left well with no profile point below it; with
+    restarts = 0 it stays in the right well (and the summary flags it)."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import LOWER, FitState, _Progress, _stages, _Workers
+
+    def nll(t):
+        x, y = t[0], t[1]
+        return (x * x - 1.0) ** 2 + 0.3 * x + 10.0 * (y - x) ** 2
+
+    vg = jax.jit(jax.vmap(jax.value_and_grad(nll)))
+    obj = SimpleNamespace(nll=nll, value_and_grad_batch=vg, dtype=jnp.float64,
+                          lower=np.full(2, -3.0), upper=np.full(2, 3.0), ids=("x", "y"))
+    left = np.roots([4.0, 0.0, -4.0, 0.3]).real.min()  # V'(x) = 4x³ − 4x + 0.3
+    cfg = {"batch": 1, "polish_iterations": 40, "tolerance": 1e-9, "profile_points": 2,
+           "profiles": None, "profile_iterations": 30}
+    for restarts in (2, 0):
+        start = np.array([1.2, 1.1])
+        st = FitState("polish", start[None], start[None], np.zeros(1), np.zeros((1, 2)),
+                      np.zeros((1, 1)), np.zeros(1, np.int64), np.ones(1, bool),
+                      np.zeros(1, np.int32), None, best=start.copy(),
+                      best_value=float(nll(start)))
+        workers = _Workers(1)
+        try:
+            _stages(obj, Optimiser(obj, "lbfgs", 0.05), st, workers, None,
+                    dict(cfg, restarts=restarts), lambda: None, _Progress(None))
+        finally:
+            workers.close()
+        assert st.stage == "done"
+        lowest = np.nanmin(st.profile_values)
+        if restarts:
+            assert st.restarts == 1
+            np.testing.assert_allclose(st.best, [left, left], atol=1e-6)
+            assert lowest >= st.best_value - LOWER
+        else:
+            assert st.restarts == 0 and st.best[0] > 0.9
+            assert lowest < st.best_value - 0.5
+
+
 def test_profile_points_reach_the_threshold_from_an_optimum_on_a_bound():
     """The first profile points on a side span 2.5 Laplace standard deviations from an
     interior optimum; from an optimum held on a bound by its gradient g (where the NLL
@@ -1082,8 +1126,11 @@ def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic
     import tmesim._fit as F
 
     meas, _ = synthetic
+    # restarts = 0: from 2 iterations, a profile point is lower than the best (the fit would
+    # polish again from it; test_a_profile_point_below_the_optimum_sends_the_fit_back...)
     settings = ('starts = 1\niterations = 2\nprofiles = ["tumor_division_rate"]\n'
-                'profile_points = 1\nprofile_iterations = 1\npolish_iterations = 1\n')
+                'profile_points = 1\nprofile_iterations = 1\npolish_iterations = 1\n'
+                'restarts = 0\n')
     path = write_problem(tmp_path / "fit", meas, fit_settings=settings)
     out = str(tmp_path / "fit" / "result.h5")
     real = F._write_state

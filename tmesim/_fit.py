@@ -33,7 +33,10 @@ The fit, in stages, each written to the result file when it completes a step
    Laplace Hessian predicts, then trust-region steps from that Hessian with
    SR1 updates); the 95% interval is where the profile rises
    by χ²₁(0.95)/2 = 1.92; a profile that stays below that on a side is
-   flagged: not identifiable there.
+   flagged: not identifiable there. A profile point with a lower NLL than
+   the optimum's (by more than LOWER) means the polish stopped at a local
+   minimum: the fit goes back to stage 2 from the lowest such point, up to
+   ``restarts`` times, and lays the profiles out again from there.
 5. ``done``: the simulated observables of every condition on a fine time
    grid and at the measurement times (residuals), and the fitted parameter set
    as a TOML file a scenario can name (``parameters_file``).
@@ -78,6 +81,7 @@ REJECTIONS = 2  # consecutive rejected steps after which a start stops (the seco
 #                 fresh memory: a scaled steepest descent whose line search failed too)
 LINESEARCH_STEPS = 12  # zoom line-search evaluations per L-BFGS iteration at most
 POLISH_RADIUS = 0.05  # first trust region of the polish: ‖step / (upper − lower)‖
+LOWER = 1e-3  # a profile point this far below the optimum's NLL shows a lower minimum
 POLISH_DECREASE = 1e-6  # the polish stops when its model predicts a smaller NLL decrease
 POLISH_STALL = (5, 1e-3)  # ... or when its last 5 steps lowered the NLL by less than 1e-3
 PLOT_EVERY_DAYS = 0.25
@@ -728,6 +732,7 @@ class FitState:
     profile_theta: np.ndarray | None = None  # (J, P)
     seconds: float = 0.0
     evaluations: np.ndarray | None = None  # (S,) loss-and-gradient evaluations per start
+    restarts: int = 0  # times the polish started again from a lower profile point
 
     def __post_init__(self):
         if self.evaluations is None:
@@ -783,6 +788,7 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
             h5["polish/history"] = st.polish_history
             h5["polish/iterations"] = np.array([st.polish_iterations])
             h5["polish/radius"] = np.array([st.polish_radius])
+            h5["polish/restarts"] = np.array([st.restarts])
         if st.profile_points is not None:
             h5["profiles/points"] = st.profile_points
             h5["profiles/value"] = st.profile_values
@@ -851,6 +857,8 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
             st.polish_history = h5["polish/history"][...]
             st.polish_iterations = int(h5["polish/iterations"][0])
             st.polish_radius = float(h5["polish/radius"][0])
+            if "restarts" in h5["polish"]:  # results written before restarts have none
+                st.restarts = int(h5["polish/restarts"][0])
         if "profiles/points" in h5:
             st.profile_points = h5["profiles/points"][...]
             st.profile_values = h5["profiles/value"][...]
@@ -1009,21 +1017,46 @@ def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
         st.best_grad, st.hessian = st.grad[i].copy(), None
         st.stage, st.opt_leaves = "polish", None
         save()
-    if st.stage == "polish":
-        if len(st.best):
-            _polish(obj, st, B, workers, cfg, save, say)
-        else:
-            st.hessian = np.zeros((0, 0))
-        st.stage = "laplace"
-        save()
-    if st.stage == "laplace":
-        if st.hessian is None:
-            st.hessian = laplace_hessian(obj, st.best, B, workers, st.best_grad)
-        st.stage = "profiles"
-        save()
-    if st.stage == "profiles":
+    while st.stage != "done":
+        if st.stage == "polish":
+            if len(st.best):
+                _polish(obj, st, B, workers, cfg, save, say)
+            else:
+                st.hessian = np.zeros((0, 0))
+            st.stage = "laplace"
+            save()
+        if st.stage == "laplace":
+            if st.hessian is None:
+                st.hessian = laplace_hessian(obj, st.best, B, workers, st.best_grad)
+            st.stage = "profiles"
+            save()
         _profiles(obj, opt, st, B, workers, cfg, save, say)
-        st.stage = "done"
+        if _restart_from_profiles(st, cfg["restarts"]):
+            say(f"a profile point has a lower NLL ({st.best_value:.8g}): polishing again from "
+                f"there (restart {st.restarts} of {cfg['restarts']})", force=True)
+            save()
+        else:
+            st.stage = "done"
+
+
+def _restart_from_profiles(st: FitState, most: int) -> bool:
+    """Make the lowest profile point the best one and go back to the polish, when its NLL is
+    below the best's by more than LOWER and fewer than ``most`` restarts have been made; the
+    profiles are dropped (laid out again from the new optimum)."""
+    values = st.profile_values if st.profile_values is not None else np.zeros(0)
+    finite = np.isfinite(values)
+    if st.restarts >= most or not finite.any():
+        return False
+    k = int(np.argmin(np.where(finite, values, np.inf)))
+    if not values[k] < st.best_value - LOWER:
+        return False
+    st.best, st.best_value = st.profile_theta[k].copy(), float(values[k])
+    st.best_grad = st.hessian = None
+    st.polish_iterations, st.polish_history, st.polish_radius = 0, None, POLISH_RADIUS
+    st.profile_points = st.profile_values = st.profile_theta = None
+    st.restarts += 1
+    st.stage = "polish"
+    return True
 
 
 REDRAWS = 10  # a start whose objective is not finite is drawn again this often at most
@@ -1766,7 +1799,7 @@ def summarise(obj: Objective, st: FitState) -> dict:
                                  f"(no rise of {CHI2_95 / 2:.2f} by {last:.4g})")
                     end = xs[-1]
                 ends.append(end)
-                if np.any(ys[1:][np.isfinite(ys[1:])] < st.best_value - 1e-3):
+                if np.any(ys[1:][np.isfinite(ys[1:])] < st.best_value - LOWER):
                     flags.append("profile found a lower NLL: the optimum is not global")
             prof = (float(from_scale(ends[0], sc)), float(from_scale(ends[1], sc)))
         profiled = st.profile_points is not None and (st.profile_points[:, 0] == i).any()

@@ -43,8 +43,10 @@ def fit_text(path: str) -> str:
         if "polish" in h5:
             hist = h5["polish/history"][...]
             n = int(h5["polish/iterations"][0])
+            again = int(h5["polish/restarts"][0]) if "restarts" in h5["polish"] else 0
             lines.append(f"  polish: {n} trust-region Newton steps, NLL {hist[0]:.8g} -> "
-                         f"{hist[n]:.8g}")
+                         f"{hist[n]:.8g}" + (f" (started again {again} times from a profile "
+                                             f"point with a lower NLL)" if again else ""))
         if "summary" in h5:
             g = h5["summary"]
             lines.append(f"  best NLL {float(h5['best/value'][0]):.6g}; " + (
