@@ -314,52 +314,6 @@ def _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing
     return y
 
 
-def _stage_function(dt, spacing, pinned, second_order):
-    """One RKL stage Y_j from (Y_{j−1}, Y_{j−2}, Y₀, f(Y₀)), with a hand-written reverse rule
-    (for a D that varies in space; ``_stages_function`` takes one value per channel).
-
-    The stage is affine in the states, and its operator A (7-point diffusion,
-    decay, the Dirichlet faces' diagonal, periodic wraps) is symmetric; pinned
-    voxels zero rows of it. The pullback of a cotangent ȳ is therefore the
-    stage's own fused stencil applied to the masked cotangent u = ȳ off the
-    pinned voxels: Ȳ_{j−1} = μu + μ̃ dt A u, Ȳ_{j−2} = νu, Ȳ₀ = (1 − μ − ν)u
-    (+ ȳ on pinned voxels), f̄₀ = γ̃ dt u (A without its affine part, the
-    boundary values and fluxes); the coefficients' cotangents are pairings of
-    u with the stage's input (``_coefficient_cotangents``). Reverse mode keeps
-    Y_{j−1} only. Oxygen's 128-stage step at 32³ on 2 CPU cores: forward 9 ms;
-    state cotangent 23 ms with this rule against 50 ms through JAX's transpose
-    of the stencil (slices, concatenations, in-place plane updates), every
-    cotangent 52-64 against 78 ms over repeated runs (measured, issue 10).
-    """
-
-    @jax.custom_vjp
-    def stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc):
-        return _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing,
-                            pinned, second_order)
-
-    def forward(y_prev, y_prev2, c, f0, coef, D, decay, source, bc):
-        y = stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc)
-        return y, (y_prev, coef, D, decay, source, bc)
-
-    def backward(res, y_bar):
-        y_prev, coef, D, decay, source, bc = res
-        mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
-        u = y_bar if pinned is None else jnp.where(pinned, 0.0, y_bar)
-        c_bar = jnp.zeros_like(u) if pinned is None else jnp.where(pinned, y_bar, 0.0)
-        f0_bar = jnp.zeros_like(u)
-        if second_order:
-            c_bar = c_bar + (1.0 - mu - nu) * u
-            f0_bar = (gamma_t * dt) * u
-        homogeneous = _map_faces(
-            bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux)))
-        prev_bar = mu * u + (mu_t * dt) * diffusion_rate(u, spacing, D, decay, homogeneous)
-        return (prev_bar, nu * u, c_bar, f0_bar, jnp.zeros_like(coef),
-                *_coefficient_cotangents(y_prev, (mu_t * dt) * u, spacing, D, decay, source, bc))
-
-    stage.defvjp(forward, backward)
-    return stage
-
-
 def _unbroadcast(x, shape):
     """Sum x down to ``shape``: the transpose of broadcasting ``shape`` to x's shape."""
     lead = x.ndim - len(shape)
@@ -368,37 +322,12 @@ def _unbroadcast(x, shape):
     return jnp.sum(x, axis=axes, keepdims=True).reshape(shape) if axes else x
 
 
-def _plane_pairing(u, planes):
-    """Σ u·plane over the boundary planes, per channel, shape (F, 1, 1, 1)."""
-    total = 0.0
-    for ax, idx, plane in planes:
-        total = total + jnp.sum(_slice(u, idx, idx + 1, ax) * plane, axis=(1, 2, 3), keepdims=True)
-    return total
-
-
-def _coefficient_cotangents(y, u, spacing, D, decay, source, bc):
-    """Cotangents of (D, decay, source, bc) for the rate at state y and its cotangent u.
-
-    The rate is linear in each coefficient, so each cotangent is a pairing of
-    u with the rate's part that carries it: −u·y for the decay, u for the
-    source (field-sized, accumulated over the stages by the scan); the
-    boundary data only enter the planes (plane-sized work, left to JAX), and
-    D's pairing Σ u·rate(D) goes through JAX with the state held fixed.
-    """
-    decay_bar = _unbroadcast(-u * y, decay.shape)
-    source_bar = None if source is None else _unbroadcast(u, jnp.shape(source))
-    bc_bar = jax.grad(lambda b: jnp.sum(_plane_pairing(u, _boundary_planes(y, spacing, D, b))))(bc)
-    D_bar = jax.grad(lambda d: jnp.sum(u * diffusion_rate(y, spacing, d, decay, bc)))(D)
-    return D_bar, decay_bar, source_bar, bc_bar
-
-
-def _face_cotangents(face, s_u, s_uc, D, h):
+def _face_cotangents(face, s_u, sd_u, sd_uc, h):
     """Cotangents of one face's (w, v, q) for the pairing Σ ue·plane, where
-    plane = w·2D(v − cell)/h² + (1 − w)·q/h (``_boundary_planes``), from s_u = Σ ue and
-    s_uc = Σ ue·cell over the face, per channel (F, 1, 1, 1); and D's cotangent from the
-    plane's affine part, w·2v·s_u/h²."""
+    plane = w·2D(v − Y)/h² + (1 − w)·q/h (``_boundary_planes``), from the sums over the
+    face of ue, D·ue and D·ue·Y, per channel (F, 1, 1, 1)."""
     w, v, q = (_per_channel(jnp.asarray(x, s_u.dtype), s_u.ndim) for x in face)
-    bars = (2.0 * D * (v * s_u - s_uc) / h**2 - q * s_u / h, w * 2.0 * D * s_u / h**2,
+    bars = (2.0 * (v * sd_u - sd_uc) / h**2 - q * s_u / h, w * 2.0 * sd_u / h**2,
             (1.0 - w) * s_u / h)
 
     def back(bar, leaf):  # to the leaf's shape: (F,) reshaped, or one value broadcast
@@ -406,32 +335,56 @@ def _face_cotangents(face, s_u, s_uc, D, h):
         bar = bar.reshape(-1) if leaf.ndim == 1 else jnp.sum(bar).reshape(leaf.shape)
         return bar.astype(leaf.dtype)
 
-    return FaceBC(*(back(b, x) for b, x in zip(bars, face))), w * 2.0 * v * s_u / h**2
+    return FaceBC(*(back(b, x) for b, x in zip(bars, face)))
 
 
-def _edge_sums(x, ax):
-    """Σ of x over its lower and upper face along ``ax``, per channel."""
+def _plane_sum(x):
+    return jnp.sum(x, axis=(1, 2, 3), keepdims=True)
+
+
+def _face_differences(x, ax, periodic):
+    """x_{i+1} − x_i across each face along ``ax`` (n − 1 faces; n with the wrap)."""
+    if periodic:
+        return jnp.roll(x, -1, axis=ax) - x
     n = x.shape[ax]
-    return tuple(jnp.sum(_slice(x, i, i + 1, ax), axis=(1, 2, 3), keepdims=True)
-                 for i in (0, n - 1))
+    return _slice(x, 1, n, ax) - _slice(x, 0, n - 1, ax)
+
+
+def _to_voxels(q, ax, periodic):
+    """Each voxel's sum of the face values q on its two sides along ``ax``."""
+    if periodic:
+        return q + jnp.roll(q, 1, axis=ax)
+    pad = [(0, 0)] * q.ndim
+    lo, hi = list(pad), list(pad)
+    lo[ax], hi[ax] = (0, 1), (1, 0)
+    return jnp.pad(q, lo) + jnp.pad(q, hi)
 
 
 def _stages_function(dt, spacing, pinned, second_order, table):
-    """Stages 2..s of an RKL step from (Y₁, Y₀ = c, f(Y₀)), with a reverse rule for the
-    whole chain, for D one value per channel.
+    """Stages 2..s of an RKL step from (Y₁, Y₀ = c, f(Y₀)), with a hand-written reverse
+    rule for the whole chain of stages.
 
-    The reverse pass runs the stages backwards with ``_stage_function``'s
-    pullback, computed once per stage as L₁w (w = μ̃_j dt u_j, L₁ the
-    homogeneous operator at D = 1 without decay: Aw = D·L₁w − λw), and
-    accumulates the coefficients' pairings as fields over the stages:
-    P_D = Σ L₁w·Y_{j−1} (= Σ w·L₁Y_{j−1}, L₁ being symmetric), P_λ = Σ w·Y_{j−1}
-    and P_S = Σ w. They are summed once at the end: D̄ = ΣP_D plus the Dirichlet
-    faces' affine part, λ̄ = −P_λ, S̄ = P_S, and each face's data from the sums of
-    P_S and P_λ over it. Stage by stage, with the pairings summed at each stage
-    and JAX's transpose for D, a step's reverse pass took 162-177 ms, with this
-    rule 99-112 (5 channels, 32³, 38 stages, forward 17-18 ms; 2-core CPU with a
-    fit running on both cores, measured in one run; issue 10). Reverse mode
-    keeps each stage's input, as the stage-by-stage rule does.
+    A stage is affine in the states, and its operator A (7-point diffusion,
+    decay, the Dirichlet faces' diagonal, periodic wraps) is symmetric; pinned
+    voxels zero rows of it. The pullback of a stage's cotangent ȳ is therefore
+    the stage's own fused stencil applied to u = ȳ off the pinned voxels:
+    Ȳ_{j−1} = μu + A w (w = μ̃ dt u), Ȳ_{j−2} = νu, Ȳ₀ = (1 − μ − ν)u (+ ȳ on
+    pinned voxels), f̄₀ = γ̃ dt u, A without its affine part (the boundary values
+    and fluxes). With D one value per channel, A w = D·L₁w − λw, L₁ the operator
+    at D = 1 without decay: one stencil a stage. The coefficients' cotangents
+    are pairings of the w's with the stages' inputs Y_{j−1}, accumulated as
+    fields over the stages and summed once: P_λ = Σ w·Y (λ̄ = −P_λ), P_S = Σ w
+    (S̄), for D either P_D = Σ L₁w·Y (= Σ w·L₁Y: D̄ = ΣP_D, plus the Dirichlet
+    faces' affine part) or, for a D that varies in space, per axis
+    Σ Δw·ΔY across each face (each face's coefficient is the mean of its two
+    voxels'); each face's boundary data from sums over it of P_S, D·P_S and
+    D·P_λ. Reverse mode keeps each stage's input. Measured (issue 10): JAX's
+    transpose of the stencil took twice as long for the state's cotangent
+    (oxygen's 128-stage step at 32³, 2-core CPU: 50 against 23 ms, forward 9);
+    a rule stage by stage, with the pairings summed at every stage and JAX's
+    transpose for D, 162-177 ms for a step with every cotangent where this one
+    takes 99-112 (5 channels, 38 stages, D per channel, 32³, forward 17-18 ms,
+    in one run with a fit on both cores).
     """
     coefs = np.asarray(table)
 
@@ -461,9 +414,11 @@ def _stages_function(dt, spacing, pinned, second_order, table):
         homogeneous = _map_faces(
             bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux)))
         ones, zeros = jnp.ones_like(D), jnp.zeros_like(D)
+        variable = any(n > 1 for n in D.shape[1:])
+        periodic = [bc[a] is None for a in range(3)]
 
         def body(carry, xs):
-            a, b, c_bar, f0_bar, p_d, p_l, p_s = carry
+            a, b, c_bar, f0_bar, p_l, p_s, p_d = carry
             coef, y_prev = xs
             mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
             u = a if pinned is None else jnp.where(pinned, 0.0, a)
@@ -473,34 +428,58 @@ def _stages_function(dt, spacing, pinned, second_order, table):
                 c_bar = c_bar + (1.0 - mu - nu) * u
                 f0_bar = f0_bar + (gamma_t * dt) * u
             w = (mu_t * dt) * u
-            lw = diffusion_rate(w, spacing, ones, zeros, homogeneous)  # L₁w, L₁ symmetric
-            prev_bar = b + mu * u + D * lw - decay * w
-            return (prev_bar, nu * u, c_bar, f0_bar, p_d + lw * y_prev, p_l + w * y_prev,
-                    p_s + w), None
+            if variable:  # Aw by the stencil; per axis, Σ Δw·ΔY across each face
+                prev_bar = b + mu * u + diffusion_rate(w, spacing, D, decay, homogeneous)
+                p_d = tuple(q + _face_differences(w, ax + 1, periodic[ax])
+                            * _face_differences(y_prev, ax + 1, periodic[ax])
+                            for ax, q in enumerate(p_d))
+            else:  # L₁w once, L₁ symmetric: Aw = D·L₁w − λw, and Σ w·L₁Y = Σ L₁w·Y
+                lw = diffusion_rate(w, spacing, ones, zeros, homogeneous)
+                prev_bar = b + mu * u + D * lw - decay * w
+                p_d = p_d + lw * y_prev
+            return (prev_bar, nu * u, c_bar, f0_bar, p_l + w * y_prev, p_s + w, p_d), None
 
         zero = jnp.zeros_like(g)
-        carry = (g, zero, zero, zero, zero, zero, zero)
-        (y1_bar, c0_bar, c_bar, f0_bar, p_d, p_l, p_s), _ = jax.lax.scan(
+        p_d = (tuple(jnp.zeros_like(_face_differences(g, ax + 1, periodic[ax]))
+                     for ax in range(3)) if variable else zero)
+        carry = (g, zero, zero, zero, zero, zero, p_d)
+        (y1_bar, c0_bar, c_bar, f0_bar, p_l, p_s, p_d), _ = jax.lax.scan(
             body, carry, (jnp.asarray(coefs, g.dtype), inputs), reverse=True)
-        D_bar = jnp.sum(p_d, axis=(1, 2, 3), keepdims=True)
+        if variable:  # each face's coefficient is the mean of its two voxels'
+            D_bar = -0.5 * sum(_to_voxels(q, ax + 1, periodic[ax]) / h**2
+                               for ax, (q, h) in enumerate(zip(p_d, spacing)))
+        else:
+            D_bar = jnp.sum(p_d, axis=(1, 2, 3), keepdims=True)
+        D_e = jnp.broadcast_to(D, g.shape)
         bc_bar = []
         for axis, h in enumerate(spacing):
             ax = axis + 1
-            if bc[axis] is None:
+            if periodic[axis]:
                 bc_bar.append(None)
                 continue
             faces = []
-            for face, s_u, s_uc in zip(bc[axis], _edge_sums(p_s, ax), _edge_sums(p_l, ax)):
+            n = g.shape[ax]
+            for face, edge in zip(bc[axis], (0, n - 1)):
                 if face is None:
                     faces.append(None)
                     continue
-                face_bar, affine = _face_cotangents(face, s_u, s_uc, D, h)
-                D_bar = D_bar + affine
+                s_e, l_e, d_e = (_slice(x, edge, edge + 1, ax) for x in (p_s, p_l, D_e))
+                face_bar = _face_cotangents(face, _plane_sum(s_e), _plane_sum(d_e * s_e),
+                                            _plane_sum(d_e * l_e), h)
+                w, v = (_per_channel(jnp.asarray(x, g.dtype), 4) for x in face[:2])
+                if variable:  # ∂/∂D_e of the plane w·2D_e(v − Y_e)/h², paired with w
+                    plane = 2.0 * w * (v * s_e - l_e) / h**2
+                    start = [0] * 4
+                    start[ax] = edge
+                    D_bar = jax.lax.dynamic_update_slice(
+                        D_bar, _slice(D_bar, edge, edge + 1, ax) + plane, tuple(start))
+                else:  # the plane's affine part (its diagonal is in L₁)
+                    D_bar = D_bar + 2.0 * w * v * _plane_sum(s_e) / h**2
                 faces.append(face_bar)
             bc_bar.append(tuple(faces))
         source_bar = None if source is None else _unbroadcast(p_s, jnp.shape(source))
-        return (y1_bar, c_bar + c0_bar, f0_bar, D_bar, _unbroadcast(-p_l, decay.shape),
-                source_bar, tuple(bc_bar))
+        return (y1_bar, c_bar + c0_bar, f0_bar, _unbroadcast(D_bar, D.shape),
+                _unbroadcast(-p_l, decay.shape), source_bar, tuple(bc_bar))
 
     run.defvjp(forward, backward)
     return run
@@ -512,17 +491,8 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_o
     y1 = c + (mu1 * dt) * f0  # f0 is exactly 0 on pinned voxels
     if len(table) == 0:
         return y1
-    if all(n == 1 for n in D.shape[1:]):
-        chain = _stages_function(dt, spacing, pinned, second_order, table)
-        return chain(y1, c, f0, D, decay, source, bc)
-    stage = _stage_function(dt, spacing, pinned, second_order)
-
-    def body(carry, coef):
-        y_prev, y_prev2 = carry
-        return (stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc), y_prev), None
-
-    (y, _), _ = jax.lax.scan(body, (y1, c), jnp.asarray(table, c.dtype))
-    return y
+    return _stages_function(dt, spacing, pinned, second_order, table)(y1, c, f0, D, decay,
+                                                                       source, bc)
 
 
 def rkl2_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=None) -> Array:
