@@ -388,14 +388,11 @@ def _stages_function(dt, spacing, pinned, second_order, table):
     """
     coefs = np.asarray(table)
 
-    def stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc):
-        return _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing,
-                            pinned, second_order)
-
     def chain(y1, c, f0, D, decay, source, bc, keep):
         def body(carry, coef):
             y_prev, y_prev2 = carry
-            y = stage(y_prev, y_prev2, c, f0, coef, D, decay, source, bc)
+            y = _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing,
+                             pinned, second_order)
             return (y, y_prev), (y_prev if keep else None)
 
         (y, _), inputs = jax.lax.scan(body, (y1, c), jnp.asarray(coefs, c.dtype))
@@ -464,7 +461,8 @@ def _stages_function(dt, spacing, pinned, second_order, table):
                     faces.append(None)
                     continue
                 s_e, l_e, d_e = (_slice(x, edge, edge + 1, ax) for x in (p_s, p_l, D_e))
-                face_bar = _face_cotangents(face, _plane_sum(s_e), _plane_sum(d_e * s_e),
+                s_u = _plane_sum(s_e)
+                face_bar = _face_cotangents(face, s_u, _plane_sum(d_e * s_e),
                                             _plane_sum(d_e * l_e), h)
                 w, v = (_per_channel(jnp.asarray(x, g.dtype), 4) for x in face[:2])
                 if variable:  # ∂/∂D_e of the plane w·2D_e(v − Y_e)/h², paired with w
@@ -474,7 +472,7 @@ def _stages_function(dt, spacing, pinned, second_order, table):
                     D_bar = jax.lax.dynamic_update_slice(
                         D_bar, _slice(D_bar, edge, edge + 1, ax) + plane, tuple(start))
                 else:  # the plane's affine part (its diagonal is in L₁)
-                    D_bar = D_bar + 2.0 * w * v * _plane_sum(s_e) / h**2
+                    D_bar = D_bar + 2.0 * w * v * s_u / h**2
                 faces.append(face_bar)
             bc_bar.append(tuple(faces))
         source_bar = None if source is None else _unbroadcast(p_s, jnp.shape(source))
