@@ -2,6 +2,7 @@
 
 from ._cli import main as main
 from ._describe import describe_model as describe_model
+from ._devices import over_devices as over_devices
 from ._fit import FitError as FitError
 from ._fit import fit as fit
 from ._fitplot import fit_text as fit_text

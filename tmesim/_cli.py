@@ -65,6 +65,7 @@ def _fit(args) -> int:
 
     settings = {k: v for k, v in (("starts", args.starts), ("iterations", args.iterations),
                                   ("batch", args.batch), ("workers", args.workers),
+                                  ("devices", args.devices),
                                   ("seed", args.seed)) if v is not None}
     if args.no_profiles:
         settings["profiles"] = []
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
                     "under vmap")
     fp.add_argument("--workers", type=int, help="compiled calls at once, each on its own "
                     "thread (default: one per CPU core on a CPU)")
+    fp.add_argument("--devices", type=int, help="devices the compiled calls run on, one "
+                    "worker thread bound to each in turn (default 1; 0: every device)")
     fp.add_argument("--seed", type=int, help="seed of the starting points")
     fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")

@@ -14,9 +14,10 @@ The fit, in stages, each written to the result file when it completes a step
 1. ``optimise``: multi-start L-BFGS (optax, zoom line search) or Adam from
    a Latin hypercube on the parameter scale, prior draws, or the nominal
    values perturbed by a factor (a start where the objective is not finite is
-   drawn again); ``batch`` starts to a compiled call (under ``vmap``),
-   ``workers`` calls at once on threads (on a CPU: one start a call, one call
-   a core), this thread keeping the state and writing the file. A step whose
+   drawn again); ``batch`` starts to a compiled call (under ``vmap``; with
+   ``devices``, the batch split over them by ``over_devices``), ``workers``
+   calls at once on threads (on a CPU: one start a call, one call a core),
+   this thread keeping the state and writing the file. A step whose
    update or value is not finite, or (L-BFGS) that does not lower the value,
    is rejected: the start keeps its point and L-BFGS restarts its memory
    there. Bounds are held by an active set. A start stops after two
@@ -67,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._devices import over_devices, select_devices
 from ._observables import OBSERVABLES, observables
 from ._parameters import set_values
 from ._petab import FitProblem, ProblemError, load_problem, noise_placeholder
@@ -148,10 +150,11 @@ class Objective:
 
     ``nll(theta)``: scalar; ``value_and_grad_batch(thetas)``: (B,), (B, P), one
     compiled call; ``predict(theta)``: simulated observables (see ``predictions``).
-    ``traces`` counts how often the NLL has been traced (compiled).
+    ``traces`` counts how often the NLL has been traced (compiled). With ``devices``
+    (a list), each batch is split over them (``tmesim.over_devices``).
     """
 
-    def __init__(self, fp: FitProblem):
+    def __init__(self, fp: FitProblem, devices=None):
         self.fp = fp
         dtype = fp.settings["dtype"]
         if dtype == "float64" and not jax.config.jax_enable_x64:
@@ -213,7 +216,7 @@ class Objective:
                              (*o.formula.names, *o.noise.names) if n in OBSERVABLES})
         self._noise = self._noise_tables()
         self.traces = 0
-        self._jit_vg = _FirstCallLock(jax.jit(batched(jax.value_and_grad(self.nll))))
+        self._jit_vg = _FirstCallLock(_compiled(batched(jax.value_and_grad(self.nll)), devices))
 
     # -- pieces ---------------------------------------------------------------
     def _noise_tables(self):
@@ -488,6 +491,12 @@ def _all_equal(a: np.ndarray) -> bool:
     return bool(np.all(a == a[:1]))
 
 
+def _compiled(fn, devices=None):
+    """``jax.jit(fn)`` of a batched ``fn``; with ``devices``, its batch split over them
+    (``over_devices``: one program, each device its share of the members)."""
+    return over_devices(fn, devices) if devices else jax.jit(fn)
+
+
 def batched(fn):
     """``jax.vmap(fn)``, except over a batch of one, where ``fn`` runs on the one member.
 
@@ -530,7 +539,7 @@ class Optimiser:
     gathered in another subspace. The carried state is (optax state, active set).
     """
 
-    def __init__(self, obj: Objective, kind: str, learning_rate: float):
+    def __init__(self, obj: Objective, kind: str, learning_rate: float, devices=None):
         self.obj, self.kind = obj, kind
         if kind == "lbfgs":
             self.opt = optax.lbfgs(
@@ -539,7 +548,7 @@ class Optimiser:
                                                           initial_guess_strategy="one"))
         else:
             self.opt = optax.adam(learning_rate)
-        self._step = _FirstCallLock(jax.jit(batched(self._one)))
+        self._step = _FirstCallLock(_compiled(batched(self._one), devices))
         self._init = _FirstCallLock(jax.jit(jax.vmap(self._fresh)))
 
     def _fresh(self, theta):
@@ -660,6 +669,7 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
 
 
 # --------------------------------------------------------------------------
@@ -936,8 +946,12 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
     if isinstance(problem, FitProblem) and settings:
         fp = FitProblem(**{**fp.__dict__, "settings": fp.settings | settings})
     cfg = fp.settings
-    obj = Objective(fp)
-    opt = Optimiser(obj, cfg["optimizer"], cfg["learning_rate"])
+    try:
+        devices = select_devices(cfg["devices"], f"{fp.path}: [fit] devices")
+    except ValueError as err:
+        raise ProblemError(str(err)) from None
+    obj = Objective(fp, devices)
+    opt = Optimiser(obj, cfg["optimizer"], cfg["learning_rate"], devices)
     say = _Progress(progress)
     P = len(obj.ids)
     t_start = time.monotonic()
@@ -979,8 +993,11 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
             _check_stop()  # SIGINT/SIGTERM (stop_on_signals): stop here, resumable
 
     workers = _Workers(cfg["workers"] or default_workers())
+    if devices:
+        say(f"each compiled call split over {len(devices)} devices "
+            f"({', '.join(str(d) for d in devices)})", force=True)
     try:
-        _stages(obj, opt, st, workers, fp, cfg, save, say)
+        _stages(obj, opt, st, workers, fp, cfg, save, say, devices)
     except Interrupted as err:
         _mark(output, "interrupted", f"{err} in stage {st.stage}")
         raise Interrupted(err.signum, f"{output}: {err} in stage {st.stage}; the file keeps "
@@ -1002,10 +1019,12 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
     return output
 
 
-def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say):
+def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say, devices=None):
     # batch 0: one point per compiled call on a CPU (vmap shares the compile there, not the
     # work, and every member would wait for the slowest line search), all at once elsewhere
     B = cfg["batch"] or (1 if jax.default_backend() == "cpu" else len(st.starts))
+    n = len(devices or [None])
+    B = -(-B // n) * n  # a batch splits evenly over the devices
     if st.stage == "optimise":
         _optimise(obj, opt, st, B, workers, cfg, save, say)
         finite = np.isfinite(st.value)

@@ -1,0 +1,66 @@
+"""Ensembles over devices (issue 15): which devices, and a batch split among them.
+
+A batch of independent runs (organoids, parameter sets, conditions, a fit's
+starts) needs no communication: each device takes an equal share of the
+members and runs the same program on it. ``over_devices`` does this with
+``jax.shard_map`` over a one-axis mesh: inside, each device runs the batched
+function on its own members, so its loops (the time loop, a conjugate-gradient
+solve's iterations) stop when its own members are done. Under ``jax.jit`` of a
+``vmap`` with the batch merely placed over devices, XLA's partitioner keeps
+``vmap``'s meaning instead: a while loop runs until every member of the whole
+batch is done, and each of its iterations agrees on that across devices (an
+all-reduce per conjugate-gradient iteration, measured on the organoid). A fit
+spreads its compiled calls over devices by threads instead (``[fit] devices``:
+one worker thread per device, ``tmesim._fit._Workers``).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def select_devices(n: int, where: str) -> list | None:
+    """The first ``n`` devices of the default backend (0: all of them); None for one (the
+    default device). ``where`` names the setting in the error when there are fewer."""
+    available = jax.devices()
+    if n == 0:
+        n = len(available)
+    if n > len(available):
+        raise ValueError(f"{where}: devices = {n}, but this process sees {len(available)} "
+                         f"({', '.join(str(d) for d in available)}); set it to at most "
+                         f"{len(available)}, or 0 for all")
+    return None if n == 1 else available[:n]
+
+
+def over_devices(fn, devices=None):
+    """``fn`` (a batch -> a batch: every input and output leaf has the batch as its leading
+    axis, e.g. ``jax.vmap(f)``) run with the batch split evenly over ``devices``
+    (default: every device of the default backend), compiled once: each device runs
+    ``fn`` on its share, and no data moves between devices. A batch that is not a
+    multiple of the device count is padded with copies of its last member, whose
+    results are dropped. The inputs may live anywhere: they are placed first."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.array(devices), ("batch",))
+    split = PartitionSpec("batch")
+    sharding = NamedSharding(mesh, split)
+    mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=split, out_specs=split,
+                                   check_vma=False))
+
+    def call(*batch):
+        sizes = {np.shape(x)[0] if np.ndim(x) else None
+                 for x in jax.tree_util.tree_leaves(batch)}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"over_devices: every input needs the same leading (batch) "
+                             f"axis; got leading sizes {sorted(map(str, sizes))}")
+        (size,) = sizes
+        pad = -size % len(devices)
+        if pad:
+            batch = jax.tree_util.tree_map(
+                lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), batch)
+        out = mapped(*jax.device_put(batch, sharding))
+        return jax.tree_util.tree_map(lambda y: y[:size], out) if pad else out
+
+    call.lower = lambda *batch: mapped.lower(*jax.device_put(batch, sharding))
+    return call
