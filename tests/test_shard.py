@@ -132,3 +132,65 @@ def test_shard_a_fit_over_devices_gives_the_result_of_one_device(tmp_path):
     assert r["value"] <= 1e-12 and r["grad"] <= 1e-10, (r["value"], r["grad"])
     assert "[fit] devices: devices = 8, but this process sees 4" in r["refused"]
     assert not r["written"]
+
+
+TWO_PROCESSES = """
+import json, sys
+import jax
+rank, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                           process_id=rank)
+import jax.numpy as jnp, numpy as np
+from jax.experimental import multihost_utils
+import tmesim as tm
+
+setup = tm.spheroid(n=16, spacing=20.0, radius=120.0, dt=5.0)  # float32
+P = setup.problem
+rates = (5e-4, 7e-4, 9e-4, 1.1e-3)
+batch = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[
+    tm.set_values(setup.values, {"tumor_division_rate": r}) for r in rates])
+
+def members(values):
+    return jax.vmap(lambda v: tm.solve(P, v, n_steps=48).fields)(values)
+
+out = tm.over_devices(members)(batch)        # jax.devices(): one per process
+whole = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+mine = [s.index[0] for s in out.addressable_shards]
+alone = np.asarray(jax.jit(members)(jax.tree_util.tree_map(lambda x: x[mine[0]], batch)))
+print(json.dumps({"rank": rank, "processes": jax.process_count(),
+                  "devices": len(jax.devices()), "rows": [mine[0].start, mine[0].stop],
+                  "gathered": whole.shape[0],
+                  "err": float(np.max(np.abs(whole[mine[0]] - alone)) / np.max(np.abs(alone))),
+                  "differ": bool(not np.allclose(whole[0], whole[-1]))}))
+"""
+
+
+def test_shard_two_processes_form_one_job_as_jax_distributed_does():
+    """Two local CPU processes joined by ``jax.distributed.initialize`` (the multi-host
+    recipe of docs/devices.md): ``over_devices`` over the job's two devices gives each
+    process half of four spheroids, and the gathered result equals each half run alone
+    in its process on its own device."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TWO_PROCESSES),
+                               str(rank), str(port)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=900)
+            assert p.returncode == 0, err[-4000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:  # the other one would wait for its partner forever
+            p.kill()
+    assert [r["rows"] for r in results] == [[0, 2], [2, 4]]
+    for r in results:
+        assert r["processes"] == 2 and r["devices"] == 2 and r["gathered"] == 4
+        assert r["differ"]
+        assert r["err"] <= 1e-6, r["err"]

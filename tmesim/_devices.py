@@ -40,7 +40,8 @@ def over_devices(fn, devices=None):
     (default: every device of the default backend), compiled once: each device runs
     ``fn`` on its share, and no data moves between devices. A batch that is not a
     multiple of the device count is padded with copies of its last member, whose
-    results are dropped. The inputs may live anywhere: they are placed first."""
+    results are dropped (in one process; a job of several, ``jax.distributed``, needs
+    a multiple). The inputs may live anywhere: they are placed first."""
     devices = list(jax.devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), ("batch",))
     split = PartitionSpec("batch")
@@ -56,6 +57,10 @@ def over_devices(fn, devices=None):
                              f"axis; got leading sizes {sorted(map(str, sizes))}")
         (size,) = sizes
         pad = -size % len(devices)
+        if pad and jax.process_count() > 1:
+            raise ValueError(f"over_devices: a batch of {size} does not split evenly over "
+                             f"the job's {len(devices)} devices, and across processes the "
+                             f"padding cannot be cut back: give a multiple of {len(devices)}")
         if pad:
             batch = jax.tree_util.tree_map(
                 lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), batch)
