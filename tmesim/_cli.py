@@ -162,8 +162,8 @@ def main(argv=None) -> int:
                     "under vmap")
     fp.add_argument("--workers", type=int, help="compiled calls at once, each on its own "
                     "thread (default: one per CPU core on a CPU)")
-    fp.add_argument("--devices", type=int, help="devices the compiled calls run on, one "
-                    "worker thread bound to each in turn (default 1; 0: every device)")
+    fp.add_argument("--devices", type=int, help="devices each compiled call's batch is "
+                    "split over (default 1; 0: every device)")
     fp.add_argument("--seed", type=int, help="seed of the starting points")
     fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")

@@ -9,9 +9,8 @@ solve's iterations) stop when its own members are done. Under ``jax.jit`` of a
 ``vmap`` with the batch merely placed over devices, XLA's partitioner keeps
 ``vmap``'s meaning instead: a while loop runs until every member of the whole
 batch is done, and each of its iterations agrees on that across devices (an
-all-reduce per conjugate-gradient iteration, measured on the organoid). A fit
-spreads its compiled calls over devices by threads instead (``[fit] devices``:
-one worker thread per device, ``tmesim._fit._Workers``).
+all-reduce per conjugate-gradient iteration, measured on the organoid). A
+fit's compiled calls go through ``over_devices`` with ``[fit] devices``.
 """
 
 from __future__ import annotations

@@ -671,7 +671,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-
 # --------------------------------------------------------------------------
 # the result file
 def _atomic_write(path: str, write) -> None:

@@ -109,8 +109,8 @@ FIT_SETTINGS = {
                        "compiled calls (batches of starts or profile points) run at once, each "
                        "on its own thread; 0: one per CPU core on a CPU, one on an accelerator"),
     "devices": Setting(int, 1, _at_least(0, 4096),
-                       "devices the compiled calls run on, each worker thread bound to one in "
-                       "turn (jax.devices() of the default backend); 0: every device"),
+                       "devices each compiled call's batch is split over (the first of "
+                       "jax.devices(); the batch rounded up to a multiple); 0: every device"),
     "seed": Setting(int, 0, _at_least(0), "random seed of the starting points"),
     "sampling": Setting(str, "lhs", _in("lhs", "prior"),
                         "starting points: Latin hypercube on the parameter scale, or prior draws"),
