@@ -1,0 +1,118 @@
+"""Ensembles split over devices (``tmesim.over_devices``) against the same batch on one.
+
+Usage: python bench/devices.py [--n 16] [--devices 1 2 4] [--per-device 1] [--batch 4]
+                               [--steps 5] [--repeats 3] [--out bench/results.jsonl]
+
+Without a GPU, run it on forced CPU host devices, which share the machine's
+cores: what it measures there is the cost of splitting, not a speed-up:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python bench/devices.py
+
+(the script sets that flag itself for the largest ``--devices`` when JAX has not
+started with one). Problem: the organoid of ``bench/ensemble.py`` (octant of N³
+voxels, every process, float32, dt = 2 min), members differing in their initial
+radius.
+
+  one device   ``jax.jit(jax.vmap(simulate))`` on the whole batch, the baseline;
+  weak         ``over_devices`` with ``per-device`` members on each of D devices
+               (batch D·per-device), against the same batch on one device;
+  strong       a batch of ``--batch`` members over D devices, against one device.
+
+Median of ``repeats`` calls after a first call (``compile_s``); one JSON line
+per case to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _wanted_devices(argv) -> int:
+    """The largest --devices value on the command line (4 if none)."""
+    if "--devices" not in argv:
+        return 4
+    values = []
+    for a in argv[argv.index("--devices") + 1:]:
+        if a.startswith("--"):
+            break
+        values.append(int(a))
+    return max(values)
+
+
+if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={_wanted_devices(sys.argv)}").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
+from ensemble import setup  # noqa: E402
+
+import tmesim  # noqa: E402
+
+
+def members(n: int, batch: int):
+    base = setup(n)
+    fractions = [0.3 + 0.2 * i / max(batch - 1, 1) for i in range(batch)]
+    fields = jnp.stack([setup(n, f).fields for f in fractions])
+    params = base.problem.inputs(base.values, 0)
+    return base.stepper, params, fields
+
+
+def timed(call, repeats, steps):
+    first, ts = time_calls(call, repeats)
+    return timing_fields(first, ts, steps)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--per-device", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
+    args = ap.parse_args()
+    available = jax.devices()
+    if max(args.devices) > len(available):
+        sys.exit(f"--devices {max(args.devices)}: this process sees {len(available)} devices")
+    provenance = {"device": device_description(), "devices_seen": len(available),
+                  "jax": jax.__version__, "commit": git_commit(args.out), "bench": "devices"}
+    cases = [("weak", d, d * args.per_device) for d in args.devices]
+    cases += [("strong", d, args.batch) for d in args.devices]
+    rows = []
+    with open(args.out, "a") as out:
+        baseline = {}
+        for kind, d, b in cases:
+            st, params, fields = members(args.n, b)
+
+            def one(f, st=st, params=params):
+                return jax.vmap(lambda x: tmesim.simulate(st, x, params, args.steps)[0])(f)
+
+            if b not in baseline:
+                single = jax.jit(one)
+                baseline[b] = timed(lambda: single(fields), args.repeats, args.steps)
+                rows.append(emit({"method": "one device", "N": args.n, "batch": b,
+                                  "devices": 1, **baseline[b]}, provenance, out))
+            split = tmesim.over_devices(one, available[:d])
+            t = timed(lambda: split(fields), args.repeats, args.steps)
+            rows.append(emit({"method": kind, "N": args.n, "batch": b, "devices": d, **t,
+                              "time_over_one_device": t["step_s"] / baseline[b]["step_s"]},
+                             provenance, out))
+    print()
+    for r in rows:
+        extra = (f"  {r['time_over_one_device']:.2f} x one device"
+                 if "time_over_one_device" in r else "")
+        print(f"{r['method']:<10} N={r['N']:<3} B={r['batch']:<3} D={r['devices']:<2} "
+              f"{1e3 * r['step_s']:9.2f} ms/step (compile {r['compile_s']:.1f} s){extra}")
+
+
+if __name__ == "__main__":
+    main()
