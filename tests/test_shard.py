@@ -16,7 +16,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import pytest
 from test_fit import SCENARIO, placeholder_measurements, write_problem
+
+import tmesim
 
 DEVICES = 4
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute",
@@ -30,6 +34,19 @@ def run_on_devices(script: str, *args: str) -> dict:
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_shard_over_devices_needs_one_batch_axis_on_every_input():
+    """Inputs whose leading axes differ, or a scalar among them, are refused with what was
+    found (here on the suite's one device: no subprocess needed)."""
+    double = tmesim.over_devices(lambda a, b: (a * 2.0, b * 2.0))
+    with pytest.raises(ValueError, match=r"same leading \(batch\) axis; got leading sizes "
+                                         r"\['3', '4'\]"):
+        double(np.ones(3), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="same leading"):
+        double(np.ones(3), np.float64(1.0))
+    a, b = double(np.arange(3.0), np.ones((3, 2)))
+    assert np.array_equal(np.asarray(a), [0.0, 2.0, 4.0]) and np.asarray(b).shape == (3, 2)
 
 
 ENSEMBLE = """
