@@ -47,21 +47,12 @@ if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", 
                                f"device_count={_wanted_devices(sys.argv)}").strip()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
-from ensemble import setup  # noqa: E402
+from ensemble import members  # noqa: E402
 
 import tmesim  # noqa: E402
-
-
-def members(n: int, batch: int):
-    base = setup(n)
-    fractions = [0.3 + 0.2 * i / max(batch - 1, 1) for i in range(batch)]
-    fields = jnp.stack([setup(n, f).fields for f in fractions])
-    params = base.problem.inputs(base.values, 0)
-    return base.stepper, params, fields
 
 
 def timed(call, repeats, steps):

@@ -41,13 +41,19 @@ def setup(n: int, radius_fraction: float = 0.4):
     return tmesim.organoid(n=n, spacing=SPACING, radius=radius_fraction * n * SPACING, dt=DT)
 
 
-def ensemble_call(n: int, batch: int, steps: int):
+def members(n: int, batch: int):
+    """(stepper, params, fields (batch, F, n, n, n)): ``batch`` organoids whose initial
+    radii run from 0.3 to 0.5 of the box."""
     base = setup(n)
     fractions = [0.3 + 0.2 * i / max(batch - 1, 1) for i in range(batch)]
     fields = jnp.stack([setup(n, f).fields for f in fractions])
-    params = base.problem.inputs(base.values, 0)
-    run = jax.jit(jax.vmap(lambda f: tmesim.simulate(base.stepper, f, params, steps)[0]))
-    return lambda: run(fields), base.stepper
+    return base.stepper, base.problem.inputs(base.values, 0), fields
+
+
+def ensemble_call(n: int, batch: int, steps: int):
+    stepper, params, fields = members(n, batch)
+    run = jax.jit(jax.vmap(lambda f: tmesim.simulate(stepper, f, params, steps)[0]))
+    return lambda: run(fields), stepper
 
 
 def grid_call(n: int, steps: int):
