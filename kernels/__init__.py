@@ -8,6 +8,12 @@ from ._diffusion import (
     FaceBC as FaceBC,
 )
 from ._diffusion import (
+    Halo as Halo,
+)
+from ._diffusion import (
+    add_plane as add_plane,
+)
+from ._diffusion import (
     diffusion_rate as diffusion_rate,
 )
 from ._diffusion import (

@@ -15,7 +15,11 @@ Boundary faces (``FaceBC``, per channel):
     Neumann    prescribed inward flux (amount um / min; 0 is no-flux);
     closed     ``None`` in place of a face's FaceBC: no flux, known statically,
                so no boundary plane is computed for it;
-    periodic   the axis wraps (pass ``None`` for the axis).
+    periodic   the axis wraps (pass ``None`` for the axis);
+    split      ``Halo``: the axis is split over the devices of a ``shard_map``
+               mesh axis; each shard's faces along it exchange one edge plane
+               with its neighbours (``jax.lax.ppermute``), and only the first
+               and last shard apply the axis's true faces.
 Dirichlet is imposed through the face flux, never by overwriting voxels, so
 explicit, super-time-stepping and implicit solvers share the same discrete
 steady state.
@@ -46,6 +50,62 @@ class FaceBC(NamedTuple):
     value: Array
     flux: Array
 
+
+@jax.tree_util.register_pytree_node_class
+class Halo:
+    """An axis split into equal slabs over the ``count`` devices of mesh axis ``name``
+    (inside ``jax.shard_map``): the axis entry of ``bc`` for the split axis.
+
+    faces: the axis's true faces, ``(FaceBC lower, FaceBC upper)`` (each
+    possibly ``None``: closed), applied by the first and the last shard; None:
+    the axis is periodic, so the last shard's upper neighbour is the first.
+    Every other face of a slab is an interface: its flux D(c_nb − c_edge)/h²
+    reads the neighbour's edge plane, sent by one ``ppermute`` each way, so a
+    stencil pass moves one plane per face and device (and a second for a D that
+    varies in space). The slab's sum of fluxes is the whole grid's restricted to
+    it: results equal one device's to round-off.
+    """
+
+    def __init__(self, name: str, count: int, faces):
+        self.name, self.count, self.faces = name, int(count), faces
+
+    def tree_flatten(self):
+        return (self.faces,), (self.name, self.count)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(aux[0], aux[1], children[0])
+
+    def __repr__(self):
+        return f"Halo({self.name!r}, {self.count}, {self.faces!r})"
+
+    def index(self):
+        return jax.lax.axis_index(self.name)
+
+    def at_faces(self, dtype):
+        """(lower, upper): 1.0 on the shard that holds that true face, else 0.0."""
+        i = self.index()
+        return ((i == 0).astype(dtype), (i == self.count - 1).astype(dtype))
+
+    def from_below(self, plane):
+        """Each shard receives its lower neighbour's ``plane`` (zeros on the first, unless
+        periodic)."""
+        return self._shift(plane, 1)
+
+    def from_above(self, plane):
+        """Each shard receives its upper neighbour's ``plane`` (zeros on the last, unless
+        periodic)."""
+        return self._shift(plane, -1)
+
+    def _shift(self, plane, k):
+        n = self.count
+        if self.faces is None:
+            perm = [(i, (i + k) % n) for i in range(n)]
+        else:
+            perm = [(i, i + k) for i in range(n) if 0 <= i + k < n]
+        if not perm:
+            return jnp.zeros_like(plane)
+        return jax.lax.ppermute(plane, self.name, perm)
 
 
 def _closed(c: Array) -> FaceBC:
@@ -104,7 +164,6 @@ def _boundary_planes(c: Array, spacing, D: Array, bc) -> list:
     Dirichlet: 2D(v − c_edge)/h²; Neumann: q/h; periodic: the wrap face's flux
     D(c_other − c_edge)/h². Each plane has shape (F, ..., 1, ...).
     """
-    nd = c.ndim
     planes = []
     for axis, h in enumerate(spacing):
         ax = axis + 1
@@ -112,6 +171,9 @@ def _boundary_planes(c: Array, spacing, D: Array, bc) -> list:
         _, d_lo, d_hi = _face_coefficient(D, ax)
         lo_cell = _slice(c, 0, 1, ax)
         hi_cell = _slice(c, n - 1, n, ax)
+        if isinstance(bc[axis], Halo):
+            planes += _slab_planes(c, bc[axis], ax, h, D, d_lo, d_hi, lo_cell, hi_cell)
+            continue
         if bc[axis] is None:
             wrap = d_lo if D.shape[ax] == 1 else 0.5 * (d_lo + d_hi)
             flux = wrap * (hi_cell - lo_cell) / h**2
@@ -119,11 +181,39 @@ def _boundary_planes(c: Array, spacing, D: Array, bc) -> list:
             continue
         for face, edge, d_edge, cell in ((bc[axis][0], 0, d_lo, lo_cell),
                                          (bc[axis][1], n - 1, d_hi, hi_cell)):
-            if face is None:  # closed: no flux, nothing to add
-                continue
-            w, v, q = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in face)
-            planes.append((ax, edge, w * 2.0 * d_edge * (v - cell) / h**2 + (1.0 - w) * q / h))
+            if face is not None:  # None: closed, no flux, nothing to add
+                planes.append((ax, edge, _face_plane(face, d_edge, cell, h)))
     return planes
+
+
+def _face_plane(face: FaceBC, d_edge, cell, h):
+    """A true face's rate on its edge plane: 2D(v − c_edge)/h² (Dirichlet), q/h (Neumann)."""
+    w, v, q = (_per_channel(jnp.asarray(x, cell.dtype), cell.ndim) for x in face)
+    return w * 2.0 * d_edge * (v - cell) / h**2 + (1.0 - w) * q / h
+
+
+def _slab_planes(c, halo: Halo, ax, h, D, d_lo, d_hi, lo_cell, hi_cell) -> list:
+    """A slab's two edge planes along its split axis: the flux through the interface
+    with each neighbour, D_face(c_nb − c_edge)/h² (D_face the mean of the two voxels'
+    for a D that varies in space, as ``_face_coefficient``), or the true face's on the
+    shards that hold one."""
+    n = c.shape[ax]
+    below, above = halo.from_below(hi_cell), halo.from_above(lo_cell)
+    if D.shape[ax] > 1:
+        d_below = 0.5 * (d_lo + halo.from_below(d_hi))
+        d_above = 0.5 * (d_hi + halo.from_above(d_lo))
+    else:
+        d_below = d_above = d_lo
+    lo = d_below * (below - lo_cell) / h**2
+    hi = d_above * (above - hi_cell) / h**2
+    if halo.faces is not None:
+        first, last = halo.at_faces(c.dtype)
+        lo_face, hi_face = halo.faces
+        true_lo = 0.0 if lo_face is None else _face_plane(lo_face, d_lo, lo_cell, h)
+        true_hi = 0.0 if hi_face is None else _face_plane(hi_face, d_hi, hi_cell, h)
+        lo = first * true_lo + (1.0 - first) * lo
+        hi = last * true_hi + (1.0 - last) * hi
+    return [(ax, 0, lo), (ax, n - 1, hi)]
 
 
 def _add_boundary(out: Array, planes: list, scale, pinned: Array | None) -> Array:
@@ -294,8 +384,12 @@ def rkl1_coefficients(stages: int) -> tuple[np.ndarray, float]:
 
 def _map_faces(bc, fn):
     """The boundary data with ``fn`` applied to every face that has data."""
-    return tuple(None if a is None else tuple(None if f is None else fn(f) for f in a)
-                 for a in bc)
+    def axis(a):
+        if isinstance(a, Halo):
+            return Halo(a.name, a.count, axis(a.faces))
+        return None if a is None else tuple(None if f is None else fn(f) for f in a)
+
+    return tuple(axis(a) for a in bc)
 
 
 def _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing, pinned,
@@ -350,6 +444,20 @@ def _face_differences(x, ax, periodic):
     return _slice(x, 1, n, ax) - _slice(x, 0, n - 1, ax)
 
 
+def _below_difference(x, ax, halo: Halo):
+    """x_edge − x_nb across a slab's lower interface (0 on the first shard unless periodic)."""
+    lo = _slice(x, 0, 1, ax)
+    diff = lo - halo.from_below(_slice(x, x.shape[ax] - 1, x.shape[ax], ax))
+    return diff if halo.faces is None else (1.0 - halo.at_faces(x.dtype)[0]) * diff
+
+
+def add_plane(x, plane, ax, idx):
+    """x with ``plane`` added to its plane ``idx`` along ``ax``, in place."""
+    start = [0] * x.ndim
+    start[ax] = idx
+    return jax.lax.dynamic_update_slice(x, _slice(x, idx, idx + 1, ax) + plane, tuple(start))
+
+
 def _to_voxels(q, ax, periodic):
     """Each voxel's sum of the face values q on its two sides along ``ax``."""
     if periodic:
@@ -360,7 +468,7 @@ def _to_voxels(q, ax, periodic):
     return jnp.pad(q, lo) + jnp.pad(q, hi)
 
 
-def _stages_function(dt, spacing, pinned, second_order, table):
+def _stages_function(dt, spacing, second_order, table):
     """Stages 2..s of an RKL step from (Y₁, Y₀ = c, f(Y₀)), with a hand-written reverse
     rule for the whole chain of stages.
 
@@ -388,7 +496,7 @@ def _stages_function(dt, spacing, pinned, second_order, table):
     """
     coefs = np.asarray(table)
 
-    def chain(y1, c, f0, D, decay, source, bc, keep):
+    def chain(y1, c, f0, D, decay, source, bc, pinned, keep):
         def body(carry, coef):
             y_prev, y_prev2 = carry
             y = _stage_value(y_prev, y_prev2, c, f0, coef, D, decay, source, bc, dt, spacing,
@@ -398,24 +506,27 @@ def _stages_function(dt, spacing, pinned, second_order, table):
         (y, _), inputs = jax.lax.scan(body, (y1, c), jnp.asarray(coefs, c.dtype))
         return y, inputs
 
+    # the pinned mask is an argument, not a closure: inside ``shard_map`` it is
+    # each shard's traced slice, which a custom rule may not close over
     @jax.custom_vjp
-    def run(y1, c, f0, D, decay, source, bc):
-        return chain(y1, c, f0, D, decay, source, bc, False)[0]
+    def run(y1, c, f0, D, decay, source, bc, pinned):
+        return chain(y1, c, f0, D, decay, source, bc, pinned, False)[0]
 
-    def forward(y1, c, f0, D, decay, source, bc):
-        y, inputs = chain(y1, c, f0, D, decay, source, bc, True)
-        return y, (inputs, c, D, decay, source, bc)
+    def forward(y1, c, f0, D, decay, source, bc, pinned):
+        y, inputs = chain(y1, c, f0, D, decay, source, bc, pinned, True)
+        return y, (inputs, c, D, decay, source, bc, pinned)
 
     def backward(res, g):
-        inputs, c, D, decay, source, bc = res
+        inputs, c, D, decay, source, bc, pinned = res
         homogeneous = _map_faces(
             bc, lambda f: FaceBC(f.dirichlet, jnp.zeros_like(f.value), jnp.zeros_like(f.flux)))
         ones, zeros = jnp.ones_like(D), jnp.zeros_like(D)
         variable = any(n > 1 for n in D.shape[1:])
         periodic = [bc[a] is None for a in range(3)]
+        halos = [(a + 1, bc[a]) for a in range(3) if isinstance(bc[a], Halo)]
 
         def body(carry, xs):
-            a, b, c_bar, f0_bar, p_l, p_s, p_d = carry
+            a, b, c_bar, f0_bar, p_l, p_s, p_d, p_i = carry
             coef, y_prev = xs
             mu, nu, mu_t, gamma_t = coef[0], coef[1], coef[2], coef[3]
             u = a if pinned is None else jnp.where(pinned, 0.0, a)
@@ -430,54 +541,66 @@ def _stages_function(dt, spacing, pinned, second_order, table):
                 p_d = tuple(q + _face_differences(w, ax + 1, periodic[ax])
                             * _face_differences(y_prev, ax + 1, periodic[ax])
                             for ax, q in enumerate(p_d))
+                # and across each slab's lower interface (the neighbour's upper plane)
+                p_i = tuple(q + _below_difference(w, ax, halo) * _below_difference(y_prev, ax,
+                                                                                   halo)
+                            for q, (ax, halo) in zip(p_i, halos))
             else:  # L₁w once, L₁ symmetric: Aw = D·L₁w − λw, and Σ w·L₁Y = Σ L₁w·Y
                 lw = diffusion_rate(w, spacing, ones, zeros, homogeneous)
                 prev_bar = b + mu * u + D * lw - decay * w
                 p_d = p_d + lw * y_prev
-            return (prev_bar, nu * u, c_bar, f0_bar, p_l + w * y_prev, p_s + w, p_d), None
+            return (prev_bar, nu * u, c_bar, f0_bar, p_l + w * y_prev, p_s + w, p_d, p_i), None
 
         zero = jnp.zeros_like(g)
         p_d = (tuple(jnp.zeros_like(_face_differences(g, ax + 1, periodic[ax]))
                      for ax in range(3)) if variable else zero)
-        carry = (g, zero, zero, zero, zero, zero, p_d)
-        (y1_bar, c0_bar, c_bar, f0_bar, p_l, p_s, p_d), _ = jax.lax.scan(
+        p_i = tuple(jnp.zeros_like(_slice(g, 0, 1, ax)) for ax, _ in halos) if variable else ()
+        carry = (g, zero, zero, zero, zero, zero, p_d, p_i)
+        (y1_bar, c0_bar, c_bar, f0_bar, p_l, p_s, p_d, p_i), _ = jax.lax.scan(
             body, carry, (jnp.asarray(coefs, g.dtype), inputs), reverse=True)
         if variable:  # each face's coefficient is the mean of its two voxels'
             D_bar = -0.5 * sum(_to_voxels(q, ax + 1, periodic[ax]) / h**2
                                for ax, (q, h) in enumerate(zip(p_d, spacing)))
+            for q, (ax, halo) in zip(p_i, halos):  # to the interface's two voxels
+                q = -0.5 * q / spacing[ax - 1] ** 2
+                n = g.shape[ax]
+                D_bar = add_plane(D_bar, q, ax, 0)
+                D_bar = add_plane(D_bar, halo.from_above(q), ax, n - 1)
         else:
             D_bar = jnp.sum(p_d, axis=(1, 2, 3), keepdims=True)
         D_e = jnp.broadcast_to(D, g.shape)
         bc_bar = []
         for axis, h in enumerate(spacing):
             ax = axis + 1
-            if periodic[axis]:
-                bc_bar.append(None)
+            halo = bc[axis] if isinstance(bc[axis], Halo) else None
+            true_faces = bc[axis] if halo is None else halo.faces
+            if true_faces is None:
+                bc_bar.append(None if halo is None else Halo(halo.name, halo.count, None))
                 continue
             faces = []
             n = g.shape[ax]
-            for face, edge in zip(bc[axis], (0, n - 1)):
+            held = (1.0, 1.0) if halo is None else halo.at_faces(g.dtype)
+            for face, edge, here in zip(true_faces, (0, n - 1), held):
                 if face is None:
                     faces.append(None)
                     continue
+                # a split axis's true face lies on one shard: the others' pairings are 0
                 s_e, l_e, d_e = (_slice(x, edge, edge + 1, ax) for x in (p_s, p_l, D_e))
+                s_e, l_e = here * s_e, here * l_e
                 s_u = _plane_sum(s_e)
                 face_bar = _face_cotangents(face, s_u, _plane_sum(d_e * s_e),
                                             _plane_sum(d_e * l_e), h)
                 w, v = (_per_channel(jnp.asarray(x, g.dtype), 4) for x in face[:2])
                 if variable:  # ∂/∂D_e of the plane w·2D_e(v − Y_e)/h², paired with w
-                    plane = 2.0 * w * (v * s_e - l_e) / h**2
-                    start = [0] * 4
-                    start[ax] = edge
-                    D_bar = jax.lax.dynamic_update_slice(
-                        D_bar, _slice(D_bar, edge, edge + 1, ax) + plane, tuple(start))
+                    D_bar = add_plane(D_bar, 2.0 * w * (v * s_e - l_e) / h**2, ax, edge)
                 else:  # the plane's affine part (its diagonal is in L₁)
                     D_bar = D_bar + 2.0 * w * v * s_u / h**2
                 faces.append(face_bar)
-            bc_bar.append(tuple(faces))
+            bc_bar.append(tuple(faces) if halo is None else Halo(halo.name, halo.count,
+                                                                 tuple(faces)))
         source_bar = None if source is None else _unbroadcast(p_s, jnp.shape(source))
         return (y1_bar, c_bar + c0_bar, f0_bar, _unbroadcast(D_bar, D.shape),
-                _unbroadcast(-p_l, decay.shape), source_bar, tuple(bc_bar))
+                _unbroadcast(-p_l, decay.shape), source_bar, tuple(bc_bar), None)
 
     run.defvjp(forward, backward)
     return run
@@ -489,8 +612,8 @@ def _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, second_o
     y1 = c + (mu1 * dt) * f0  # f0 is exactly 0 on pinned voxels
     if len(table) == 0:
         return y1
-    return _stages_function(dt, spacing, pinned, second_order, table)(y1, c, f0, D, decay,
-                                                                       source, bc)
+    return _stages_function(dt, spacing, second_order, table)(y1, c, f0, D, decay, source, bc,
+                                                              pinned)
 
 
 def rkl2_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=None) -> Array:

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._diffusion import _per_channel, _slice
+from ._diffusion import Halo, _per_channel, _slice
 
 Array = jax.Array
 
@@ -61,22 +61,31 @@ class Matrix(NamedTuple):
     w: tuple  # per axis, (F, X, Y, Z): coupling of voxel i and i+1 (0 where none)
 
 
-def _up(x: Array, ax: int) -> Array:
-    """x[i+1] at i (wrapping)."""
+def _up(x: Array, ax: int, halo: Halo | None = None) -> Array:
+    """x[i+1] at i (wrapping); along a split x axis (``halo``, ax 1) the last plane's from
+    the next slab (zeros past the last slab, whose last coupling is 0)."""
+    if halo is not None and ax == 1:
+        n = x.shape[1]
+        return jnp.concatenate([_slice(x, 1, n, 1), halo.from_above(_slice(x, 0, 1, 1))], 1)
     return jnp.roll(x, -1, axis=ax)
 
 
-def _down(x: Array, ax: int) -> Array:
-    """x[i−1] at i (wrapping)."""
+def _down(x: Array, ax: int, halo: Halo | None = None) -> Array:
+    """x[i−1] at i (wrapping); along a split x axis from the slab below."""
+    if halo is not None and ax == 1:
+        n = x.shape[1]
+        return jnp.concatenate([halo.from_below(_slice(x, n - 1, n, 1)), _slice(x, 0, n - 1, 1)],
+                               1)
     return jnp.roll(x, 1, axis=ax)
 
 
-def matvec(m: Matrix, x: Array) -> Array:
+def matvec(m: Matrix, x: Array, halo: Halo | None = None) -> Array:
+    """M x; ``halo``: x is split along its axis 1 into slabs (``Halo``), M with it."""
     out = m.diag * x
     for a, w in enumerate(m.w):
         ax = a + 1
         if w is not None:
-            out = out - w * _up(x, ax) - _down(w * x, ax)
+            out = out - w * _up(x, ax, halo) - _down(w * x, ax, halo)
     return out
 
 
@@ -84,6 +93,9 @@ def backward_euler_system(c, dt, spacing, D, decay, bc, pinned=None, source=None
     """(Matrix, right-hand side) of one backward-Euler step; arguments as ``diffusion_rate``."""
     nd = c.ndim
     shape = c.shape
+    halo = bc[0] if isinstance(bc[0], Halo) else None
+    if halo is not None:  # the x axis split into slabs: as a wrap, cut at the true faces
+        bc = (halo.faces,) + tuple(bc[1:])
     D = _per_channel(jnp.asarray(D, c.dtype), nd)
     decay = _per_channel(jnp.asarray(decay, c.dtype), nd)
     diag = jnp.broadcast_to(1.0 + dt * decay, shape)
@@ -93,25 +105,31 @@ def backward_euler_system(c, dt, spacing, D, decay, bc, pinned=None, source=None
         ax = axis + 1
         n = shape[ax]
         periodic = bc[axis] is None
-        if n == 1:  # a periodic single cell couples only to itself: no net flux
+        split = halo if axis == 0 else None
+        owns = (1.0, 1.0) if split is None or periodic else split.at_faces(c.dtype)
+        if n == 1 and split is None:  # a periodic single cell couples only to itself
             ws.append(None)
         else:
             if D.shape[ax] == 1:
                 w = jnp.broadcast_to(dt * D / h**2, shape)
             else:
-                w = dt * 0.5 * (D + _up(D, ax)) / h**2
+                w = dt * 0.5 * (D + _up(D, ax, split)) / h**2
             if not periodic:  # the last face is a boundary face: no coupling
-                keep = (jnp.arange(n) < n - 1).reshape((n,) + (1,) * (nd - ax - 1))
+                last = jnp.arange(n) == n - 1
+                if split is not None:  # only the last slab's is
+                    last = last & (owns[1] > 0)
+                keep = jnp.logical_not(last).reshape((n,) + (1,) * (nd - ax - 1))
                 w = jnp.where(keep, w, 0.0)
             ws.append(w)
-            diag = diag + w + _down(w, ax)
+            diag = diag + w + _down(w, ax, split)
         if periodic:
             continue
         d_edge = (D, D) if D.shape[ax] == 1 else (_slice(D, 0, 1, ax), _slice(D, n - 1, n, ax))
-        for face, idx, de in zip(bc[axis], (0, n - 1), d_edge):
+        for face, idx, de, here in zip(bc[axis], (0, n - 1), d_edge, owns):
             if face is None:
                 continue
             fw, v, q = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in face)
+            fw, v, q = here * fw, here * v, here * q  # a split axis's faces: first, last slab
             start = [0] * nd
             start[ax] = idx
             plane = _slice(diag, idx, idx + 1, ax) + dt * fw * 2.0 * de / h**2
@@ -130,8 +148,9 @@ def backward_euler_system(c, dt, spacing, D, decay, bc, pinned=None, source=None
             if w is None:
                 continue
             ax = a + 1
-            rhs = rhs + w * _up(held, ax) + _down(w * held, ax)
-            ws[a] = jnp.where(free & _up(free[None], ax)[0], w, 0.0)
+            split = halo if a == 0 else None
+            rhs = rhs + w * _up(held, ax, split) + _down(w * held, ax, split)
+            ws[a] = jnp.where(free & _up(free[None], ax, split)[0], w, 0.0)
         diag = jnp.where(pinned, 1.0, diag)
         rhs = jnp.where(pinned, c, rhs)
     return Matrix(diag, tuple(ws)), rhs
@@ -181,10 +200,12 @@ def _faces(w: Array, ax: int) -> tuple[Array, Array]:
     return inner, cross
 
 
-def _coarsen(m: Matrix) -> Matrix:
+def _coarsen(m: Matrix, halo: Halo | None = None) -> Matrix:
     """Galerkin Pᵀ M P, P the piecewise-constant prolongation from pairs along
-    every axis longer than one cell."""
-    axes = [a for a in range(3) if m.diag.shape[a + 1] > 1]
+    every axis longer than one cell. ``halo``: x is split into slabs of an even
+    number of cells, each paired on its own device; a slab's last coupling stays
+    the one to the next slab's first cell."""
+    axes = [a for a in range(3) if m.diag.shape[a + 1] > 1 or (a == 0 and halo is not None)]
     diag = m.diag
     for a in axes:
         diag = _pairs(diag, a + 1)
@@ -198,81 +219,130 @@ def _coarsen(m: Matrix) -> Matrix:
             if b != a:
                 inner, cross = _pairs(inner, b + 1), _pairs(cross, b + 1)
         diag = diag - 2.0 * inner
-        if cross.shape[a + 1] == 1:  # one coarse cell couples to itself: part of the diagonal
+        if cross.shape[a + 1] == 1 and not (a == 0 and halo is not None):
+            # one coarse cell couples to itself: part of the diagonal
             diag = diag - 2.0 * cross
             cross = None
         ws.append(cross)
     return Matrix(diag, tuple(ws))
 
 
-def hierarchy(m: Matrix) -> list[Matrix]:
-    """The matrices of every level, fine to one cell."""
-    levels = [m]
-    while max(levels[-1].diag.shape[1:]) > 1:
-        levels.append(_coarsen(levels[-1]))
-    return levels
+def hierarchy(m: Matrix, halo: Halo | None = None) -> tuple[list[Matrix], list[Matrix]]:
+    """The matrices of every level, fine to one cell: (split, whole).
+
+    Without ``halo`` all levels are in ``whole``. With it (x split into slabs) the
+    levels whose slabs pair up along x stay split, each device coarsening its own
+    slab, which gives the one-device levels cut into slabs; the first level whose
+    slab is one cell (or odd) along x is gathered from every device and coarsened
+    on each, whole, from there (a few cells per axis by then)."""
+    split = [m] if halo is not None else []
+    while halo is not None and split[-1].diag.shape[1] % 2 == 0:
+        split.append(_coarsen(split[-1], halo))
+    if halo is not None:
+        m = _gather(split.pop(), halo)
+    whole = [m]
+    while max(whole[-1].diag.shape[1:]) > 1:
+        whole.append(_coarsen(whole[-1]))
+    return split, whole
 
 
-def v_cycle(levels: list[Matrix], r: Array, k: int = 0) -> Array:
-    """One symmetric V-cycle from a zero guess: an approximation of M⁻¹ r."""
+def _gather(m: Matrix, halo: Halo) -> Matrix:
+    """A split level made whole on every device (``all_gather`` along x)."""
+    def whole(x):
+        return None if x is None else jax.lax.all_gather(x, halo.name, axis=1, tiled=True)
+
+    return Matrix(whole(m.diag), tuple(whole(w) for w in m.w))
+
+
+def _own(x: Array, halo: Halo, width: int) -> Array:
+    """This device's slab of a whole level's array."""
+    return jax.lax.dynamic_slice_in_dim(x, halo.index() * width, width, axis=1)
+
+
+def v_cycle(levels, r: Array, k: int = 0, halo: Halo | None = None) -> Array:
+    """One symmetric V-cycle from a zero guess: an approximation of M⁻¹ r.
+
+    levels: ``hierarchy``'s (split, whole) pair; k counts over both."""
+    split, whole = levels
+    if k == len(split):  # the whole levels: gathered, cycled on every device, own slab kept
+        if halo is None:
+            return _v_cycle_whole(whole, r, 0)
+        full = jax.lax.all_gather(r, halo.name, axis=1, tiled=True)
+        return _own(_v_cycle_whole(whole, full, 0), halo, r.shape[1])
+    return _cycle_level(split[k], r, lambda c: v_cycle(levels, c, k + 1, halo), halo)
+
+
+def _v_cycle_whole(levels: list[Matrix], r: Array, k: int) -> Array:
     m = levels[k]
     if k == len(levels) - 1:
         return r / m.diag
+    return _cycle_level(m, r, lambda c: _v_cycle_whole(levels, c, k + 1), None)
+
+
+def _cycle_level(m: Matrix, r: Array, coarser, halo: Halo | None) -> Array:
+    """Smooth, correct on the next level (``coarser``), smooth: one level of a V-cycle."""
     inv = OMEGA / m.diag
 
     def smooth(x):
         # in a loop: unrolled, XLA fuses the chain of stencils and recomputes
         # each sweep's input at every point (4 sweeps at 64³: 73 ms, not 3 ms;
         # an optimization_barrier does not stop it)
-        return jax.lax.fori_loop(0, SWEEPS, lambda _, x: x + inv * (r - matvec(m, x)), x)
+        return jax.lax.fori_loop(0, SWEEPS,
+                                 lambda _, x: x + inv * (r - matvec(m, x, halo)), x)
 
     x = smooth(jnp.zeros_like(r))
-    res = r - matvec(m, x)
+    res = r - matvec(m, x, halo)
     shape = r.shape
     coarse = res
-    axes = [a + 1 for a in range(3) if shape[a + 1] > 1]
+    # a split x axis always coarsens: the whole grid has more than one cell along it
+    axes = [a + 1 for a in range(3) if shape[a + 1] > 1 or (a == 0 and halo is not None)]
     for ax in axes:
         coarse = _pairs(coarse, ax)
-    e = v_cycle(levels, coarse, k + 1)
+    e = coarser(coarse)
     for ax in reversed(axes):
         e = _spread(e, ax, shape[ax])
     return smooth(x + OVERCORRECT * e)
 
 
-def _dot(a: Array, b: Array) -> Array:
-    return jnp.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
+def _dot(a: Array, b: Array, halo: Halo | None = None) -> Array:
+    """Per channel Σ a·b over the grid (over every slab with ``halo``)."""
+    local = jnp.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
+    return local if halo is None else jax.lax.psum(local, halo.name)
 
 
-def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int):
+def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int, halo: Halo | None = None):
     """Solve M x = b per channel from x0; stops when every channel has
     ‖r‖ ≤ rtol·‖b‖ or after max_iter iterations. Returns (x, iterations).
 
     Where x0 already meets the tolerance (a solute at rest, a drug not yet
-    given) nothing else is computed: no hierarchy, no V-cycle."""
-    goal = rtol**2 * _dot(b, b)
-    r0 = b - matvec(m, x0)
+    given) nothing else is computed: no hierarchy, no V-cycle. ``halo``: the
+    arrays are slabs of a grid split along x; the sums are over all of them (one
+    all-reduce of F numbers each), so every device takes the same iterations."""
+    goal = rtol**2 * _dot(b, b, halo)
+    r0 = b - matvec(m, x0, halo)
 
     def not_done(r, it):
-        return jnp.logical_and(it < max_iter, jnp.any(_dot(r, r) > goal))
+        return jnp.logical_and(it < max_iter, jnp.any(_dot(r, r, halo) > goal))
 
     def iterate():
-        lv = hierarchy(m)
-        z = v_cycle(lv, r0)
+        lv = hierarchy(m, halo)
+        z = v_cycle(lv, r0, 0, halo)
 
         def body(s):
             x, r, p, rz, it = s
-            q = matvec(m, p)
-            pq = _dot(p, q)
+            q = matvec(m, p, halo)
+            pq = _dot(p, q, halo)
             alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
             x = x + alpha * p
             r = r - alpha * q
-            z = v_cycle(lv, r)
-            rz_new = _dot(r, z)
+            z = v_cycle(lv, r, 0, halo)
+            rz_new = _dot(r, z, halo)
             beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)
             return x, r, z + beta * p, rz_new, it + 1
 
-        x, _, _, _, it = jax.lax.while_loop(lambda s: not_done(s[1], s[4]), body,
-                                            (x0, r0, z, _dot(r0, z), jnp.array(0, jnp.int32)))
+        x, _, _, _, it = jax.lax.while_loop(
+            lambda s: not_done(s[1], s[4]), body,
+            (x0, r0, z, _dot(r0, z, halo), jnp.array(0, jnp.int32)))
         return x, it
 
     return jax.lax.cond(not_done(r0, 0), iterate, lambda: (x0, jnp.array(0, jnp.int32)))
@@ -302,27 +372,30 @@ def implicit_step(c, dt, spacing, D, decay, bc, pinned=None, source=None,
     for the organoid by that factor). The solution is the same.
     """
     m, rhs = backward_euler_system(c, dt, spacing, D, decay, bc, pinned, source)
+    halo = bc[0] if isinstance(bc[0], Halo) else None
     if rtol is None:
         rtol = 1e-5 if c.dtype == jnp.float32 else 1e-10
     if reference is not None:
         ref = jnp.broadcast_to(_per_channel(jnp.asarray(reference, c.dtype), c.ndim), c.shape)
-        rhs = rhs - matvec(m, ref)
-        new = ref + _solve(m, rhs, c - ref, rtol, max_iter)
+        rhs = rhs - matvec(m, ref, halo)
+        new = ref + _solve(m, rhs, c - ref, rtol, max_iter, halo)
     else:
-        new = _solve(m, rhs, c, rtol, max_iter)
+        new = _solve(m, rhs, c, rtol, max_iter, halo)
     return new if pinned is None else jnp.where(pinned, c, new)  # held exactly, not to rtol
 
 
-def _solve(m: Matrix, rhs: Array, guess: Array, rtol: float, max_iter: int) -> Array:
+def _solve(m: Matrix, rhs: Array, guess: Array, rtol: float, max_iter: int,
+           halo: Halo | None = None) -> Array:
     """M x = rhs by ``pcg``, differentiated implicitly; every solve starts from
     the best multiple of ``guess``."""
     frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, m)
     start = jax.lax.stop_gradient(guess)
-    u = matvec(frozen, start)
-    uu = _dot(u, u)
+    u = matvec(frozen, start, halo)
+    uu = _dot(u, u, halo)
 
     def solve(_, b):
-        scale = jnp.where(uu > 0, _dot(b, u) / jnp.where(uu > 0, uu, 1.0), 0.0)
-        return pcg(frozen, b, scale * start, rtol, max_iter)[0]
+        scale = jnp.where(uu > 0, _dot(b, u, halo) / jnp.where(uu > 0, uu, 1.0), 0.0)
+        return pcg(frozen, b, scale * start, rtol, max_iter, halo)[0]
 
-    return jax.lax.custom_linear_solve(lambda x: matvec(m, x), rhs, solve, symmetric=True)
+    return jax.lax.custom_linear_solve(lambda x: matvec(m, x, halo), rhs, solve,
+                                       symmetric=True)
