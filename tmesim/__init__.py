@@ -68,8 +68,10 @@ from ._species import SpeciesTable as SpeciesTable
 from ._stepper import FieldView as FieldView
 from ._stepper import RadialStepper as RadialStepper
 from ._stepper import Rates as Rates
+from ._stepper import SlabStepper as SlabStepper
 from ._stepper import Stepper as Stepper
 from ._stepper import plan_transport as plan_transport
+from ._stepper import split_grid as split_grid
 from ._treatment import schedule as schedule
 
 __version__ = "0.1.0"

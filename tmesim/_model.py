@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -420,7 +420,7 @@ def net_volume_made(f, r, like):
 MIXTURE_STIFF = 1e8  # min: the backward-Euler "step" that turns implicit_step into a Poisson solve
 
 
-def mixture_flow(f, p, r, grid: Grid):
+def mixture_flow(f, p, r, grid: Grid, halo: K.Halo | None = None):
     """Cells move with the tumour body as one incompressible mixture (M18): v = −∇Ψ, ∇·v = m·S/φ_packed in the body, Ψ = 0 outside.
 
     S = Σ_cells (P − L·c) + conversions into cells is the net cell volume the
@@ -449,13 +449,15 @@ def mixture_flow(f, p, r, grid: Grid):
     occupied = occupied_share(f, p)
     source = p["mixture_flow"] * net_volume_made(f, r, occupied) / p["packing_fraction"]
     h = min(grid.spacing)
-    outside = ((1.0 - occupied) * near_outside(occupied, grid) / h**2)[None]
+    outside = ((1.0 - occupied) * near_outside(occupied, grid, halo) / h**2)[None]
     if isinstance(grid, RadialGrid):  # the same equation in spherical shells
         psi = K.radial_diffusion_step(jnp.zeros_like(occupied)[None], MIXTURE_STIFF, h,
                                       jnp.ones((1,), occupied.dtype), outside, None,
                                       source[None])
         return psi[0]
     bc = tuple(None if grid.periodic[a] else (None, None) for a in range(3))
+    if halo is not None:  # f holds one slab of a grid split along x (``SlabStepper``)
+        bc = (halo,) + bc[1:]
     one = jnp.ones((1,), occupied.dtype)
     psi = K.implicit_step(jnp.zeros_like(occupied)[None], MIXTURE_STIFF, grid.spacing, one,
                           outside, bc, None, source[None])
@@ -465,7 +467,7 @@ def mixture_flow(f, p, r, grid: Grid):
 FREE_SURFACE_REACH = 3  # voxels: how far into the body the free-surface term of mixture_flow acts
 
 
-def near_outside(occupied, grid):
+def near_outside(occupied, grid, halo: K.Halo | None = None):
     """1 where a voxel within FREE_SURFACE_REACH voxels (a cube; shells on a ``RadialGrid``)
     is empty, 0 where every such voxel is at least half occupied; linear between.
 
@@ -486,10 +488,25 @@ def near_outside(occupied, grid):
         window, pad = [1] * m.ndim, [(0, 0)] * m.ndim
         window[ax] = 2 * k + 1
         pad[ax] = (k, k)
-        if wrap:
+        if ax == 0 and halo is not None:  # a slab: its neighbours' k edge planes
+            m, pad[ax] = _grown(m, halo, k), (0, 0)
+        elif wrap:
             m, pad[ax] = jnp.pad(m, pad, mode="wrap"), (0, 0)
         m = jax.lax.reduce_window(m, jnp.inf, jax.lax.min, tuple(window), (1,) * m.ndim, pad)
     return jnp.clip(1.0 - 2.0 * m, 0.0, 1.0)
+
+
+def _grown(m, halo: K.Halo, k: int):
+    """A slab (X, Y, Z) grown by its neighbours' k edge planes along x; beyond a true
+    (closed) face +inf, which a minimum ignores (the whole grid's padding)."""
+    n = m.shape[0]
+    below = halo.from_below(jax.lax.slice_in_dim(m, n - k, n, axis=0))
+    above = halo.from_above(jax.lax.slice_in_dim(m, 0, k, axis=0))
+    if halo.faces is not None:
+        first, last = halo.at_faces(m.dtype)
+        below = jnp.where(first > 0, jnp.inf, below)
+        above = jnp.where(last > 0, jnp.inf, above)
+    return jnp.concatenate([below, m, above], axis=0)
 
 
 def pressure_stiffness(b) -> float:
@@ -802,17 +819,20 @@ def occupied_share(f, p):
     return jnp.minimum(sum(f[n] for n in BODY) / p["packing_fraction"], 1.0)
 
 
-def integrate(x, grid, copies: int = 1):
+def integrate(x, grid, copies: int = 1, axis_name: str | None = None):
     """∫ x dV (um³ · x's unit) over the body: Σ x · voxel · copies on a Cartesian grid
     (copies = 8 for an octant), Σ x_i V_i over the shells of a ``RadialGrid``."""
     if isinstance(grid, RadialGrid):
         return jnp.sum(x * jnp.asarray(grid.volumes(), x.dtype), axis=-1)
-    return jnp.sum(x) * grid.voxel_volume * copies
+    total = jnp.sum(x)
+    if axis_name is not None:  # x is one slab of a split grid: the sum over all of them
+        total = jax.lax.psum(total, axis_name)
+    return total * grid.voxel_volume * copies
 
 
-def body_radius(f, p, grid, copies: int):
+def body_radius(f, p, grid, copies: int, axis_name: str | None = None):
     """Equal-volume radius (um) of the tumour body: ∫ occupied share dV (``integrate``)."""
-    return equal_volume_radius(integrate(occupied_share(f, p), grid, copies))
+    return equal_volume_radius(integrate(occupied_share(f, p), grid, copies, axis_name))
 
 
 def radial_distance(grid, corner: bool, dtype):
@@ -846,6 +866,30 @@ class NicheReaction:
     names: tuple
     octant: bool = True
     medium: bool = True
+    slabs: int = 1
+
+    def on_slabs(self, count: int) -> NicheReaction:
+        """This reaction on one of ``count`` slabs of its grid split along x, inside
+        ``shard_map`` over mesh axis "x" (``SlabStepper``): the body's volume summed over
+        every slab, each slab's own distances, the mixture flow's window and solve
+        reading the neighbours' planes."""
+        width = self.grid.shape[0] // count
+        if count > 1 and width < FREE_SURFACE_REACH:
+            raise ValueError(f"the niche model on {count} slabs of {width} voxels along x: "
+                             f"each slab needs at least {FREE_SURFACE_REACH} (the mixture "
+                             f"flow's window reaches that far); use fewer devices")
+        return replace(self, slabs=count)
+
+    def _halo(self):
+        return None if self.slabs == 1 else K.Halo(
+            "x", self.slabs, None if self.grid.periodic[0] else (None, None))
+
+    def _distance(self, dtype):
+        whole = radial_distance(self.grid, self.octant, dtype)
+        if self.slabs == 1:
+            return whole
+        width = self.grid.shape[0] // self.slabs
+        return jax.lax.dynamic_slice_in_dim(whole, jax.lax.axis_index("x") * width, width, 0)
 
     def bulk_weight(self, p, radius):
         """w of ``medium_exchange``: 0 in the organoid and its unstirred layer, 1 in the bulk;
@@ -853,7 +897,7 @@ class NicheReaction:
         dtype = jnp.result_type(p["packing_fraction"])
         edge = radius + p["medium_unstirred_layer"] - MIXING_LENGTH
         h = min(self.grid.spacing)
-        x = jnp.clip((radial_distance(self.grid, self.octant, dtype) - edge) / h + 0.5, 0.0, 1.0)
+        x = jnp.clip((self._distance(dtype) - edge) / h + 0.5, 0.0, 1.0)
         # smoothstep, not the linear ramp: no kink where a voxel enters or leaves
         # the ramp, which finite differences of a whole run kept crossing
         return x * x * (3.0 - 2.0 * x)
@@ -863,7 +907,8 @@ class NicheReaction:
         d = shared_quantities(f, p)
         far = None
         if self.medium:
-            radius = body_radius(f, p, self.grid, 8 if self.octant else 1)
+            radius = body_radius(f, p, self.grid, 8 if self.octant else 1,
+                                 None if self.slabs == 1 else "x")
             d["bulk"] = self.bulk_weight(p, radius)
             index = {n: i for i, n in enumerate(self.names)}
             d["bulk_level"] = {s: p["bulk_level"][index[s]] for s in SOLUTES}
@@ -875,7 +920,7 @@ class NicheReaction:
         r = _run_processes(f, p, d, self.medium)
         if far is not None:
             r.far_field(far)
-        return r.carry(mixture_flow(f, p, r, self.grid))
+        return r.carry(mixture_flow(f, p, r, self.grid, self._halo()))
 
 
 def loss_bounds(bounds, medium: bool = False) -> dict:

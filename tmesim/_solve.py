@@ -195,9 +195,15 @@ def _guard(stepper: Stepper, blocks, status: Status, step, ran):
         kinds = kinds.reshape((-1,) + (1,) * len(stepper.grid.shape))
         negative = jnp.asarray(kinds) & (f < -NEGATIVE_TOLERANCE)
         bad = jnp.where(finite, negative, ~jnp.isfinite(f))  # the failure the code names
-        flat = jnp.argmax(bad.reshape(-1)).astype(jnp.int32)
-        n_vox = int(np.prod(stepper.grid.shape))
-        return flat // n_vox, flat % n_vox
+        # the first bad channel, then its first bad voxel, by minima: on a grid split over
+        # devices (``SlabStepper``) each is one all-reduce of a number, where an argmax
+        # over the flattened fields gathered the whole mask onto every device
+        n_ch, n_vox = bad.shape[0], int(np.prod(stepper.grid.shape))
+        ch_ids = jnp.arange(n_ch, dtype=jnp.int32)
+        channel = jnp.min(jnp.where(jnp.any(bad, axis=tuple(range(1, bad.ndim))), ch_ids, n_ch))
+        voxels = jnp.arange(n_vox, dtype=jnp.int32).reshape(stepper.grid.shape)
+        voxel = jnp.min(jnp.where(bad[channel], voxels, n_vox))
+        return channel, voxel
 
     channel, voxel = jax.lax.cond(failed, locate, lambda _: (jnp.int32(0), jnp.int32(0)), None)
     code = jnp.where(finite, Status.NEGATIVE, Status.NONFINITE).astype(jnp.int32)

@@ -58,8 +58,9 @@ fields by name from the blocks (``FieldView``), so nothing is restacked.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import jax
 import jax.numpy as jnp
@@ -342,7 +343,7 @@ class Stepper:
         names = [self.table.names[ch] for ch in g.channels]
         if not any(n in store for n in names):
             return None
-        shape = self.grid.shape
+        shape = like.shape[1:]  # one slab's on a split grid (``SlabStepper``)
         return jnp.stack([
             jnp.broadcast_to(jnp.asarray(store[n], like.dtype), shape) if n in store
             else jnp.full(shape, fill, like.dtype) for n in names
@@ -470,7 +471,7 @@ class Stepper:
         if self.reaction is not None:
             rates = self.reaction(view, params, t)
         inflow = self._inflows(view, rates)
-        pinned = None if self.pinned is None else jnp.asarray(self.pinned.array)
+        pinned = self._pinned()
         out = []
         for g, c in zip(self.groups, blocks):
             if g.method in ("static", "cell"):
@@ -482,9 +483,153 @@ class Stepper:
             out.append(c)
         return tuple(out)
 
+    def _pinned(self):
+        return None if self.pinned is None else jnp.asarray(self.pinned.array)
+
     def step(self, c, params, t=0.0):
         """One step: reaction terms read at the start, then every group over dt."""
         return self.merge(self.step_blocks(self.split(c), params, t))
+
+
+SPLIT_METHODS = ("static", "euler", "rkl1", "rkl2", "implicit", "cell")  # all but LOD
+
+
+@dataclass(frozen=True)
+class SlabStepper(Stepper):
+    """A ``Stepper`` whose grid is split along x into equal slabs, one per device.
+
+    Each step runs under ``jax.shard_map`` over a one-axis mesh ("x") of
+    ``devices``: every device advances its own slab (X / n, Y, Z), and the
+    stencils' faces between slabs read the neighbour's edge plane through
+    ``jax.lax.ppermute`` (``kernels.Halo``), one plane each way per stencil
+    pass; only the first and the last slab apply the x faces' boundary
+    conditions. The plan (methods, stages) is the whole grid's, so a split run
+    takes the same steps as one device and agrees with it to round-off.
+
+    Outside the step (the time loop's guard, saving, events) the fields are
+    ordinary global arrays, laid out over the devices by the step's output:
+    XLA partitions those parts itself. Parameters with the grid's shape in
+    their last three axes (per-voxel values) are split with the fields; the
+    rest are replicated. The cells' transport reads its neighbours' edge
+    planes the same way, on slabs grown by one plane each side
+    (``_cell_rate``). The implicit solve's conjugate gradients sum over all
+    slabs (one all-reduce of a number per channel) and its multigrid levels
+    stay split while the slabs pair up along x; the first level that does not
+    is gathered (a few cells per axis) and cycled whole on every device
+    (``kernels.implicit_step``). The reaction sees one slab: a reaction with
+    an ``on_slabs(count)`` method (the niche model's) is given the one it
+    returns; any other must be pointwise. Not split (refused): LOD, whose
+    sweeps run along whole lines.
+    """
+
+    devices: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        n = len(self.devices)
+        if n < 1:
+            raise ValueError("SlabStepper: give at least one device")
+        if self.grid.shape[0] % n:
+            raise ValueError(f"SlabStepper: {self.grid.shape[0]} voxels along x do not split "
+                             f"into {n} equal slabs; use a multiple of {n}")
+        if hasattr(self.reaction, "on_slabs"):
+            object.__setattr__(self, "reaction", self.reaction.on_slabs(n))
+        names = self.table.names
+        for g in self.groups:
+            if g.method not in SPLIT_METHODS:
+                raise ValueError(
+                    f"SlabStepper: the {g.method!r} transport of "
+                    f"{', '.join(names[i] for i in g.channels)} is not split over devices "
+                    f"(split: {', '.join(SPLIT_METHODS)}); run it on one device")
+
+    @property
+    def mesh(self):
+        return jax.sharding.Mesh(np.array(self.devices), ("x",))
+
+    def sharding(self, ndim: int = 4):
+        """How an array whose last three axes are the grid's lies over the devices."""
+        spec = jax.sharding.PartitionSpec(*([None] * (ndim - 3)), "x")
+        return jax.sharding.NamedSharding(self.mesh, spec)
+
+    def _spec(self, x):
+        if np.ndim(x) >= 3 and tuple(np.shape(x)[-3:]) == tuple(self.grid.shape):
+            return jax.sharding.PartitionSpec(*([None] * (np.ndim(x) - 3)), "x")
+        return jax.sharding.PartitionSpec()
+
+    def _face_bc(self, params, channels):
+        bc = super()._face_bc(params, channels)
+        return (K.Halo("x", len(self.devices), bc[0]),) + bc[1:]
+
+    def _pinned(self):
+        if self.pinned is None:
+            return None
+        whole = jnp.asarray(self.pinned.array)
+        width = self.grid.shape[0] // len(self.devices)
+        start = jax.lax.axis_index("x") * width
+        return jax.lax.dynamic_slice_in_dim(whole, start, width, axis=0)
+
+    def _halo(self):
+        return K.Halo("x", len(self.devices), None if self.grid.periodic[0] else (None, None))
+
+    def _cell_rate(self, c, D, potential, room, speed, carrier):
+        """The cells' transport on the slab grown by its neighbours' edge planes (one each
+        side: a face's transfer reads the two voxels beside it), cut back to the slab.
+        On a true (closed) x face the grown plane holds zeros from no neighbour; whatever
+        crossed into it is given back to the edge voxel: the transport conserves, so
+        that exactly cancels the transfer through a face that must be closed."""
+        halo, local = self._halo(), c.shape[1:]
+
+        def grow(x):
+            if x is None or jnp.ndim(x) < 3 or tuple(jnp.shape(x)[-3:]) != local:
+                return x
+            n = x.shape[-3]
+            return jnp.concatenate([halo.from_below(jax.lax.slice_in_dim(x, n - 1, n, axis=-3)),
+                                    x, halo.from_above(jax.lax.slice_in_dim(x, 0, 1, axis=-3))],
+                                   axis=-3)
+
+        parts = potential if isinstance(potential, tuple) else (potential,)
+        grown = tuple(grow(x) for x in parts)
+        rate = K.cell_transport_rate(grow(c), self.grid.spacing, grow(D),
+                                     grown if isinstance(potential, tuple) else grown[0],
+                                     grow(room), (False,) + tuple(self.grid.periodic[1:]),
+                                     speed, grow(carrier))
+        n = local[0]
+        inner = jax.lax.slice_in_dim(rate, 1, n + 1, axis=1)
+        if self.grid.periodic[0]:
+            return inner
+        first, last = halo.at_faces(c.dtype)
+        inner = K.add_plane(inner, first * jax.lax.slice_in_dim(rate, 0, 1, axis=1), 1, 0)
+        return K.add_plane(inner, last * jax.lax.slice_in_dim(rate, n + 1, n + 2, axis=1), 1,
+                           n - 1)
+
+    def step_blocks(self, blocks, params, t=0.0):
+        """One step, each device on its slab (``Stepper.step_blocks`` under ``shard_map``)."""
+        slab = jax.sharding.PartitionSpec(None, "x")
+        specs = jax.tree_util.tree_map(self._spec, params)
+        local = jax.shard_map(
+            lambda b, p, t: Stepper.step_blocks(self, b, p, t), mesh=self.mesh,
+            in_specs=((slab,) * len(blocks), specs, jax.sharding.PartitionSpec()),
+            out_specs=(slab,) * len(blocks), check_vma=False)
+        return local(tuple(blocks), params, jnp.asarray(t))
+
+
+def split_grid(stepper: Stepper, devices) -> SlabStepper:
+    """``stepper`` with its grid split along x over ``devices`` (``SlabStepper``)."""
+    if type(stepper) not in (Stepper, SlabStepper):
+        raise ValueError(f"split_grid: a {type(stepper).__name__} cannot be split over devices "
+                         f"(only a Cartesian Stepper)")
+    kept = {f.name: getattr(stepper, f.name) for f in fields(stepper)
+            if f.init and f.name != "devices"}
+    split = SlabStepper(**kept, devices=tuple(devices))
+    cache = jax.config.jax_compilation_cache_dir
+    if cache and len(split.devices) > 1 and split.devices[0].platform == "cpu":
+        warnings.warn(
+            f"split_grid: JAX's persistent compilation cache is on ({cache}); on CPU devices "
+            "a split program loaded from it has made the devices wait at different "
+            "exchanges, and XLA aborts the process after 40 s (JAX 0.10.2, measured). Run "
+            "split CPU programs without the cache (unset JAX_COMPILATION_CACHE_DIR)",
+            RuntimeWarning, stacklevel=2)
+    return split
 
 
 def plan_radial(grid, table: SpeciesTable, dt: float, cell_speed: float = 0.0,
