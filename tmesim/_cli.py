@@ -16,7 +16,9 @@ def _run(args) -> int:
     from ._scenario import load_scenario
 
     with stop_on_signals():
-        scenario = load_scenario(args.scenario, args.set or ())
+        sets = list(args.set or ()) + ([] if args.devices is None
+                                       else [f"run.devices={args.devices}"])
+        scenario = load_scenario(args.scenario, sets)
         output = args.output or os.path.splitext(os.path.basename(args.scenario))[0] + ".h5"
         if not args.quiet:
             print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
@@ -30,7 +32,7 @@ def _resume(args) -> int:
     from ._run import resume, stop_on_signals
 
     with stop_on_signals():
-        resume(args.file, _progress(args))
+        resume(args.file, _progress(args), args.devices)
         return _finish(args.file, args.quiet)
 
 
@@ -144,11 +146,15 @@ def main(argv=None) -> int:
                     help="override a scenario value, e.g. --set run.days=3 --set grid.n=16 "
                          "--set parameters.o2_uptake=800 --set dose.0.level_nM=500 (repeatable)")
     rp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    rp.add_argument("--devices", type=int, help="split the grid along x over N devices, one "
+                    "slab each (0: all; sets run.devices; default 1)")
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     rp.set_defaults(run=_run)
     sp = sub.add_parser("resume",
                         help="continue a run (killed or finished) from its last checkpoint")
     sp.add_argument("file", help="HDF5 run file")
+    sp.add_argument("--devices", type=int, help="split the grid over N devices (0: all), "
+                    "whatever the run used (default: the run's run.devices)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sp.set_defaults(run=_resume)
     fp = sub.add_parser("fit", help="fit a calibration problem (PEtab-style tables); writes "

@@ -25,13 +25,14 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._devices import select_devices
 from ._geometry import MediumLayerWarning, Setup, organoid, spheroid, tissue
 from ._observables import OBSERVABLES, observables
 from ._output import (
@@ -46,6 +47,7 @@ from ._output import (
 from ._parameters import CELL_LINES
 from ._scenario import MIN_PER_DAY, Scenario, ScenarioError, scenario_from_text
 from ._solve import Status, solve, start_state
+from ._stepper import split_grid
 
 
 class RunError(RuntimeError):
@@ -86,6 +88,15 @@ def build(scenario: Scenario) -> Built:
                            seed=d["run"]["seed"], periodic=geo["periodic"], **common)
     except (ValueError, KeyError) as err:
         raise ScenarioError(f"{scenario.source}: cannot build the {geo['kind']}: {err}") from None
+    where = f"{scenario.source}: run.devices"
+    try:
+        devices = select_devices(d["run"]["devices"], where)
+        if devices is not None:  # the grid in slabs along x, one per device
+            stepper = split_grid(setup.problem.stepper, devices)
+            setup = replace(setup, problem=replace(setup.problem, stepper=stepper))
+    except ValueError as err:
+        raise ScenarioError(str(err) if str(err).startswith(where) else f"{where}: {err}") \
+            from None
     return Built(scenario, setup)
 
 
@@ -283,12 +294,15 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
     return _loop(out, built, 0, fields, progress)
 
 
-def resume(path, progress=sys.stderr) -> str:
+def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
     """Continue the run in ``path`` from its newest checkpoint (killed or finished).
 
     Writes nothing until the file, its scenario and its checkpoint are checked;
     the file's space was reserved when it was created, so a full disk does not
-    stop a resume. Returns the path once the file is complete and closed.
+    stop a resume. ``devices``: split the grid over this many devices (0: all),
+    whatever the run used before (default: the run's ``run.devices``); the
+    checkpoint holds whole fields, so any count that divides the grid resumes it.
+    Returns the path once the file is complete and closed.
     """
     path = str(path)
     out = Output.open(path)
@@ -296,6 +310,8 @@ def resume(path, progress=sys.stderr) -> str:
         with reading(path):
             meta = out.h5["meta"].attrs
             overrides = tuple(str(o) for o in meta["overrides"] if o)
+            if devices is not None:
+                overrides += (f"run.devices={int(devices)}",)
             stored = meta.get("parameters_file")  # absent in files from before the key
             scenario = scenario_from_text(
                 str(meta["scenario"]), f"{path}:/meta/scenario", overrides,

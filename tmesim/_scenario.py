@@ -109,6 +109,9 @@ RUN = {
     "dtype": Key(STRING, False, "float32", choices=("float32", "float64")),
     "fields": Key(STRINGS, False, None, help="fields stored in snapshots (default: all)"),
     "seed": Key(INTEGER, False, 0, _between(0, 2**63 - 1), help="random seed (tissue vessels)"),
+    "devices": Key(INTEGER, False, 1, _between(0, 4096),
+                   help="devices the grid is split over along x, one slab each (0: all; "
+                        "grid.n a multiple of it); tmesim run --devices N sets it"),
 }
 GRID = {
     "n": Key(INTEGER, True, check=_between(3, 1024), help="voxels per axis (spheroid: shells)"),
