@@ -1,7 +1,8 @@
-"""Ensembles split over devices (``tmesim.over_devices``) against the same batch on one.
+"""Ensembles split over devices (``tmesim.over_devices``) against the same batch on one;
+with ``--slabs``, one grid split into slabs (``tmesim.split_grid``) against one device.
 
 Usage: python bench/devices.py [--n 16] [--devices 1 2 4] [--per-device 1] [--batch 4]
-                               [--steps 5] [--repeats 3] [--out bench/results.jsonl]
+                               [--steps 5] [--repeats 3] [--slabs] [--out bench/results.jsonl]
 
 Without a GPU, run it on forced CPU host devices, which share the machine's
 cores: what it measures there is the cost of splitting, not a speed-up:
@@ -16,7 +17,10 @@ radius.
   one device   ``jax.jit(jax.vmap(simulate))`` on the whole batch, the baseline;
   weak         ``over_devices`` with ``per-device`` members on each of D devices
                (batch D·per-device), against the same batch on one device;
-  strong       a batch of ``--batch`` members over D devices, against one device.
+  strong       a batch of ``--batch`` members over D devices, against one device;
+  slabs        (``--slabs``) one organoid of N³ voxels, its grid split along x
+               into D slabs, one per device (D = 1: the split code's overhead),
+               against the plain stepper on one device (strong scaling only).
 
 Median of ``repeats`` calls after a first call (``compile_s``); one JSON line
 per case to ``--out``.
@@ -50,7 +54,7 @@ import jax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
-from ensemble import members  # noqa: E402
+from ensemble import members, setup  # noqa: E402
 
 import tmesim  # noqa: E402
 
@@ -69,6 +73,8 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slabs", action="store_true",
+                    help="one grid of N³ split into slabs instead of an ensemble")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     available = jax.devices()
@@ -80,6 +86,9 @@ def main():
     cases += [("strong", d, args.batch) for d in args.devices]
     rows = []
     with open(args.out, "a") as out:
+        if args.slabs:
+            rows = slab_cases(args, available, provenance, out)
+            cases = []
         baseline = {}
         for kind, d, b in cases:
             st, params, fields = members(args.n, b)
@@ -101,8 +110,27 @@ def main():
     for r in rows:
         extra = (f"  {r['time_over_one_device']:.2f} x one device"
                  if "time_over_one_device" in r else "")
-        print(f"{r['method']:<10} N={r['N']:<3} B={r['batch']:<3} D={r['devices']:<2} "
+        print(f"{r['method']:<10} N={r['N']:<3} B={r.get('batch', 1):<3} D={r['devices']:<2} "
               f"{1e3 * r['step_s']:9.2f} ms/step (compile {r['compile_s']:.1f} s){extra}")
+
+
+def slab_cases(args, available, provenance, out) -> list:
+    """One organoid's grid in D slabs against the plain stepper on one device."""
+    s = setup(args.n)
+    params = s.problem.inputs(s.values, 0)
+
+    def timed_run(stepper):
+        run = jax.jit(lambda f: tmesim.simulate(stepper, f, params, args.steps)[0])
+        return timed(lambda: run(s.fields), args.repeats, args.steps)
+
+    base = timed_run(s.stepper)
+    rows = [emit({"method": "one device", "N": args.n, "devices": 1, **base}, provenance, out)]
+    for d in args.devices:
+        t = timed_run(tmesim.split_grid(s.stepper, available[:d]))
+        rows.append(emit({"method": "slabs", "N": args.n, "devices": d, **t,
+                          "time_over_one_device": t["step_s"] / base["step_s"]},
+                         provenance, out))
+    return rows
 
 
 if __name__ == "__main__":
