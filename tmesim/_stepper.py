@@ -626,8 +626,9 @@ def split_grid(stepper: Stepper, devices) -> SlabStepper:
         warnings.warn(
             f"split_grid: JAX's persistent compilation cache is on ({cache}); on CPU devices "
             "a split program loaded from it has made the devices wait at different "
-            "exchanges, and XLA aborts the process after 40 s (JAX 0.10.2, measured). Run "
-            "split CPU programs without the cache (unset JAX_COMPILATION_CACHE_DIR)",
+            "exchanges, and XLA aborts the process after 40 s (JAX 0.10.2, measured; "
+            "docs/devices.md). Run split CPU programs without the cache (unset "
+            "JAX_COMPILATION_CACHE_DIR)",
             RuntimeWarning, stacklevel=2)
     return split
 
