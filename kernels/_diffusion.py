@@ -97,6 +97,18 @@ class Halo:
         periodic)."""
         return self._shift(plane, -1)
 
+    def grown(self, x, k: int, axis: int, outside=None):
+        """x grown along ``axis`` (the split one) by its neighbours' k edge planes each
+        side; beyond a true face, zeros, or ``outside`` where given."""
+        n = x.shape[axis]
+        below = self.from_below(jax.lax.slice_in_dim(x, n - k, n, axis=axis))
+        above = self.from_above(jax.lax.slice_in_dim(x, 0, k, axis=axis))
+        if outside is not None and self.faces is not None:
+            first, last = self.at_faces(x.dtype)
+            below = jnp.where(first > 0, outside, below)
+            above = jnp.where(last > 0, outside, above)
+        return jnp.concatenate([below, x, above], axis=axis)
+
     def _shift(self, plane, k):
         n = self.count
         if self.faces is None:

@@ -488,25 +488,13 @@ def near_outside(occupied, grid, halo: K.Halo | None = None):
         window, pad = [1] * m.ndim, [(0, 0)] * m.ndim
         window[ax] = 2 * k + 1
         pad[ax] = (k, k)
-        if ax == 0 and halo is not None:  # a slab: its neighbours' k edge planes
-            m, pad[ax] = _grown(m, halo, k), (0, 0)
+        if ax == 0 and halo is not None:  # a slab: its neighbours' k edge planes, and
+            # beyond a true (closed) face +inf, which a minimum ignores, as the padding
+            m, pad[ax] = halo.grown(m, k, 0, jnp.inf), (0, 0)
         elif wrap:
             m, pad[ax] = jnp.pad(m, pad, mode="wrap"), (0, 0)
         m = jax.lax.reduce_window(m, jnp.inf, jax.lax.min, tuple(window), (1,) * m.ndim, pad)
     return jnp.clip(1.0 - 2.0 * m, 0.0, 1.0)
-
-
-def _grown(m, halo: K.Halo, k: int):
-    """A slab (X, Y, Z) grown by its neighbours' k edge planes along x; beyond a true
-    (closed) face +inf, which a minimum ignores (the whole grid's padding)."""
-    n = m.shape[0]
-    below = halo.from_below(jax.lax.slice_in_dim(m, n - k, n, axis=0))
-    above = halo.from_above(jax.lax.slice_in_dim(m, 0, k, axis=0))
-    if halo.faces is not None:
-        first, last = halo.at_faces(m.dtype)
-        below = jnp.where(first > 0, jnp.inf, below)
-        above = jnp.where(last > 0, jnp.inf, above)
-    return jnp.concatenate([below, m, above], axis=0)
 
 
 def pressure_stiffness(b) -> float:

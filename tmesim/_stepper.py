@@ -515,7 +515,7 @@ class SlabStepper(Stepper):
     (``_cell_rate``). The implicit solve's conjugate gradients sum over all
     slabs (one all-reduce of a number per channel) and its multigrid levels
     stay split while the slabs pair up along x; the first level that does not
-    is gathered (a few cells per axis) and cycled whole on every device
+    is gathered (small for slabs a power of two wide) and cycled whole on every device
     (``kernels.implicit_step``). The reaction sees one slab: a reaction with
     an ``on_slabs(count)`` method (the niche model's) is given the one it
     returns; any other must be pointwise. Not split (refused): LOD, whose
@@ -545,11 +545,6 @@ class SlabStepper(Stepper):
     @property
     def mesh(self):
         return jax.sharding.Mesh(np.array(self.devices), ("x",))
-
-    def sharding(self, ndim: int = 4):
-        """How an array whose last three axes are the grid's lies over the devices."""
-        spec = jax.sharding.PartitionSpec(*([None] * (ndim - 3)), "x")
-        return jax.sharding.NamedSharding(self.mesh, spec)
 
     def _spec(self, x):
         if np.ndim(x) >= 3 and tuple(np.shape(x)[-3:]) == tuple(self.grid.shape):
@@ -582,10 +577,7 @@ class SlabStepper(Stepper):
         def grow(x):
             if x is None or jnp.ndim(x) < 3 or tuple(jnp.shape(x)[-3:]) != local:
                 return x
-            n = x.shape[-3]
-            return jnp.concatenate([halo.from_below(jax.lax.slice_in_dim(x, n - 1, n, axis=-3)),
-                                    x, halo.from_above(jax.lax.slice_in_dim(x, 0, 1, axis=-3))],
-                                   axis=-3)
+            return halo.grown(x, 1, jnp.ndim(x) - 3)
 
         parts = potential if isinstance(potential, tuple) else (potential,)
         grown = tuple(grow(x) for x in parts)
