@@ -228,15 +228,19 @@ def _slab_planes(c, halo: Halo, ax, h, D, d_lo, d_hi, lo_cell, hi_cell) -> list:
     return [(ax, 0, lo), (ax, n - 1, hi)]
 
 
+def add_plane(x, plane, ax, idx):
+    """x with ``plane`` added to its plane ``idx`` along ``ax``, in place."""
+    start = [0] * x.ndim
+    start[ax] = idx
+    return jax.lax.dynamic_update_slice(x, _slice(x, idx, idx + 1, ax) + plane, tuple(start))
+
+
 def _add_boundary(out: Array, planes: list, scale, pinned: Array | None) -> Array:
     """out[plane] += scale·plane for each boundary plane, in place (XLA dynamic-update-slice)."""
     for ax, idx, plane in planes:
         if pinned is not None:
             plane = jnp.where(_slice(pinned[None], idx, idx + 1, ax), 0.0, plane)
-        start = [0] * out.ndim
-        start[ax] = idx
-        current = _slice(out, idx, idx + 1, ax)
-        out = jax.lax.dynamic_update_slice(out, current + scale * plane, tuple(start))
+        out = add_plane(out, scale * plane, ax, idx)
     return out
 
 
@@ -461,13 +465,6 @@ def _below_difference(x, ax, halo: Halo):
     lo = _slice(x, 0, 1, ax)
     diff = lo - halo.from_below(_slice(x, x.shape[ax] - 1, x.shape[ax], ax))
     return diff if halo.faces is None else (1.0 - halo.at_faces(x.dtype)[0]) * diff
-
-
-def add_plane(x, plane, ax, idx):
-    """x with ``plane`` added to its plane ``idx`` along ``ax``, in place."""
-    start = [0] * x.ndim
-    start[ax] = idx
-    return jax.lax.dynamic_update_slice(x, _slice(x, idx, idx + 1, ax) + plane, tuple(start))
 
 
 def _to_voxels(q, ax, periodic):

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._diffusion import Halo, _per_channel, _slice
+from ._diffusion import Halo, _per_channel, _slice, add_plane
 
 Array = jax.Array
 
@@ -130,15 +130,8 @@ def backward_euler_system(c, dt, spacing, D, decay, bc, pinned=None, source=None
                 continue
             fw, v, q = (_per_channel(jnp.asarray(x, c.dtype), nd) for x in face)
             fw, v, q = here * fw, here * v, here * q  # a split axis's faces: first, last slab
-            start = [0] * nd
-            start[ax] = idx
-            plane = _slice(diag, idx, idx + 1, ax) + dt * fw * 2.0 * de / h**2
-            diag = jax.lax.dynamic_update_slice(diag, jnp.broadcast_to(
-                plane, _slice(diag, idx, idx + 1, ax).shape), tuple(start))
-            add = dt * (fw * 2.0 * de * v / h**2 + (1.0 - fw) * q / h)
-            plane = _slice(rhs, idx, idx + 1, ax) + add
-            rhs = jax.lax.dynamic_update_slice(rhs, jnp.broadcast_to(
-                plane, _slice(rhs, idx, idx + 1, ax).shape), tuple(start))
+            diag = add_plane(diag, dt * fw * 2.0 * de / h**2, ax, idx)
+            rhs = add_plane(rhs, dt * (fw * 2.0 * de * v / h**2 + (1.0 - fw) * q / h), ax, idx)
     if pinned is not None:
         held = jnp.where(pinned, c, 0.0)
         free = jnp.logical_not(pinned)
@@ -234,7 +227,8 @@ def hierarchy(m: Matrix, halo: Halo | None = None) -> tuple[list[Matrix], list[M
     levels whose slabs pair up along x stay split, each device coarsening its own
     slab, which gives the one-device levels cut into slabs; the first level whose
     slab is one cell (or odd) along x is gathered from every device and coarsened
-    on each, whole, from there (a few cells per axis by then)."""
+    on each, whole, from there (small for slabs a power of two wide: 8³ cells at
+    512³ in slabs of 64; an eighth of the grid for slabs of 6)."""
     split = [m] if halo is not None else []
     while halo is not None and split[-1].diag.shape[1] % 2 == 0:
         split.append(_coarsen(split[-1], halo))
