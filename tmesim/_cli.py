@@ -11,43 +11,61 @@ import warnings
 from ._inspect import DEFAULT_PLOT_FIELDS, DEFAULT_PLOT_OBSERVABLES
 
 
+def _job(args) -> bool:
+    """Join the job of several processes if asked (``--distributed``); whether this process
+    speaks for the job (process 0, or the one process)."""
+    from ._devices import first_process, join_job
+
+    if args.distributed:
+        join_job()
+    return first_process()
+
+
 def _run(args) -> int:
     from ._run import run_scenario, stop_on_signals
     from ._scenario import load_scenario
 
+    speaks = _job(args)
     with stop_on_signals():
         sets = list(args.set or ()) + ([] if args.devices is None
                                        else [f"run.devices={args.devices}"])
         scenario = load_scenario(args.scenario, sets)
         output = args.output or os.path.splitext(os.path.basename(args.scenario))[0] + ".h5"
-        if not args.quiet:
+        if speaks and not args.quiet:
             print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
                   f"{scenario.total_steps} steps of {scenario.dt:g} min -> {output}",
                   file=sys.stderr)
         run_scenario(scenario, output, shlex.join(sys.argv), _progress(args), args.overwrite)
-        return _finish(output, args.quiet)
+        return _finish(output, args.quiet) if speaks else _stopped()
 
 
 def _resume(args) -> int:
     from ._run import resume, stop_on_signals
 
+    speaks = _job(args)
     with stop_on_signals():
         resume(args.file, _progress(args), args.devices)
-        return _finish(args.file, args.quiet)
+        return _finish(args.file, args.quiet) if speaks else _stopped()
 
 
 def _progress(args):
     return None if args.quiet else sys.stderr
 
 
+def _stopped() -> int:
+    """The exit code of a run that completed: 128 + a signal received after its last step."""
+    from ._run import _STOP
+
+    return 128 + _STOP[0] if _STOP else 0
+
+
 def _finish(path, quiet: bool) -> int:
     """After a run: the summary (unless quiet), the summary plot of the fields that were stored."""
     from ._inspect import inspect_text, plot_file
     from ._output import png_path, xdmf_path
-    from ._run import _STOP
 
-    if _STOP:  # a signal after the last step: the run is complete, skip the plot
-        return 128 + _STOP[0]
+    if _stopped():  # a signal after the last step: the run is complete, skip the plot
+        return _stopped()
     if not quiet:
         print(inspect_text(path))
     written = [path, xdmf_path(path)]
@@ -148,6 +166,9 @@ def main(argv=None) -> int:
     rp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     rp.add_argument("--devices", type=int, help="split the grid along x over N devices, one "
                     "slab each (0: all; sets run.devices; default 1)")
+    rp.add_argument("--distributed", action="store_true", help="one process of a job over "
+                    "several hosts (jax.distributed; see docs/devices.md): process 0 writes "
+                    "the file; use with --devices 0")
     rp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     rp.set_defaults(run=_run)
     sp = sub.add_parser("resume",
@@ -155,6 +176,8 @@ def main(argv=None) -> int:
     sp.add_argument("file", help="HDF5 run file")
     sp.add_argument("--devices", type=int, help="split the grid over N devices (0: all), "
                     "whatever the run used (default: the run's run.devices)")
+    sp.add_argument("--distributed", action="store_true", help="one process of a job over "
+                    "several hosts, as for run")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sp.set_defaults(run=_resume)
     fp = sub.add_parser("fit", help="fit a calibration problem (PEtab-style tables); writes "

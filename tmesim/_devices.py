@@ -22,7 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 def select_devices(n: int, where: str) -> list | None:
     """The first ``n`` devices of the default backend (0: all of them); None for one (the
-    default device). ``where`` names the setting in the error when there are fewer."""
+    default device). ``where`` names the setting in the error when there are fewer. In a
+    job of several processes (``jax.distributed``) every process must take part: ``n``
+    is 0 or the job's device count."""
     available = jax.devices()
     if n == 0:
         n = len(available)
@@ -30,7 +32,64 @@ def select_devices(n: int, where: str) -> list | None:
         raise ValueError(f"{where}: devices = {n}, but this process sees {len(available)} "
                          f"({', '.join(str(d) for d in available)}); set it to at most "
                          f"{len(available)}, or 0 for all")
+    if jax.process_count() > 1 and n != len(available):
+        raise ValueError(f"{where}: devices = {n}, but this job of {jax.process_count()} "
+                         f"processes has {len(available)} devices and each process must "
+                         "hold a share: set it to 0 (all)")
     return None if n == 1 else available[:n]
+
+
+def join_job() -> None:
+    """Join a job of several processes (one per host or GPU) with ``jax.distributed``.
+
+    The coordinator's address is $JAX_COORDINATOR_ADDRESS (host:port of process 0);
+    the number of processes and this one's index come from $JAX_NUM_PROCESSES and
+    $JAX_PROCESS_ID where set, else from a cluster JAX detects (SLURM, Open MPI,
+    ...). Call before anything else uses JAX."""
+    import os
+
+    known = {}
+    for key, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(key):
+            try:
+                known[arg] = int(os.environ[key])
+            except ValueError:
+                raise ValueError(f"${key} = {os.environ[key]!r}: expected a whole number"
+                                 ) from None
+    try:
+        jax.distributed.initialize(**known)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"cannot join a job of several processes ({err}); set "
+                         "JAX_COORDINATOR_ADDRESS=host:port (process 0's), "
+                         "JAX_NUM_PROCESSES and JAX_PROCESS_ID, or start the processes under "
+                         "SLURM or Open MPI") from None
+
+
+def first_process() -> bool:
+    """Whether this is the job's process 0 (the one process of a job of one): the process
+    that writes a run's file and prints its progress."""
+    return jax.process_index() == 0
+
+
+def whole(x) -> np.ndarray:
+    """``x`` as one host array: a global array split over the processes of a job is
+    gathered from all of them (every process must call this, and receives all of it)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def each_process(values) -> np.ndarray:
+    """The small integer array ``values`` of every process of the job, stacked (a job of
+    one: ``values`` with a leading axis of 1). Every process must call this."""
+    values = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values))
 
 
 def over_devices(fn, devices=None):

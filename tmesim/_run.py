@@ -32,13 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._devices import select_devices
+from ._devices import each_process, first_process, select_devices, whole
 from ._geometry import MediumLayerWarning, Setup, organoid, spheroid, tissue
 from ._observables import OBSERVABLES, observables
 from ._output import (
     Output,
     OutputError,
     latest_checkpoint,
+    open_run,
     png_path,
     reading,
     sidecar_of,
@@ -163,8 +164,12 @@ def _check_stop() -> None:
 def _compute(fn, *args):
     """``fn(*args)`` on a worker thread while this thread waits, polling for a stop
     request: a signal during a compile of minutes is acted on at once, and the
-    HDF5 writes stay on this thread, between computations."""
+    HDF5 writes stay on this thread, between computations. In a job of several processes
+    it computes here, and a signal waits for the next ``_together``: the processes must
+    stop at the same point."""
     global _WORKER
+    if jax.process_count() > 1:
+        return fn(*args)
     _check_stop()
     if _WORKER is None:
         _WORKER = ThreadPoolExecutor(1, thread_name_prefix="tmesim-compute")
@@ -174,6 +179,39 @@ def _compute(fn, *args):
             return future.result(timeout=0.1)
         except FutureTimeout:
             _check_stop()
+
+
+def _together(error: BaseException | None = None, signals: bool = True) -> None:
+    """Raise ``error`` (this process's), else act on a signal (``signals``). In a job of
+    several processes (``jax.distributed``) every process calls this at the same point
+    and they agree first: an error or a signal on any process stops every one (the
+    others with ``RunError`` and ``Interrupted`` respectively)."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        if signals:
+            _check_stop()
+        return
+    flags = each_process([_STOP[0] if _STOP and signals else 0, error is not None])
+    if error is not None:
+        raise error
+    if flags[:, 1].any():
+        raise RunError(f"process {int(np.argmax(flags[:, 1]))} of the job stopped with an "
+                       "error (see its messages)")
+    if flags[:, 0].any():
+        _STOP[:] = [int(flags[flags[:, 0] > 0, 0][0])]
+        _check_stop()
+
+
+class _Elsewhere:
+    """The run file as the processes of a job other than process 0 see it: process 0
+    writes it, so every writing call is nothing here."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class Progress:
@@ -271,19 +309,23 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
             "is for tmesim.solve and calibration only: a run file stores 3D fields (x, y, z). "
             "Run the same organoid in 3D with kind = \"organoid\", or build the spheroid with "
             "tmesim.spheroid(...) and advance it with tmesim.solve")
-    _check_target(path, overwrite)
+    writes, error = first_process(), None
     try:
+        if writes:
+            _check_target(path, overwrite)
         built = _compute(build, scenario)
         fields = _compute(start_state, built.setup.problem, built.setup.values)
         obs, host = _compute(_observe_host, built, fields)
         slots = scenario.total_steps // scenario.output_steps + 1
-        out = Output.create(path, scenario, built.setup, command, slots)
+        out = Output.create(path, scenario, built.setup, command, slots) if writes \
+            else _Elsewhere(path)
         try:
             _write(out, built, 0, host, obs, checkpoint=True)
-            if os.path.exists(path) and (not overwrite or _busy(path)):
+            if writes and os.path.exists(path) and (not overwrite or _busy(path)):
                 raise OutputError(f"{path}: another run started writing it meanwhile; "
                                   "it was not touched")
-            _check_stop()  # the last moment a signal leaves no file behind
+            if jax.process_count() == 1:
+                _check_stop()  # the last moment a signal leaves no file behind
             out.publish()
         except BaseException:
             out.discard()
@@ -291,7 +333,10 @@ def run_scenario(scenario: Scenario, path, command: str = "", progress=sys.stder
     except Interrupted as err:
         raise Interrupted(err.signum, f"{err} before the first snapshot; {path} was not "
                           "written") from None
-    return _loop(out, built, 0, fields, progress)
+    except Exception as err:  # noqa: BLE001 -- raised again by _together, on every process
+        error = err
+    _together(error, signals=False)  # a job's processes start the loop together, or none
+    return _loop(out, built, 0, fields, progress if writes else None)
 
 
 def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
@@ -305,10 +350,30 @@ def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
     Returns the path once the file is complete and closed.
     """
     path = str(path)
-    out = Output.open(path)
+    writes, error = first_process(), None
+    try:
+        built, step, n_outputs, fields, out = _checkpoint_of(path, devices, writes)
+    except Exception as err:  # noqa: BLE001 -- raised again by _together, on every process
+        error = err
+    _together(error, signals=False)  # every process has read the file before it changes
+    try:
+        out.truncate(n_outputs)
+        out.set_status("running")
+        out.sidecar()
+    except Exception as err:  # noqa: BLE001
+        error = err
+    _together(error, signals=False)
+    return _loop(out, built, step, fields, progress if writes else None)
+
+
+def _checkpoint_of(path: str, devices: int | None, writes: bool):
+    """(built, step, outputs, fields, out) of the run in ``path``, checked: ``out`` is the
+    file opened for writing (locked) where this process ``writes``, else ``_Elsewhere``."""
+    out = Output.open(path) if writes else None
+    h5 = out.h5 if writes else open_run(path)
     try:
         with reading(path):
-            meta = out.h5["meta"].attrs
+            meta = h5["meta"].attrs
             overrides = tuple(str(o) for o in meta["overrides"] if o)
             if devices is not None:
                 overrides += (f"run.devices={int(devices)}",)
@@ -316,7 +381,7 @@ def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
             scenario = scenario_from_text(
                 str(meta["scenario"]), f"{path}:/meta/scenario", overrides,
                 None if stored is None else (f"{path}:/meta/parameters_file", str(stored)))
-            state = latest_checkpoint(out.h5)
+            state = latest_checkpoint(h5)
             if state is None:
                 raise RunError(f"{path}: /checkpoint: no complete checkpoint to resume from")
             step, n_outputs, fields = state
@@ -324,32 +389,33 @@ def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
             shape = (len(built.setup.table),) + built.setup.grid.shape
             dtype = np.dtype(jnp.result_type(built.setup.values["params"]["o2_uptake"]))
             slots = scenario.total_steps // scenario.output_steps + 1
-            names = (set(out.h5["fields"]), set(out.h5["observables"]))
+            names = (set(h5["fields"]), set(h5["observables"]))
             if names != (set(scenario.stored_fields), set(OBSERVABLES)):
                 raise RunError(f"{path}: /fields and /observables hold other names than this "
                                "tmesim writes for its scenario (a file of another version?)")
             if (fields.shape != shape or fields.dtype != dtype
-                    or out.h5["time"].shape != (slots,) or not 0 < n_outputs <= slots
+                    or h5["time"].shape != (slots,) or not 0 < n_outputs <= slots
                     or step != (n_outputs - 1) * scenario.output_steps):
                 raise RunError(f"{path}: /checkpoint: state of shape {fields.shape} "
                                f"{fields.dtype} at step {step} after {n_outputs} snapshots does "
                                f"not match the scenario's {shape} {dtype} with {slots} "
                                "snapshots")
-        out.reserve()  # a copy may have lost the reserved room: refuse before writing
+        if writes:
+            out.reserve()  # a copy may have lost the reserved room: refuse before writing
     except BaseException:
-        out.close()
+        h5.close()
         raise
-    out.truncate(n_outputs)
-    out.set_status("running")
-    out.sidecar()
-    return _loop(out, built, step, jnp.asarray(fields), progress)
+    if not writes:
+        h5.close()
+    return built, step, n_outputs, fields, out or _Elsewhere(path)
 
 
 def _observe_host(built: Built, fields):
-    """Observables (floats) and the fields as a host array, on the worker thread."""
+    """Observables (floats) and the fields as a host array, on the worker thread (a job's
+    fields gathered from its processes)."""
     problem, values = built.setup.problem, built.setup.values
     obs = {k: float(v) for k, v in _observe(problem, fields, values).items()}
-    return obs, np.asarray(fields)
+    return obs, whole(fields)
 
 
 def _write(out: Output, built: Built, step: int, host, obs, checkpoint: bool) -> None:
@@ -371,6 +437,7 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     problem, values = built.setup.problem, built.setup.values
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
     show = Progress(total, step, progress)
+    fields = problem.stepper.place(fields)  # one layout from the first chunk: one compile
     if step < total:
         show.note("compiling the step, then running (the ETA leaves the compile out)")
     try:
@@ -379,7 +446,12 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
             if obs is None:
                 raise RunError(failure_message(sol, problem))
             fields, step = sol.fields, step + every
-            _write(out, built, step, host, obs, checkpoint=step % ckpt == 0 or step == total)
+            try:
+                _write(out, built, step, host, obs, checkpoint=step % ckpt == 0 or step == total)
+                error = None
+            except Exception as err:  # noqa: BLE001 -- raised again by _together
+                error = err
+            _together(error, signals=step < total)  # a signal after the last step: complete
             show(step, sc.dt, final=step == total)
     except RunError as err:
         _close(out, "failed", str(err))

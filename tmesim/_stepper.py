@@ -319,6 +319,10 @@ class Stepper:
             for g in self.groups
         ]
 
+    def place(self, fields):
+        """``fields`` laid out on the devices as the step returns them (here: as given)."""
+        return fields
+
     # -- layout: the scan carries one block per group ----------------------
     def split(self, c) -> tuple:
         """Stacked fields -> one block per group (the layout carried by the scan).
@@ -550,6 +554,14 @@ class SlabStepper(Stepper):
         if np.ndim(x) >= 3 and tuple(np.shape(x)[-3:]) == tuple(self.grid.shape):
             return jax.sharding.PartitionSpec(*([None] * (np.ndim(x) - 3)), "x")
         return jax.sharding.PartitionSpec()
+
+    def place(self, fields):
+        """``fields`` (channels, X, Y, Z) in slabs over the devices, as the step returns them:
+        a run's first call is then compiled for the layout of every later one. In a job
+        of several processes each process gives the whole array and keeps its slabs."""
+        if jax.process_count() > 1:
+            fields = np.asarray(fields)
+        return jax.device_put(fields, jax.sharding.NamedSharding(self.mesh, self._spec(fields)))
 
     def _face_bc(self, params, channels):
         bc = super()._face_bc(params, channels)
