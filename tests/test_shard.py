@@ -356,17 +356,17 @@ print(json.dumps(out))
 """
 
 
-def check_slabs(r: dict, devices: int) -> None:
+def check_slabs(r: dict, devices: int, tol: float = 1e-6) -> None:
     """The split run against one device's. Float32 round-off differs on a slab (XLA sums in
-    another order): the explicit and cell groups agree within 1e-6 of the largest value
-    (measured 7e-7). The implicit channel is solved by conjugate gradients to a relative
-    residual of 1e-5 (float32), and a slab's dot products round differently, so the
+    another order): the explicit and cell groups agree within ``tol`` of the largest value
+    (measured 7e-7 on four slabs). The implicit channel is solved by conjugate gradients
+    to a relative residual of 1e-5 (float32), and a slab's dot products round differently, so the
     split solve can stop an iteration before or after one device's: both meet the
     tolerance, and they differ by its order. Within 1e-4 of the channel's largest value
     (measured 7.5e-6 on an Intel Xeon, where the iterations differed; below 1e-6 of the
     grid's largest value on an AMD EPYC, where they did not)."""
     for periodic in (False, True):
-        assert r[f"err_{periodic}"] <= 1e-6 and r[f"snaps_{periodic}"] <= 1e-6, r
+        assert r[f"err_{periodic}"] <= tol and r[f"snaps_{periodic}"] <= tol, r
         assert r[f"implicit_{periodic}"] <= 1e-4, r
         assert r[f"laid_{periodic}"] == "P(None, 'x')"
     assert not np.allclose(r["x_edge_False"], r["x_edge_True"])  # the x faces matter
@@ -404,8 +404,11 @@ def test_shard_a_grid_split_into_slabs_matches_one_device():
 
 @pytest.mark.slow  # about 2 minutes: 8 host devices share the 2 cores of a CI machine
 def test_shard_a_grid_split_into_eight_slabs_matches_one_device():
-    """The same checks on 8 host devices: a 48 x 12 x 10 grid in eight slabs of 6."""
-    check_slabs(run_on_devices(SLABS, "forward", devices=8), 8)
+    """The same checks on 8 host devices: a 48 x 12 x 10 grid in eight slabs of 6, within
+    2e-6 of the largest value: oxygen (38 mmHg at most) differed by 1.0e-6 of it, 10
+    float32 ulps at 33 mmHg, after 360 RKL stages (20 steps of 18): round-off that walks
+    like the square root of the passes (19 ulps) is 2e-6 here."""
+    check_slabs(run_on_devices(SLABS, "forward", devices=8), 8, tol=2e-6)
 
 
 @pytest.mark.slow  # 2 minutes, most of it compiling both reverse passes
