@@ -2,7 +2,8 @@
 with ``--slabs``, one grid split into slabs (``tmesim.split_grid``) against one device.
 
 Usage: python bench/devices.py [--n 16] [--devices 1 2 4] [--per-device 1] [--batch 4]
-                               [--steps 5] [--repeats 3] [--slabs] [--out bench/results.jsonl]
+                               [--steps 5] [--repeats 3] [--slabs [--processes P ...]]
+                               [--out bench/results.jsonl]
 
 Without a GPU, run it on forced CPU host devices, which share the machine's
 cores: what it measures there is the cost of splitting, not a speed-up:
@@ -20,7 +21,13 @@ radius.
   strong       a batch of ``--batch`` members over D devices, against one device;
   slabs        (``--slabs``) one organoid of N³ voxels, its grid split along x
                into D slabs, one per device (D = 1: the split code's overhead),
-               against the plain stepper on one device (strong scaling only).
+               against the plain stepper on one device (strong scaling only);
+  processes    (``--slabs --processes P``) the same grid in P slabs, one per
+               process of one device, the P processes started here and joined
+               by ``jax.distributed`` (Gloo collectives on a CPU, over local
+               TCP): each process has the cores to itself, and XLA's in-process
+               CPU collectives (which raced in loops, docs/devices.md) are not
+               used.
 
 Median of ``repeats`` calls after a first call (``compile_s``); one JSON line
 per case to ``--out``.
@@ -29,7 +36,9 @@ per case to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,6 +60,7 @@ if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", 
                                f"device_count={_wanted_devices(sys.argv)}").strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
@@ -75,8 +85,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slabs", action="store_true",
                     help="one grid of N³ split into slabs instead of an ensemble")
+    ap.add_argument("--processes", type=int, nargs="*", default=[],
+                    help="with --slabs: also the grid over P processes of one device each")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
+    if "BENCH_JOB_MEMBER" in os.environ:
+        return job_member(args)
     available = jax.devices()
     if max(args.devices) > len(available):
         sys.exit(f"--devices {max(args.devices)}: this process sees {len(available)} devices")
@@ -114,23 +128,67 @@ def main():
               f"{1e3 * r['step_s']:9.2f} ms/step (compile {r['compile_s']:.1f} s){extra}")
 
 
-def slab_cases(args, available, provenance, out) -> list:
-    """One organoid's grid in D slabs against the plain stepper on one device."""
+def timed_slabs(args, devices=None) -> dict:
+    """Step time of one organoid of N³ voxels, its grid in slabs over ``devices`` (None:
+    the plain stepper)."""
     s = setup(args.n)
     params = s.problem.inputs(s.values, 0)
+    stepper = s.stepper if devices is None else tmesim.split_grid(s.stepper, devices)
+    run = jax.jit(lambda f: tmesim.simulate(stepper, f, params, args.steps)[0])
+    fields = np.asarray(s.fields)  # a host array: every process of a job passes it whole
+    return timed(lambda: run(fields), args.repeats, args.steps)
 
-    def timed_run(stepper):
-        run = jax.jit(lambda f: tmesim.simulate(stepper, f, params, args.steps)[0])
-        return timed(lambda: run(s.fields), args.repeats, args.steps)
 
-    base = timed_run(s.stepper)
+def slab_cases(args, available, provenance, out) -> list:
+    """One organoid's grid in D slabs (one process), and in P slabs over P processes,
+    against the plain stepper on one device."""
+    base = timed_slabs(args)
     rows = [emit({"method": "one device", "N": args.n, "devices": 1, **base}, provenance, out)]
     for d in args.devices:
-        t = timed_run(tmesim.split_grid(s.stepper, available[:d]))
+        t = timed_slabs(args, available[:d])
         rows.append(emit({"method": "slabs", "N": args.n, "devices": d, **t,
                           "time_over_one_device": t["step_s"] / base["step_s"]},
                          provenance, out))
+    for p in args.processes:
+        t = job(args, p)
+        rows.append(emit({"method": "processes", "N": args.n, "devices": p, **t,
+                          "time_over_one_device": t["step_s"] / base["step_s"]},
+                         provenance, out))
     return rows
+
+
+def job(args, processes: int) -> dict:
+    """``timed_slabs`` in a job of ``processes`` processes of one CPU device each, started
+    here; process 0's timing."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    argv = [sys.executable, __file__, "--slabs", "--n", str(args.n), "--steps",
+            str(args.steps), "--repeats", str(args.repeats)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=dict(
+        os.environ, BENCH_JOB_MEMBER="1", JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(processes),
+        JAX_PROCESS_ID=str(k))) for k in range(processes)]
+    try:
+        outs = [p.communicate(timeout=3600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    if any(p.returncode for p in procs):
+        sys.exit(f"--processes {processes}: the job failed ({[p.returncode for p in procs]})")
+    return json.loads(outs[0].strip().splitlines()[-1])
+
+
+def job_member(args) -> None:
+    """One process of ``job``: the grid over every device of the job."""
+    jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    t = timed_slabs(args, jax.devices())
+    if jax.process_index() == 0:
+        print(json.dumps(t))
 
 
 if __name__ == "__main__":
