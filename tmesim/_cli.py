@@ -22,14 +22,14 @@ def _job(args) -> bool:
 
 
 def _run(args) -> int:
-    from ._run import run_scenario, stop_on_signals
+    from ._run import agreed, run_scenario, stop_on_signals
     from ._scenario import load_scenario
 
-    speaks = _job(args)
+    speaks = _job(args)  # before our handlers: jax.distributed installs its own for SIGTERM
     with stop_on_signals():
         sets = list(args.set or ()) + ([] if args.devices is None
                                        else [f"run.devices={args.devices}"])
-        scenario = load_scenario(args.scenario, sets)
+        scenario = agreed(load_scenario, args.scenario, sets)  # on every process of a job
         output = args.output or os.path.splitext(os.path.basename(args.scenario))[0] + ".h5"
         if speaks and not args.quiet:
             print(f"tmesim run: {scenario.name}: {scenario.data['run']['days']:g} days, "
@@ -42,7 +42,7 @@ def _run(args) -> int:
 def _resume(args) -> int:
     from ._run import resume, stop_on_signals
 
-    speaks = _job(args)
+    speaks = _job(args)  # before our handlers, as for run
     with stop_on_signals():
         resume(args.file, _progress(args), args.devices)
         return _finish(args.file, args.quiet) if speaks else _stopped()
@@ -64,8 +64,9 @@ def _finish(path, quiet: bool) -> int:
     from ._inspect import inspect_text, plot_file
     from ._output import png_path, xdmf_path
 
-    if _stopped():  # a signal after the last step: the run is complete, skip the plot
-        return _stopped()
+    code = _stopped()
+    if code:  # a signal after the last step: the run is complete, skip the plot
+        return code
     if not quiet:
         print(inspect_text(path))
     written = [path, xdmf_path(path)]

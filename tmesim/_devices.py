@@ -67,18 +67,22 @@ def join_job() -> None:
 
 def first_process() -> bool:
     """Whether this is the job's process 0 (the one process of a job of one): the process
-    that writes a run's file and prints its progress."""
-    return jax.process_index() == 0
+    that writes a run's file and prints its progress). Outside a job this does not
+    start JAX."""
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def whole(x) -> np.ndarray:
     """``x`` as one host array: a global array split over the processes of a job is
-    gathered from all of them (every process must call this, and receives all of it)."""
+    gathered from all of them, one leading entry (a field) at a time, so a device holds
+    one whole field at most on top of its share (every process must call this, and
+    receives all of it)."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.stack([np.asarray(multihost_utils.process_allgather(x[i], tiled=True))
+                     for i in range(x.shape[0])])
 
 
 def each_process(values) -> np.ndarray:

@@ -203,15 +203,28 @@ def _together(error: BaseException | None = None, signals: bool = True) -> None:
         _check_stop()
 
 
+def agreed(fn, *args):
+    """``fn(*args)``; in a job of several processes, an error on any process is raised on
+    every one (``_together``), so that none goes on alone."""
+    try:
+        result, error = fn(*args), None
+    except Exception as err:  # noqa: BLE001 -- raised again by _together
+        result, error = None, err
+    _together(error, signals=False)
+    return result
+
+
 class _Elsewhere:
     """The run file as the processes of a job other than process 0 see it: process 0
-    writes it, so every writing call is nothing here."""
+    writes it, so each writing call is nothing here."""
 
     def __init__(self, path):
         self.path = str(path)
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+    def _nothing(self, *args, **kwargs) -> None:
+        return None
+
+    snapshot = checkpoint = publish = discard = set_status = close = _nothing
 
 
 class Progress:
@@ -350,27 +363,15 @@ def resume(path, progress=sys.stderr, devices: int | None = None) -> str:
     Returns the path once the file is complete and closed.
     """
     path = str(path)
-    writes, error = first_process(), None
-    try:
-        built, step, n_outputs, fields, out = _checkpoint_of(path, devices, writes)
-    except Exception as err:  # noqa: BLE001 -- raised again by _together, on every process
-        error = err
-    _together(error, signals=False)  # every process has read the file before it changes
-    try:
-        out.truncate(n_outputs)
-        out.set_status("running")
-        out.sidecar()
-    except Exception as err:  # noqa: BLE001
-        error = err
-    _together(error, signals=False)
-    return _loop(out, built, step, fields, progress if writes else None)
+    # every process reads the file before process 0 opens it for writing
+    built, step, n_outputs, fields = agreed(_checkpoint_of, path, devices)
+    out = agreed(_reopen, path, n_outputs)
+    return _loop(out, built, step, fields, progress if first_process() else None)
 
 
-def _checkpoint_of(path: str, devices: int | None, writes: bool):
-    """(built, step, outputs, fields, out) of the run in ``path``, checked: ``out`` is the
-    file opened for writing (locked) where this process ``writes``, else ``_Elsewhere``."""
-    out = Output.open(path) if writes else None
-    h5 = out.h5 if writes else open_run(path)
+def _checkpoint_of(path: str, devices: int | None):
+    """(built, step, outputs, fields) of the run in ``path``, checked (read without a lock)."""
+    h5 = open_run(path)
     try:
         with reading(path):
             meta = h5["meta"].attrs
@@ -400,14 +401,26 @@ def _checkpoint_of(path: str, devices: int | None, writes: bool):
                                f"{fields.dtype} at step {step} after {n_outputs} snapshots does "
                                f"not match the scenario's {shape} {dtype} with {slots} "
                                "snapshots")
-        if writes:
-            out.reserve()  # a copy may have lost the reserved room: refuse before writing
+    finally:
+        h5.close()
+    return built, step, n_outputs, fields
+
+
+def _reopen(path: str, n_outputs: int):
+    """The run file opened for writing (locked: refused while another process writes it),
+    cut back to its checkpoint's snapshots; ``_Elsewhere`` but on the job's process 0."""
+    if not first_process():
+        return _Elsewhere(path)
+    out = Output.open(path)
+    try:
+        out.reserve()  # a copy may have lost the reserved room: refuse before writing
+        out.truncate(n_outputs)
+        out.set_status("running")
+        out.sidecar()
     except BaseException:
-        h5.close()
+        out.close()
         raise
-    if not writes:
-        h5.close()
-    return built, step, n_outputs, fields, out or _Elsewhere(path)
+    return out
 
 
 def _observe_host(built: Built, fields):
@@ -437,10 +450,10 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     problem, values = built.setup.problem, built.setup.values
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
     show = Progress(total, step, progress)
-    fields = problem.stepper.place(fields)  # one layout from the first chunk: one compile
     if step < total:
         show.note("compiling the step, then running (the ETA leaves the compile out)")
     try:
+        fields = problem.stepper.place(fields)  # one layout from the first chunk: one compile
         while step < total:
             sol, obs, host = _compute(_chunk, problem, values, fields, every, step, built)
             if obs is None:
@@ -448,11 +461,11 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
             fields, step = sol.fields, step + every
             try:
                 _write(out, built, step, host, obs, checkpoint=step % ckpt == 0 or step == total)
+                show(step, sc.dt, final=step == total)
                 error = None
             except Exception as err:  # noqa: BLE001 -- raised again by _together
                 error = err
             _together(error, signals=step < total)  # a signal after the last step: complete
-            show(step, sc.dt, final=step == total)
     except RunError as err:
         _close(out, "failed", str(err))
         raise RunError(f"{err}; the file keeps every snapshot before it and the last good "
