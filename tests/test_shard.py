@@ -422,6 +422,22 @@ def test_shard_a_gradient_through_slabs_matches_one_device():
     assert max(r["grad"]) <= 1e-10 and min(r["grad_nonzero"]) > 0, r
 
 
+def assert_same_run(one, other) -> None:
+    """The complete run file ``other`` holds the snapshots of ``one`` (a float64 run on one
+    device) to round-off: each field within 1e-12 of its largest value, each observable
+    within 1e-12 relative; and the tumour grew (the comparison is not of still fields)."""
+    with h5py.File(one) as a, h5py.File(other) as b:
+        np.testing.assert_array_equal(a["time"][...], b["time"][...])
+        for name in a["fields"]:
+            x, y = a["fields"][name][...], b["fields"][name][...]
+            assert np.max(np.abs(x - y)) <= 1e-12 * np.max(np.abs(x)), name
+        for name in a["observables"]:
+            x, y = a["observables"][name][...], b["observables"][name][...]
+            assert np.allclose(x, y, rtol=1e-12, atol=1e-12 * np.max(np.abs(x))), name
+        assert read_status(b)[0] == "complete"
+        assert not np.array_equal(a["fields/tumor"][0], a["fields/tumor"][-1])
+
+
 def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
     """``tmesim run --devices 4``: the niche model on an organoid of 12³ voxels in four slabs
     of 3 (the mixture flow's window reaches 3 voxels), killed -9 after its first
@@ -457,16 +473,7 @@ def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
     done = subprocess.run(cli + ["resume", str(split), "-q", "--devices", "2"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    with h5py.File(one) as a, h5py.File(split) as b:
-        np.testing.assert_array_equal(a["time"][...], b["time"][...])
-        for name in a["fields"]:
-            x, y = a["fields"][name][...], b["fields"][name][...]
-            assert np.max(np.abs(x - y)) <= 1e-12 * np.max(np.abs(x)), name
-        for name in a["observables"]:
-            x, y = a["observables"][name][...], b["observables"][name][...]
-            assert np.allclose(x, y, rtol=1e-12, atol=1e-12 * np.max(np.abs(x))), name
-        assert read_status(b)[0] == "complete"
-        assert not np.array_equal(a["fields/tumor"][0], a["fields/tumor"][-1])
+    assert_same_run(one, split)
     assert 3 <= written < 9  # snapshots up to day 0.25 at least, not all
 
 
@@ -529,15 +536,7 @@ def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
     assert 3 <= written < 9, written  # stopped after day 0.125, before the end
     ended = finish(job("resume", str(two), "-q"))
     assert [code for code, _ in ended] == [0, 0], ended
-    with h5py.File(one) as a, h5py.File(two) as b:
-        np.testing.assert_array_equal(a["time"][...], b["time"][...])
-        for name in a["fields"]:
-            x, y = a["fields"][name][...], b["fields"][name][...]
-            assert np.max(np.abs(x - y)) <= 1e-12 * np.max(np.abs(x)), name
-        for name in a["observables"]:
-            x, y = a["observables"][name][...], b["observables"][name][...]
-            assert np.allclose(x, y, rtol=1e-12, atol=1e-12 * np.max(np.abs(x))), name
-        assert read_status(b)[0] == "complete"
+    assert_same_run(one, two)
     # the same job uninterrupted: the resumed file repeats it bit for bit
     full = tmp_path / "full.h5"
     ended = finish(job("run", scenario, "-o", str(full), "--devices", "0", "-q", *sets))
