@@ -3,7 +3,7 @@ with ``--slabs``, one grid split into slabs (``tmesim.split_grid``) against one 
 
 Usage: python bench/devices.py [--n 16] [--devices 1 2 4] [--per-device 1] [--batch 4]
                                [--steps 5] [--repeats 3] [--slabs [--processes P ...]]
-                               [--out bench/results.jsonl]
+                               [--exchange K ...] [--out bench/results.jsonl]
 
 Without a GPU, run it on forced CPU host devices, which share the machine's
 cores: what it measures there is the cost of splitting, not a speed-up:
@@ -28,6 +28,15 @@ radius.
                TCP): each process has the cores to itself, and XLA's in-process
                CPU collectives (which raced in loops, docs/devices.md) are not
                used.
+  exchange     (``--slabs --processes P --exchange K ...``) what the RKL stages'
+               exchanges cost, and whether exchanging K planes every K stages
+               pays: 48 passes of the 7-point stencil over 7 fields of a slab
+               (its width as the organoid's at N and P), carrying two states
+               as an RKL stage does. K = 1 is what ``kernels.Halo`` does (one
+               plane of the last state each way per pass); K > 1 grows both
+               states by K planes once every K passes and computes those passes
+               on the grown slab (2K planes more); K = 0 exchanges nothing (the
+               compute alone). Timed in the same job.
 
 Median of ``repeats`` calls after a first call (``compile_s``); one JSON line
 per case to ``--out``.
@@ -87,6 +96,9 @@ def main():
                     help="one grid of N³ split into slabs instead of an ensemble")
     ap.add_argument("--processes", type=int, nargs="*", default=[],
                     help="with --slabs: also the grid over P processes of one device each")
+    ap.add_argument("--exchange", type=int, nargs="*", default=[],
+                    help="with --processes: the stage exchanges' cost, K planes every K "
+                    "passes (0: none)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     if "BENCH_JOB_MEMBER" in os.environ:
@@ -150,23 +162,86 @@ def slab_cases(args, available, provenance, out) -> list:
                           "time_over_one_device": t["step_s"] / base["step_s"]},
                          provenance, out))
     for p in args.processes:
-        t = job(args, p)
+        t, exchanges = job(args, p)
         rows.append(emit({"method": "processes", "N": args.n, "devices": p, **t,
                           "time_over_one_device": t["step_s"] / base["step_s"]},
                          provenance, out))
+        for k, e in exchanges.items():
+            rows.append(emit({"method": f"exchange {k}", "N": args.n, "devices": p, **e,
+                              "fields": EXCHANGE_FIELDS, "slab": args.n // p},
+                             provenance, out))
     return rows
 
 
-def job(args, processes: int) -> dict:
-    """``timed_slabs`` in a job of ``processes`` processes of one CPU device each, started
-    here; process 0's timing."""
+EXCHANGE_FIELDS, EXCHANGE_PASSES = 7, 48
+
+
+def timed_exchanges(args, devices) -> dict:
+    """ms per pass of ``EXCHANGE_PASSES`` stencil passes over a slab of each device, its
+    planes exchanged K at a time (``--exchange``; module docstring), keyed by K."""
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n, count = args.n, len(devices)
+    mesh = Mesh(np.array(devices), ("x",))
+    down = [(i, i + 1) for i in range(count - 1)]
+    up = [(i + 1, i) for i in range(count - 1)]
+
+    def grown(x, k):  # the neighbours' k edge planes each side (zeros at the true faces)
+        return jnp.concatenate([jax.lax.ppermute(x[:, -k:], "x", down), x,
+                                jax.lax.ppermute(x[:, :k], "x", up)], axis=1)
+
+    def stencil(ab, _):  # one RKL-like pass over a whole (grown) slab, closed faces
+        a, b = ab
+        lap = -6.0 * a
+        for ax in (1, 2, 3):
+            p = jnp.pad(a, [(0, 0)] * ax + [(1, 1)] + [(0, 0)] * (3 - ax), mode="edge")
+            lap = lap + jax.lax.slice_in_dim(p, 2, None, axis=ax) + jax.lax.slice_in_dim(
+                p, 0, -2, axis=ax)
+        return (0.9 * a + 0.05 * b + 0.01 * lap, a), None
+
+    def chain(a, b, k):
+        if k == 0:  # no exchange: the compute alone
+            return jax.lax.scan(stencil, (a, b), None, length=EXCHANGE_PASSES)[0][0]
+
+        def block(ab, _):  # grow, k passes over the grown slab, keep the slab
+            a, b = ab
+            if k == 1:  # the previous state is not read across a face: not exchanged
+                b = jnp.pad(b, [(0, 0), (1, 1), (0, 0), (0, 0)], mode="edge")
+            else:
+                b = grown(b, k)
+            a, b = jax.lax.scan(stencil, (grown(a, k), b), None, length=k)[0]
+            return tuple(jax.lax.slice_in_dim(x, k, k + n // count, axis=1)
+                         for x in (a, b)), None
+        return jax.lax.scan(block, (a, b), None, length=EXCHANGE_PASSES // k)[0][0]
+
+    shape = (EXCHANGE_FIELDS, n, n, n)
+    spec = NamedSharding(mesh, P(None, "x"))
+    start = np.random.default_rng(0).random(shape, np.float32)
+    a = jax.make_array_from_callback(shape, spec, lambda idx: start[idx])
+    out = {}
+    for k in args.exchange:
+        if k and (EXCHANGE_PASSES % k or k > n // count):
+            sys.exit(f"--exchange {k}: must divide {EXCHANGE_PASSES} and fit a slab of "
+                     f"{n // count}")
+        run = jax.jit(jax.shard_map(lambda a, b, k=k: chain(a, b, k), mesh=mesh,
+                                    in_specs=(P(None, "x"),) * 2, out_specs=P(None, "x")))
+        out[k] = timed(lambda: run(a, a), args.repeats, EXCHANGE_PASSES)
+    return out
+
+
+def job(args, processes: int) -> tuple[dict, dict]:
+    """``timed_slabs`` and ``timed_exchanges`` in a job of ``processes`` processes of one
+    CPU device each, started here; process 0's timings."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     argv = [sys.executable, __file__, "--slabs", "--n", str(args.n), "--steps",
-            str(args.steps), "--repeats", str(args.repeats)]
+            str(args.steps), "--repeats", str(args.repeats), "--exchange",
+            *map(str, args.exchange)]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=dict(
         os.environ, BENCH_JOB_MEMBER="1", JAX_PLATFORMS="cpu",
         XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -179,7 +254,8 @@ def job(args, processes: int) -> dict:
             p.kill()
     if any(p.returncode for p in procs):
         sys.exit(f"--processes {processes}: the job failed ({[p.returncode for p in procs]})")
-    return json.loads(outs[0].strip().splitlines()[-1])
+    lines = outs[0].strip().splitlines()
+    return json.loads(lines[-2]), {int(k): v for k, v in json.loads(lines[-1]).items()}
 
 
 def job_member(args) -> None:
@@ -187,8 +263,10 @@ def job_member(args) -> None:
     jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["JAX_PROCESS_ID"]))
     t = timed_slabs(args, jax.devices())
+    exchanges = timed_exchanges(args, jax.devices())
     if jax.process_index() == 0:
         print(json.dumps(t))
+        print(json.dumps(exchanges))
 
 
 if __name__ == "__main__":
