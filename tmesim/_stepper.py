@@ -477,7 +477,9 @@ class Stepper:
         inflow = self._inflows(view, rates)
         pinned = self._pinned()
         out = []
+        done = rates  # what the first group's transport must wait for (``_in_order``)
         for g, c in zip(self.groups, blocks):
+            c = self._in_order(c, done)
             if g.method in ("static", "cell"):
                 c = self._react_in_place(g, c, rates, inflow)
                 if g.method == "cell":
@@ -485,7 +487,12 @@ class Stepper:
             else:
                 c = self._transport_solutes(g, c, params, rates, pinned)
             out.append(c)
+            done = c
         return tuple(out)
+
+    def _in_order(self, c, done):
+        """``c`` for the next group's transport (``SlabStepper``: once ``done`` exists)."""
+        return c
 
     def _pinned(self):
         return None if self.pinned is None else jnp.asarray(self.pinned.array)
@@ -493,6 +500,43 @@ class Stepper:
     def step(self, c, params, t=0.0):
         """One step: reaction terms read at the start, then every group over dt."""
         return self.merge(self.step_blocks(self.split(c), params, t))
+
+
+def _first_entries(tree):
+    """Whether the first entry of every array leaf of ``tree`` is finite (a flag that reads
+    each leaf: whatever takes it waits for all of them)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.size(x)]
+    if not leaves:
+        return jnp.asarray(True)
+    return jnp.all(jnp.stack([jnp.isfinite(jnp.ravel(x)[0]) for x in leaves]))
+
+
+@jax.custom_vjp
+def after(x, done):
+    """``x``, made to wait for the arrays of ``done``, in both passes: reverse mode's
+    cotangent of ``done`` waits for the cotangent of ``x``.
+
+    XLA's CPU runtime runs a loop as soon as its inputs exist, beside other loops
+    (it orders collectives only by when they start). Two loops of exchanges between
+    devices, such as two groups' RKL stages, then interleave their exchanges
+    differently on each device, and the exchanges mismatch: Gloo aborted a job of two
+    processes at 64³ ("Received data size doesn't match expected size. 114688 vs
+    32768": one group's plane against another's). ``SlabStepper`` runs each
+    group's transport after the one before. The value is exact: x + 0, where 0 comes
+    from a flag XLA cannot fold (``_first_entries``); a negative zero becomes +0."""
+    return x + jnp.zeros((), x.dtype) * _first_entries(done).astype(x.dtype)
+
+
+def _after_fwd(x, done):
+    return after(x, done), done
+
+
+def _after_bwd(done, g):
+    waits = jnp.zeros((), g.dtype) * _first_entries(g).astype(g.dtype)
+    return g, jax.tree_util.tree_map(lambda x: jnp.zeros_like(x) + waits.astype(x.dtype), done)
+
+
+after.defvjp(_after_fwd, _after_bwd)
 
 
 SPLIT_METHODS = ("static", "euler", "rkl1", "rkl2", "implicit", "cell")  # all but LOD
@@ -577,6 +621,15 @@ class SlabStepper(Stepper):
 
     def _halo(self):
         return K.Halo("x", len(self.devices), None if self.grid.periodic[0] else (None, None))
+
+    def _in_order(self, c, done):
+        """One group's exchanges after the last one's (and the reaction's): ``after``."""
+        if len(self.devices) == 1:
+            return c
+        done = vars(done) if isinstance(done, Rates) else done
+        arrays = [x for x in jax.tree_util.tree_leaves(done)
+                  if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
+        return after(c, arrays) if arrays else c
 
     def _cell_rate(self, c, D, potential, room, speed, carrier):
         """The cells' transport on the slab grown by its neighbours' edge planes (one each
