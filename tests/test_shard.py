@@ -33,10 +33,9 @@ COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute",
 
 def device_env(devices: int = DEVICES, **extra) -> dict:
     """The environment of a process with 4 (``devices``) CPU host devices, without the
-    suite's persistent compilation cache: a program with exchanges between devices loaded
-    from it made the devices wait at different exchanges (XLA's CPU collectives then
-    abort after 40 s; measured with JAX 0.10.2: 3 of 3 cached runs of the slab gradient,
-    0 of 6 compiled)."""
+    suite's persistent compilation cache, so that the process compiles what it checks
+    (a cached split program aborted, 3 of 3 and 2 of 2, while two groups' loops of
+    exchanges could run side by side: docs/devices.md, "The order of the exchanges")."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", **extra)
     env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -58,7 +58,6 @@ fields by name from the blocks (``FieldView``), so nothing is restacked.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -677,17 +676,7 @@ def split_grid(stepper: Stepper, devices) -> SlabStepper:
                          f"(only a Cartesian Stepper)")
     kept = {f.name: getattr(stepper, f.name) for f in fields(stepper)
             if f.init and f.name != "devices"}
-    split = SlabStepper(**kept, devices=tuple(devices))
-    cache = jax.config.jax_compilation_cache_dir
-    if cache and len(split.devices) > 1 and split.devices[0].platform == "cpu":
-        warnings.warn(
-            f"split_grid: JAX's persistent compilation cache is on ({cache}); on CPU devices "
-            "a split program loaded from it has made the devices wait at different "
-            "exchanges, and XLA aborts the process after 40 s (JAX 0.10.2, measured; "
-            "docs/devices.md). Run split CPU programs without the cache (unset "
-            "JAX_COMPILATION_CACHE_DIR)",
-            RuntimeWarning, stacklevel=2)
-    return split
+    return SlabStepper(**kept, devices=tuple(devices))
 
 
 def plan_radial(grid, table: SpeciesTable, dt: float, cell_speed: float = 0.0,
