@@ -235,6 +235,9 @@ def main(argv=None) -> int:
         print(f"tmesim {args.command}: {err}", file=sys.stderr)
         _quiet_stdout()
         sys.stderr.flush()
+        from ._devices import leave_job
+
+        leave_job()
         os._exit(128 + err.signum)
     except (ValueError, OSError, RunError) as err:
         print(f"tmesim {args.command}: {err}", file=sys.stderr)

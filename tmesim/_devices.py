@@ -65,6 +65,18 @@ def join_job() -> None:
                          "SLURM or Open MPI") from None
 
 
+def leave_job() -> None:
+    """Leave the job of several processes, if this process is in one, together with the
+    others (``jax.distributed.shutdown``: a barrier, then each disconnects). Called
+    before ``os._exit``, which skips the shutdown JAX registers for the interpreter's
+    exit: a process that left without it could take the job's coordination service
+    (process 0's) with it while another still used it, and JAX aborts a process that
+    loses the service. The processes of a stopped run reach this at the same
+    snapshot (they agree on signals and errors), so nobody waits long."""
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 def first_process() -> bool:
     """Whether this is the job's process 0 (the one process of a job of one): the process
     that writes a run's file and prints its progress). Outside a job this does not
