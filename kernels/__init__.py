@@ -14,6 +14,9 @@ from ._diffusion import (
     add_plane as add_plane,
 )
 from ._diffusion import (
+    after as after,
+)
+from ._diffusion import (
     diffusion_rate as diffusion_rate,
 )
 from ._diffusion import (

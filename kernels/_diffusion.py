@@ -120,6 +120,49 @@ class Halo:
         return jax.lax.ppermute(plane, self.name, perm)
 
 
+def _zero_from(tree, dtype) -> Array:
+    """An exact zero (±0) in ``dtype`` that reads the first entry of every floating array
+    of ``tree``: whatever takes it waits for all of them. A finite value times 0, which
+    no rule of XLA's simplifier turns into a constant (a flag's 0·convert(isfinite(v))
+    became select(flag, 0, 0), one simplification away from a constant)."""
+    firsts = [jnp.ravel(x)[0].astype(dtype) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating) and jnp.size(x)]
+    if not firsts:
+        return jnp.zeros((), dtype)
+    v = jnp.stack(firsts)
+    return jnp.min(jnp.where(jnp.isfinite(v), v, 0.0)) * 0.0
+
+
+def _touch(x: Array, z: Array) -> Array:
+    """x with the scalar z added to its first entry."""
+    first = (0,) * x.ndim
+    return x.at[first].add(z)
+
+
+@jax.custom_jvp
+def after(x: Array, done) -> Array:
+    """``x``, made to wait for the arrays of ``done`` (a pytree): its first entry plus an
+    exact zero read from them (x itself where it is finite or NaN; a −0 there may
+    become +0). Reverse mode's cotangent of ``done`` waits for the cotangent of ``x``
+    in turn (the tangent rule below reads ``done``'s tangents, scaled by that zero).
+
+    XLA's CPU runtime starts a loop once its inputs exist and orders collectives
+    only by when they start: two loops of exchanges that no data orders run side by
+    side and can interleave their exchanges differently on each device.
+    docs/devices.md ("The order of the exchanges") says what that broke."""
+    return _touch(x, _zero_from(done, x.dtype))
+
+
+@after.defjvp
+def _after_jvp(primals, tangents):
+    x, done = primals
+    x_dot, done_dot = tangents
+    zero = _zero_from(done, x.dtype)
+    firsts = [jnp.ravel(t)[0].astype(x.dtype) for t in jax.tree_util.tree_leaves(done_dot)
+              if jnp.issubdtype(jnp.result_type(t), jnp.floating) and jnp.size(t)]
+    return _touch(x, zero), _touch(x_dot, zero * sum(firsts, jnp.zeros((), x.dtype)))
+
+
 def _closed(c: Array) -> FaceBC:
     """A closed (no-flux) face as data: ``None`` in a ``bc`` tuple means the same, statically."""
     zero = jnp.zeros(c.shape[0], c.dtype)

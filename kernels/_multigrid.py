@@ -43,7 +43,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._diffusion import Halo, _per_channel, _slice, add_plane
+from ._diffusion import Halo, _per_channel, _slice, add_plane, after
 
 Array = jax.Array
 
@@ -320,7 +320,9 @@ def pcg(m: Matrix, b: Array, x0: Array, rtol: float, max_iter: int, halo: Halo |
 
     def iterate():
         lv = hierarchy(m, halo)
-        z = v_cycle(lv, r0, 0, halo)
+        # split: the V-cycle's first exchanges wait for the coarse level's gathering
+        # (``after``: else they can interleave with it, differently on each device)
+        z = v_cycle(lv, r0 if halo is None else after(r0, lv[1]), 0, halo)
 
         def body(s):
             x, r, p, rz, it = s

@@ -306,6 +306,52 @@ def problem(dtype, periodic):
     return stepper, params, jnp.asarray(fields, dtype)
 
 
+def unordered(text):
+    # (loop, later) pairs of one computation of the compiled program: a loop that
+    # exchanges between devices (a while or a conditional holding collectives), and a
+    # later collective or such loop that does not depend on its result. XLA's CPU
+    # runtime orders collectives only by when they start: such a pair can run side by side
+    comps, cur = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\\w.\\-]+) .*\\{$", line)
+        if head:
+            cur = comps.setdefault(head.group(1), [])
+        elif line.startswith("}"):
+            cur = None
+        elif cur is not None and " = " in line:
+            name, rest = line.strip().removeprefix("ROOT ").split(" = ", 1)
+            op = re.search(r"\\b([a-z\\-]+)\\(", rest)
+            calls = re.findall(r"(?:body|condition|branch_computations|true_computation|"
+                               r"false_computation|calls)=\\{?(%[\\w.\\-]+(?:, ?%[\\w.\\-]+)*)",
+                               rest)
+            cur.append((name.lstrip("%"), op.group(1) if op else "",
+                        set(re.findall(r"%([\\w.\\-]+)", rest)),
+                        [c.strip().lstrip("%") for cs in calls for c in cs.split(",")
+                         if c.strip()]))
+
+    def exchanges(comp, seen=()):
+        return any(op.startswith(COLLECTIVES) or any(
+            c in comps and c not in seen and exchanges(c, seen + (comp,)) for c in subs)
+            for _, op, _, subs in comps.get(comp, []))
+
+    pairs = []
+    for comp, insts in comps.items():
+        deps, loops = {}, []
+        for name, op, args, subs in insts:
+            deps[name] = set().union(*([{a} | deps.get(a, set()) for a in args if a in deps]
+                                       or [set()]))
+            inner = [c for c in subs if c in comps and exchanges(c)]
+            if op.startswith(COLLECTIVES) or (inner and op in ("while", "conditional")):
+                pairs += [(loop, name) for loop in loops if loop not in deps[name]]
+                if inner and op in ("while", "conditional"):
+                    loops.append(name)
+    return pairs
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute",
+               "reduce-scatter")
+
+
 import sys
 out = {}
 if sys.argv[1] == "gradient":  # float64: round-off is all there is to see
@@ -318,7 +364,10 @@ if sys.argv[1] == "gradient":  # float64: round-off is all there is to see
         return jnp.sum(w * tm.solve(tm.StepperProblem(st), p, y0, n_steps=20).fields ** 2)
 
     g1 = jax.grad(loss, argnums=(1, 2))(stepper, params, fields)
-    g4 = jax.grad(loss, argnums=(1, 2))(split, params, fields)
+    compiled = jax.jit(lambda p, y0: jax.grad(loss, argnums=(1, 2))(split, p, y0)).lower(
+        params, fields).compile()
+    g4 = compiled(params, fields)
+    out["unordered"] = unordered(compiled.as_text())[:5]  # the reverse pass's exchanges
     pairs = [(g1[0][k], g4[0][k]) for k in ("uptake", "sink", "diffusion", "boundary_value")]
     pairs.append((g1[1], g4[1]))
     out["grad"] = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in pairs]
@@ -357,6 +406,8 @@ for line in text.splitlines():
                  for dims in re.findall(r"\\[([0-9,]*)\\]", m.group(1))]
         ops.append([m.group(2), max(sizes)])
 out["ops"] = ops
+
+out["unordered"] = unordered(text)[:5]
 
 # a failure is located on the whole grid: a NaN on the last slab's lower edge, which one
 # step spreads to its neighbours, into the slab below (x = 17) too
@@ -403,6 +454,9 @@ def check_slabs(r: dict, devices: int, tol: float = 1e-6) -> None:
     assert max(n for k, n in r["ops"] if k == "collective-permute") <= 2 * 12 * 10, r["ops"]
     # an all-reduce agrees on at most one number per field (7)
     assert max(n for k, n in r["ops"] if k == "all-reduce") <= 7, r["ops"]
+    # every exchange after a loop of exchanges waits for it (docs/devices.md, "The order
+    # of the exchanges"; the groups' loops ran side by side before they were ordered)
+    assert r["unordered"] == [], r["unordered"]
     one, split = r["failure"]
     assert one == split and "non-finite value" in one and "voxel (17, 4, 7)" in one, r
     assert "the 'lod' transport of oxygen is not split over devices" in r["lod"]
@@ -439,9 +493,11 @@ def test_shard_a_gradient_through_slabs_matches_one_device():
     diffusion coefficients, the faces' values and the initial fields) through the grid
     split in four slabs equals one device's within 1e-10 relative (measured 5e-16): the
     halo exchanges, the RKL and cell-transport reverse rules, the implicit solve's
-    transposed solve and the coarse level's gather all transpose exactly."""
+    transposed solve and the coarse level's gather all transpose exactly; in its compiled
+    program every exchange comes after the loops of exchanges before it (``unordered``)."""
     r = run_on_devices(SLABS, "gradient")
     assert max(r["grad"]) <= 1e-10 and min(r["grad_nonzero"]) > 0, r
+    assert r["unordered"] == [], r["unordered"]  # the reverse loops wait for each other
 
 
 def assert_same_run(one, other) -> None:

@@ -237,8 +237,10 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         from ._devices import leave_job
 
-        leave_job()
-        os._exit(128 + err.signum)
+        try:
+            leave_job()
+        finally:  # a partner that never came: JAX gives up after its timeout
+            os._exit(128 + err.signum)
     except (ValueError, OSError, RunError) as err:
         print(f"tmesim {args.command}: {err}", file=sys.stderr)
         return 2

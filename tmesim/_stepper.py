@@ -501,43 +501,6 @@ class Stepper:
         return self.merge(self.step_blocks(self.split(c), params, t))
 
 
-def _first_entries(tree):
-    """Whether the first entry of every array leaf of ``tree`` is finite (a flag that reads
-    each leaf: whatever takes it waits for all of them)."""
-    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.size(x)]
-    if not leaves:
-        return jnp.asarray(True)
-    return jnp.all(jnp.stack([jnp.isfinite(jnp.ravel(x)[0]) for x in leaves]))
-
-
-@jax.custom_vjp
-def after(x, done):
-    """``x``, made to wait for the arrays of ``done``, in both passes: reverse mode's
-    cotangent of ``done`` waits for the cotangent of ``x``.
-
-    XLA's CPU runtime runs a loop as soon as its inputs exist, beside other loops
-    (it orders collectives only by when they start). Two loops of exchanges between
-    devices, such as two groups' RKL stages, then interleave their exchanges
-    differently on each device, and the exchanges mismatch: Gloo aborted a job of two
-    processes at 64³ ("Received data size doesn't match expected size. 114688 vs
-    32768": one group's plane against another's). ``SlabStepper`` runs each
-    group's transport after the one before. The value is exact: x + 0, where 0 comes
-    from a flag XLA cannot fold (``_first_entries``); a negative zero becomes +0."""
-    return x + jnp.zeros((), x.dtype) * _first_entries(done).astype(x.dtype)
-
-
-def _after_fwd(x, done):
-    return after(x, done), done
-
-
-def _after_bwd(done, g):
-    waits = jnp.zeros((), g.dtype) * _first_entries(g).astype(g.dtype)
-    return g, jax.tree_util.tree_map(lambda x: jnp.zeros_like(x) + waits.astype(x.dtype), done)
-
-
-after.defvjp(_after_fwd, _after_bwd)
-
-
 SPLIT_METHODS = ("static", "euler", "rkl1", "rkl2", "implicit", "cell")  # all but LOD
 
 
@@ -622,13 +585,14 @@ class SlabStepper(Stepper):
         return K.Halo("x", len(self.devices), None if self.grid.periodic[0] else (None, None))
 
     def _in_order(self, c, done):
-        """One group's exchanges after the last one's (and the reaction's): ``after``."""
+        """One group's exchanges after the last one's (and the reaction's): ``kernels.after``
+        (docs/devices.md, "The order of the exchanges")."""
         if len(self.devices) == 1:
             return c
         done = vars(done) if isinstance(done, Rates) else done
         arrays = [x for x in jax.tree_util.tree_leaves(done)
                   if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
-        return after(c, arrays) if arrays else c
+        return K.after(c, arrays) if arrays else c
 
     def _cell_rate(self, c, D, potential, room, speed, carrier):
         """The cells' transport on the slab grown by its neighbours' edge planes (one each
