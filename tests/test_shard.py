@@ -526,10 +526,7 @@ def test_shard_groups_exchange_in_one_order_on_every_process():
     groups in order). Every field agrees with one device within 1e-4 of its largest
     value (measured 1.0e-6): the implicit solves stop at a relative residual of 1e-5
     (``check_slabs``), and oxygen and lactate feed every rate."""
-    port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    port, env = free_port(), device_env(1)
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TWO_PROCESS_SLABS),
                                str(rank), str(port)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
