@@ -25,9 +25,7 @@ radius.
   processes    (``--slabs --processes P``) the same grid in P slabs, one per
                process of one device, the P processes started here and joined
                by ``jax.distributed`` (Gloo collectives on a CPU, over local
-               TCP): each process has the cores to itself, and XLA's in-process
-               CPU collectives (which raced in loops, docs/devices.md) are not
-               used.
+               TCP): each process has the cores to itself.
   exchange     (``--slabs --processes P --exchange K ...``) what the RKL stages'
                exchanges cost, and whether exchanging K planes every K stages
                pays: 48 passes of the 7-point stencil over 7 fields of a slab
@@ -185,12 +183,10 @@ def timed_exchanges(args, devices) -> dict:
 
     n, count = args.n, len(devices)
     mesh = Mesh(np.array(devices), ("x",))
-    down = [(i, i + 1) for i in range(count - 1)]
-    up = [(i + 1, i) for i in range(count - 1)]
+    halo = tmesim.kernels.Halo("x", count, (None, None))  # closed true faces
 
     def grown(x, k):  # the neighbours' k edge planes each side (zeros at the true faces)
-        return jnp.concatenate([jax.lax.ppermute(x[:, -k:], "x", down), x,
-                                jax.lax.ppermute(x[:, :k], "x", up)], axis=1)
+        return halo.grown(x, k, 1)
 
     def stencil(ab, _):  # one RKL-like pass over a whole (grown) slab, closed faces
         a, b = ab

@@ -120,13 +120,18 @@ class Halo:
         return jax.lax.ppermute(plane, self.name, perm)
 
 
+def _firsts(tree, dtype) -> list:
+    """The first entry of every non-empty floating array of ``tree``, in ``dtype``."""
+    return [jnp.ravel(x)[0].astype(dtype) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.floating) and jnp.size(x)]
+
+
 def _zero_from(tree, dtype) -> Array:
     """An exact zero (±0) in ``dtype`` that reads the first entry of every floating array
     of ``tree``: whatever takes it waits for all of them. A finite value times 0, which
     no rule of XLA's simplifier turns into a constant (a flag's 0·convert(isfinite(v))
     became select(flag, 0, 0), one simplification away from a constant)."""
-    firsts = [jnp.ravel(x)[0].astype(dtype) for x in jax.tree_util.tree_leaves(tree)
-              if jnp.issubdtype(jnp.result_type(x), jnp.floating) and jnp.size(x)]
+    firsts = _firsts(tree, dtype)
     if not firsts:
         return jnp.zeros((), dtype)
     v = jnp.stack(firsts)
@@ -158,9 +163,8 @@ def _after_jvp(primals, tangents):
     x, done = primals
     x_dot, done_dot = tangents
     zero = _zero_from(done, x.dtype)
-    firsts = [jnp.ravel(t)[0].astype(x.dtype) for t in jax.tree_util.tree_leaves(done_dot)
-              if jnp.issubdtype(jnp.result_type(t), jnp.floating) and jnp.size(t)]
-    return _touch(x, zero), _touch(x_dot, zero * sum(firsts, jnp.zeros((), x.dtype)))
+    read = sum(_firsts(done_dot, x.dtype), jnp.zeros((), x.dtype))
+    return _touch(x, zero), _touch(x_dot, zero * read)
 
 
 def _closed(c: Array) -> FaceBC:

@@ -50,6 +50,23 @@ def run_on_devices(script: str, *args: str, devices: int = DEVICES) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_as_job(script: str) -> list[str]:
+    """``script`` run as the two processes of one ``jax.distributed`` job on this machine
+    (its arguments: the rank and the coordinator's port), one CPU device each; both must
+    succeed. Their standard outputs."""
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(rank),
+                               str(port)], env=device_env(1), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        ended = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:  # one left alone would wait for its partner forever
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], ended[0][1][-3000:] + ended[1][1][-3000:]
+    return [out for out, _ in ended]
+
+
 def free_port() -> int:
     """A TCP port on this machine nobody listens on (for a job's coordinator)."""
     import socket
@@ -210,21 +227,7 @@ def test_shard_two_processes_form_one_job_as_jax_distributed_does():
     recipe of docs/devices.md): ``over_devices`` over the job's two devices gives each
     process half of four spheroids, and the gathered result equals each half run alone
     in its process on its own device."""
-    port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TWO_PROCESSES),
-                               str(rank), str(port)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=900)
-            assert p.returncode == 0, err[-4000:]
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:  # the other one would wait for its partner forever
-            p.kill()
+    results = [json.loads(out.strip().splitlines()[-1]) for out in run_as_job(TWO_PROCESSES)]
     assert [r["rows"] for r in results] == [[0, 2], [2, 4]]
     for r in results:
         assert r["processes"] == 2 and r["devices"] == 2 and r["gathered"] == 4
@@ -526,17 +529,7 @@ def test_shard_groups_exchange_in_one_order_on_every_process():
     groups in order). Every field agrees with one device within 1e-4 of its largest
     value (measured 1.0e-6): the implicit solves stop at a relative residual of 1e-5
     (``check_slabs``), and oxygen and lactate feed every rate."""
-    port, env = free_port(), device_env(1)
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(TWO_PROCESS_SLABS),
-                               str(rank), str(port)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    try:
-        ended = [p.communicate(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], ended[0][1][-3000:] + ended[1][1][-3000:]
-    r = json.loads(ended[0][0].strip().splitlines()[-1])
+    r = json.loads(run_as_job(TWO_PROCESS_SLABS)[0].strip().splitlines()[-1])
     worst = max(zip(r["err"], r["names"]))
     assert worst[0] <= 1e-4, worst
 
