@@ -573,6 +573,29 @@ def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
     assert 3 <= written < 9  # snapshots up to day 0.25 at least, not all
 
 
+CLI = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
+
+
+def cli_job(*args: str, devices: int) -> list:
+    """``tmesim ARGS --distributed`` started as the two processes of one job on this
+    machine, ``devices`` CPU devices each; progress lines on their standard errors."""
+    port = free_port()
+    return [subprocess.Popen(CLI + [*args, "--distributed"], stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True, env=device_env(
+        devices, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0",
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(rank))) for rank in (0, 1)]
+
+
+def finish(procs) -> list:
+    """(exit code, standard error) of each process of a job."""
+    try:
+        return [(p.wait(timeout=900), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:  # one left alone would wait for its partner
+            p.kill()
+
+
 def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
     """``tmesim run --distributed --devices 0``: two processes of two CPU devices each,
     joined by ``jax.distributed`` (the multi-host recipe of docs/devices.md), run the
@@ -587,27 +610,14 @@ def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
         "grid.n=12", "grid.spacing_um=40", "geometry.radius_um=120", "run.dt_min=5",
         "run.days=0.5", "run.output_every_days=0.0625", "run.checkpoint_every_days=0.125",
         "run.dtype=float64")), [])
-    cli = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    done = subprocess.run(cli + ["run", scenario, "-o", str(one), "-q", *sets],
+    done = subprocess.run(CLI + ["run", scenario, "-o", str(one), "-q", *sets],
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
 
     def job(*args):
-        port = free_port()
-        return [subprocess.Popen(cli + [*args, "--distributed"], stderr=subprocess.PIPE,
-                                 stdout=subprocess.DEVNULL, text=True, env=device_env(
-            2, PYTHONUNBUFFERED="1",
-            TMESIM_PROGRESS_SECONDS="0", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-            JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank))) for rank in (0, 1)]
-
-    def finish(procs):
-        try:
-            return [(p.wait(timeout=900), p.stderr.read()) for p in procs]
-        finally:
-            for p in procs:  # one left alone would wait for its partner
-                p.kill()
+        return cli_job(*args, devices=2)
 
     # every process must hold slabs: the default (one device) is refused by each, unwritten
     ended = finish(job("run", scenario, "-o", str(two), *sets))
@@ -641,3 +651,59 @@ def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
         for group in ("fields", "observables"):
             for name in a[group]:
                 np.testing.assert_array_equal(a[group][name][...], b[group][name][...])
+
+
+@pytest.mark.slow  # about 5 minutes: each process compiles the fit's programs
+def test_shard_a_fit_over_two_processes_stops_and_resumes_together(tmp_path):
+    """``tmesim fit --distributed --devices 0``: two processes of one CPU device each,
+    joined by ``jax.distributed``, fit a spheroid problem (two starts, the polish, a
+    profile), each compiled call's batch split over the job's two devices; process 0
+    writes the result. SIGTERM to process 1 alone during the polish stops both at the
+    same write (process 0 marks the result "interrupted"); the fit resumed as a job
+    completes it. Every dataset of the result equals the same fit in one process over two
+    devices bit for bit: the processes make the same calls in the same order, and each
+    call's outputs are gathered to every process, so the host's decisions are the same."""
+    path = write_problem(
+        tmp_path / "p", placeholder_measurements(days=(0.5, 1.0)),
+        scenario=SCENARIO.format(kind="spheroid").replace("days = 2.0", "days = 1.0"),
+        fit_settings='starts = 2\niterations = 3\npolish_iterations = 2\n'
+                     'profiles = ["o2_uptake"]\nprofile_points = 1\nprofile_iterations = 2\n')
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    done = subprocess.run(CLI + ["fit", path, "-o", str(one), "-q", "--devices", "0"],
+                          env=device_env(2), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ended = finish(cli_job("fit", path, "-o", str(two), devices=1))
+    assert [code for code, _ in ended] == [2, 2], ended  # every process must take a share
+    assert all("[fit] devices: devices = 1, but this job of 2 processes" in err
+               for _, err in ended), ended
+    assert not two.exists()
+    procs = cli_job("fit", path, "-o", str(two), "--devices", "0", devices=1)
+    start = time.time()
+    for line in procs[0].stderr:  # process 0's progress lines
+        if "polish: iteration 1/2" in line:
+            break
+        assert time.time() - start < 600
+    procs[1].send_signal(signal.SIGTERM)
+    ended = finish(procs)
+    assert [code for code, _ in ended] == [128 + signal.SIGTERM] * 2, ended
+    with h5py.File(two) as h5:
+        assert h5["meta"].attrs["status"] == "interrupted", dict(h5["meta"].attrs)
+        assert "SIGTERM" in h5["meta"].attrs["message"]
+        assert h5["meta"].attrs["stage"] in ("polish", "laplace", "profiles")
+    ended = finish(cli_job("fit", path, "-o", str(two), "-q", "--devices", "0", devices=1))
+    assert [code for code, _ in ended] == [0, 0], ended
+
+    def datasets(group, prefix=""):
+        for key, item in group.items():
+            if isinstance(item, h5py.Group):
+                yield from datasets(item, prefix + key + "/")
+            else:
+                yield prefix + key, item[()]
+
+    with h5py.File(one) as a, h5py.File(two) as b:
+        assert b["meta"].attrs["status"] == "complete"
+        mine, theirs = dict(datasets(a)), dict(datasets(b))
+        assert sorted(mine) == sorted(theirs)
+        assert "profiles/value" in mine and "polish/history" in mine, sorted(mine)
+        for key, x in mine.items():  # NaN (a profile not asked for) equals NaN here
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(theirs[key]), err_msg=key)

@@ -91,9 +91,12 @@ def _fit(args) -> int:
     if args.no_profiles:
         settings["profiles"] = []
     output = args.output or os.path.splitext(os.path.basename(args.problem))[0] + "_fit.h5"
+    speaks = _job(args)  # before our handlers, as for run
     with stop_on_signals():
         fit(args.problem, output, overwrite=args.overwrite, progress=_progress(args),
             settings=settings, summarise=args.summarise)
+    if not speaks:  # process 0 of the job prints and draws
+        return 0
     if not args.quiet:
         print(fit_text(output))
     written = [output, parameter_file_path(output)] + plot_fit(output)
@@ -194,6 +197,9 @@ def main(argv=None) -> int:
                     "thread (default: one per CPU core on a CPU)")
     fp.add_argument("--devices", type=int, help="devices each compiled call's batch is "
                     "split over (default 1; 0: every device)")
+    fp.add_argument("--distributed", action="store_true", help="one process of a job over "
+                    "several hosts, as for run: process 0 writes the result; use with "
+                    "--devices 0")
     fp.add_argument("--seed", type=int, help="seed of the starting points")
     fp.add_argument("--no-profiles", action="store_true", help="skip the profile likelihoods")
     fp.add_argument("--overwrite", action="store_true", help="start afresh, replacing the result")

@@ -91,10 +91,25 @@ def whole(x) -> np.ndarray:
     receives all of it)."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
+    return np.stack([_gathered(x[i]) for i in range(x.shape[0])])
+
+
+def _gathered(x) -> np.ndarray:
+    """A global array split over the processes of a job, whole on every process."""
     from jax.experimental import multihost_utils
 
-    return np.stack([np.asarray(multihost_utils.process_allgather(x[i], tiled=True))
-                     for i in range(x.shape[0])])
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def everywhere(tree):
+    """Every array of ``tree`` whole on every process of a job, as host arrays (each leaf
+    gathered at once: for small outputs, such as a fit's points); in one process,
+    ``tree`` as it is. Every process must call this."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda x: _gathered(x) if not getattr(x, "is_fully_addressable", True)
+        else np.asarray(x), tree)
 
 
 def each_process(values) -> np.ndarray:
@@ -115,7 +130,9 @@ def over_devices(fn, devices=None):
     ``fn`` on its share, and no data moves between devices. A batch that is not a
     multiple of the device count is padded with copies of its last member, whose
     results are dropped (in one process; a job of several, ``jax.distributed``, needs
-    a multiple). The inputs may live anywhere: they are placed first."""
+    a multiple). The inputs may live anywhere: they are placed first (in a job every
+    process gives the same whole batch, or a global array split as the outputs are, and
+    holds its share of the outputs; ``everywhere`` gathers them)."""
     devices = list(jax.devices() if devices is None else devices)
     mesh = Mesh(np.array(devices), ("batch",))
     split = PartitionSpec("batch")
@@ -138,6 +155,10 @@ def over_devices(fn, devices=None):
         if pad:
             batch = jax.tree_util.tree_map(
                 lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], pad, 0)]), batch)
+        if jax.process_count() > 1:  # every process gives the whole batch, keeps its share
+            batch = jax.tree_util.tree_map(
+                lambda x: np.asarray(x) if getattr(x, "is_fully_addressable", True) else x,
+                batch)
         out = mapped(*jax.device_put(batch, sharding))
         return jax.tree_util.tree_map(lambda y: y[:size], out) if pad else out
 

@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import h5py
@@ -68,11 +68,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._devices import over_devices, select_devices
+from ._devices import each_process, everywhere, first_process, over_devices, select_devices
 from ._observables import OBSERVABLES, observables
 from ._parameters import set_values
 from ._petab import FitProblem, ProblemError, load_problem, noise_placeholder
-from ._run import Interrupted, RunError, _check_stop, build
+from ._run import Interrupted, RunError, _check_stop, _together, agreed, build
 from ._scenario import MIN_PER_DAY, load_scenario
 from ._solve import SaveAt, solve
 
@@ -184,7 +184,7 @@ class Objective:
         for ci, cond in enumerate(fp.conditions):
             sc = load_scenario(fp.scenario_path, fp.overrides + tuple(widen) + cond.overrides
                                + (f'run.dtype="{dtype}"',))
-            setup = build(sc).setup
+            setup = build(sc, split=False).setup
             try:
                 values = set_values(setup.values, fixed_model)
                 setup.problem.check_values(values, f"{fp.texts['parameters'][0]}: fixed values")
@@ -493,8 +493,13 @@ def _all_equal(a: np.ndarray) -> bool:
 
 def _compiled(fn, devices=None):
     """``jax.jit(fn)`` of a batched ``fn``; with ``devices``, its batch split over them
-    (``over_devices``: one program, each device its share of the members)."""
-    return over_devices(fn, devices) if devices else jax.jit(fn)
+    (``over_devices``: one program, each device its share of the members), and in a job
+    of several processes its outputs gathered to every process (``everywhere``), so that
+    each takes the same decisions from them."""
+    if not devices:
+        return jax.jit(fn)
+    call = over_devices(fn, devices)
+    return lambda *args: everywhere(call(*args))
 
 
 def batched(fn):
@@ -637,19 +642,33 @@ class _Workers:
     and writes its file: on a CPU, where one call does not use every core, ``n`` starts or
     profile points advance at once. ``completed`` yields finished calls as they come,
     acting on a stop request (SIGINT, SIGTERM) at once; ``cancel`` tells the calls that
-    loop (a profile point's optimisation) to return early."""
+    loop (a profile point's optimisation) to return early.
+
+    In a job of several processes (``jax.distributed``) each call ends by gathering its
+    outputs from every process (``over_devices``), and the processes must make their
+    gathers in the same order: the calls run one at a time on the calling thread, in the
+    order submitted, and a stop request waits for the next write of the file (``_written``),
+    where the processes agree on it."""
 
     def __init__(self, n: int):
-        self.n = n
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="tmesim-fit")
+        self.job = jax.process_count() > 1
+        self.n = 1 if self.job else n
+        self.pool = None if self.job else ThreadPoolExecutor(n, thread_name_prefix="tmesim-fit")
         self.cancel = threading.Event()
 
     def submit(self, fn, *args):
+        if self.job:
+            future = Future()
+            future.set_result(jax.block_until_ready(fn(*args)))
+            return future
         # done when computed, not when dispatched: a wait on an unready result would hold
         # the calling thread, and a stop request, for the whole call
         return self.pool.submit(lambda: jax.block_until_ready(fn(*args)))
 
     def completed(self, futures):
+        if self.job:
+            yield from futures
+            return
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
@@ -658,7 +677,8 @@ class _Workers:
 
     def close(self):
         self.cancel.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def default_workers() -> int:
@@ -815,8 +835,9 @@ def _write_state(path: str, fp: FitProblem, obj: Objective, st: FitState, status
 
 def _mark(path: str, status: str, message: str) -> None:
     """Set the status of the result file as last written (its state is kept: what was
-    computed after that write is lost either way); no file yet, nothing to do."""
-    if not os.path.exists(path):
+    computed after that write is lost either way); no file yet, nothing to do. In a job
+    of several processes, process 0 does it (the one that writes)."""
+    if not first_process() or not os.path.exists(path):
         return
 
     def write(tmp):
@@ -915,7 +936,7 @@ def fit(problem, output: str, *, overwrite: bool = False, progress=sys.stderr,
     and parameter file made again by this version, from its stored starts, polish, Hessian
     and profiles, nothing fitted again. Returns ``output``.
     """
-    fp = problem if isinstance(problem, FitProblem) else load_problem(problem, settings)
+    fp = problem if isinstance(problem, FitProblem) else agreed(load_problem, problem, settings)
     with _writer_lock(output):
         return _fit(fp, output, overwrite, progress, settings, starts, problem, summarise)
 
@@ -923,22 +944,46 @@ def fit(problem, output: str, *, overwrite: bool = False, progress=sys.stderr,
 @contextlib.contextmanager
 def _writer_lock(output: str):
     """Hold ``OUTPUT.lock`` (flock) for the fit: a second fit into the same result is refused
-    instead of both replacing the file in turn."""
+    instead of both replacing the file in turn. In a job of several processes, process 0
+    (the one that writes) holds it, and a refusal stops every process."""
+    fd = None
+    try:
+        fd = _written(_lock, output)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(output: str) -> int:
     path = output + ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            raise FitError(f"{output}: another tmesim fit is writing this result "
-                           f"(process {other or 'unknown'}, holding {path}); wait for it or "
-                           f"choose another -o") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 64, 0).decode(errors="replace").strip()
         os.close(fd)
+        raise FitError(f"{output}: another tmesim fit is writing this result "
+                       f"(process {other or 'unknown'}, holding {path}); wait for it or "
+                       f"choose another -o") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _written(write, *args, signals: bool = False):
+    """``write(*args)`` (the result file, its lock, the parameter file) on the process that
+    writes: the one process, or a job's process 0. In a job every process calls this at
+    the same point and they agree: an error in the writing process stops every one, and
+    with ``signals`` so does a stop request (SIGINT, SIGTERM) on any of them."""
+    result, error = None, None
+    if first_process():
+        try:
+            result = write(*args)
+        except Exception as err:  # noqa: BLE001 -- raised again by _together
+            error = err
+    _together(error, signals)
+    return result
 
 
 def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False):
@@ -949,16 +994,20 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
         devices = select_devices(cfg["devices"], f"{fp.path}: [fit] devices")
     except ValueError as err:
         raise ProblemError(str(err)) from None
-    obj = Objective(fp, devices)
+    obj = agreed(Objective, fp, devices)
     opt = Optimiser(obj, cfg["optimizer"], cfg["learning_rate"], devices)
-    say = _Progress(progress)
+    say = _Progress(progress if first_process() else None)
     P = len(obj.ids)
     t_start = time.monotonic()
     if again and (overwrite or not os.path.exists(output)):
         raise FitError(f"{output}: summarise needs a finished result to summarise again"
                        + (", not overwrite" if overwrite else f"; there is none at {output}"))
-    if os.path.exists(output) and not overwrite:
-        st = _read_state(output, fp, obj)
+    exists = os.path.exists(output)
+    if len(set(each_process([exists])[:, 0])) > 1:
+        raise FitError(f"{output}: some processes of the job see this result and some do "
+                       f"not: it must be on a filesystem every process reads")
+    if exists and not overwrite:
+        st = agreed(_read_state, output, fp, obj)  # on every process, before any writes
         if again and st.stage != "done":
             raise FitError(f"{output}: stage {st.stage}, not finished: nothing to summarise "
                            f"again (resume it with the same command, without summarise)")
@@ -987,9 +1036,9 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
 
     def save(status="running", message="", final=None):
         st.seconds = elapsed0 + time.monotonic() - t_start
-        _write_state(output, fp, obj, st, status, message, final)
-        if status == "running":
-            _check_stop()  # SIGINT/SIGTERM (stop_on_signals): stop here, resumable
+        # written; then SIGINT or SIGTERM (stop_on_signals) stops the fit here, resumable
+        _written(_write_state, output, fp, obj, st, status, message, final,
+                 signals=status == "running")
 
     workers = _Workers(cfg["workers"] or default_workers())
     if devices:
@@ -1013,7 +1062,7 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
     summary = summarise(obj, st)
     final = _final_datasets(obj, st, summary)
     save("complete", "", final)
-    write_parameter_file(obj, st, summary, parameter_file_path(output))
+    _written(write_parameter_file, obj, st, summary, parameter_file_path(output))
     say(f"done: NLL {st.best_value:.6g}; result {output}", force=True)
     return output
 

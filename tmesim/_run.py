@@ -61,8 +61,10 @@ class Built:
     setup: Setup
 
 
-def build(scenario: Scenario) -> Built:
-    """The Setup (problem and values, treatments included) of a scenario."""
+def build(scenario: Scenario, split: bool = True) -> Built:
+    """The Setup (problem and values, treatments included) of a scenario; with ``split``,
+    its grid in slabs over ``run.devices`` (a fit's runs are not split: its batches are,
+    over ``[fit] devices``)."""
     d = scenario.data
     geo, grid = d["geometry"], d["grid"]
     dtype = jnp.float64 if d["run"]["dtype"] == "float64" else jnp.float32
@@ -89,6 +91,8 @@ def build(scenario: Scenario) -> Built:
                            seed=d["run"]["seed"], periodic=geo["periodic"], **common)
     except (ValueError, KeyError) as err:
         raise ScenarioError(f"{scenario.source}: cannot build the {geo['kind']}: {err}") from None
+    if not split:
+        return Built(scenario, setup)
     where = f"{scenario.source}: run.devices"
     try:
         devices = select_devices(d["run"]["devices"], where)
