@@ -642,13 +642,16 @@ def t_cell_killing(f, p, d, r):
 
 
 def chemotherapy(f, p, d, r):
-    """T → debris at ℓ·r_T·g(O2)·room·H(chemo); C at ℓ·r_C·g(O2)·room·H(chemo/(1 + e)), the share s of each kill → damaged instead; damaged → debris at r_d; ∂chemo/∂t −= k_u·(T + C)·chemo (M10).
+    """T → debris at ℓ·r_T·g(O2)·room·H(chemo); C at ℓ·r_C·g(O2)·room·H(chemo/(1 + e)), the share s of each kill → damaged instead, keeping the share w of its volume; damaged → debris at r_d; ∂chemo/∂t −= k_u·(T + C)·chemo (M10).
 
     Kill scales with each population's division rate (ℓ = lethality per
     division); CSCs cycle slower and pump the drug out (ABC transporters:
     intracellular drug = chemo / (1 + efflux)). With s > 0 (``chemo_delayed``)
     killed cells first become damaged: alive, not dividing and PI-negative,
-    they die at rate r_d, a delay of 1/r_d on average.
+    they die at rate r_d, a delay of 1/r_d on average. With w < 1
+    (``damaged_volume``) a damaged cell has shrunk to w of its volume (the
+    rest is lost at the kill, as ``apoptosis`` loses what it does not leave
+    as debris), so the organoid shrinks before its dead-cell signal rises.
     """
     chemo = _nonnegative(f["chemo"])
     cycling = p["chemo_lethality"] * d["o2_growth"] * d["room"]
@@ -656,9 +659,11 @@ def chemotherapy(f, p, d, r):
     kills = (("tumor", cycling * p["tumor_division_rate"] * _hill(chemo, p["chemo_k"])),
              ("csc", cycling * p["csc_division_rate"]
               * _hill(chemo / (1.0 + p["csc_efflux"]), p["chemo_k"])))
+    keep = p["damaged_volume"]
     for cell, kill in kills:
         r.move(cell, "debris", kill * (1.0 - delayed))
-        r.move(cell, "damaged", kill * delayed)
+        r.move(cell, "damaged", kill * delayed * keep)
+        r.lose(cell, kill * delayed * (1.0 - keep))
     r.move("damaged", "debris", p["damaged_death_rate"])
     r.lose("chemo", p["chemo_uptake"] * (f["tumor"] + f["csc"]))
 

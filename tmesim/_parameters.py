@@ -172,6 +172,7 @@ _ROWS = [
     # --- therapies (M10, M13, M16, M17) --------------------------------------------------
     ("chemo_lethality", 3.0, "1", "chemotherapy", "kill rate at saturating drug per unit division rate (M10: kill scales with cycling)", "assumed: most cycling bulk cells die within a day of exposure"),
     ("chemo_delayed", 0.0, "1", "chemotherapy", "share of the chemotherapy kill that first makes damaged cells (alive, not dividing, PI-negative) rather than debris at once", "0 by default (the kill is immediate); gemcitabine arrests cells in S phase and they die a day or more later (Matthews 2022: the dead-cell signal rises over days)"),
+    ("damaged_volume", 1.0, "1", "chemotherapy", "share of a killed cell's volume that its damaged cell keeps (the rest is lost as it shrinks) until it dies into debris of that volume", "1 by default (no shrinkage); cells dying by drug-induced apoptosis shrink hours before their membranes fail (apoptotic volume decrease: Maeno 2000, PNAS 97:9487)"),
     ("damaged_death_rate", 6.94e-4, "1/min", "chemotherapy", "death rate of damaged cells (1/day: the mean delay from the kill to death)", "assumed: about a day from drug-induced arrest to death"),
     ("chemo_k", 100.0, "nM", "chemotherapy", "intracellular drug for half-maximal kill", "assumed: gemcitabine acts at 10-1000 nM (Matthews et al. 2022, docs/data/matthews2022_pdac_organoid_gemcitabine_per_well.csv)"),
     ("chemo_uptake", 0.02, "1/min", "chemotherapy", "drug uptake per unit tumor fraction", "assumed"),
@@ -223,7 +224,7 @@ _BOUNDS = {
     "chemo_lethality": (0.0, 30.0, "log"),
     "rt_csc_resistance": (0.0, 1.0, "logit"),
 }
-SHARES = ("mixture_flow", "apoptotic_remains", "chemo_delayed", "o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+SHARES = ("mixture_flow", "apoptotic_remains", "chemo_delayed", "damaged_volume", "o2_uptake_stroma", "o2_uptake_immune", "progenitor_terminal", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
           "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate", "csc_survival_il6",
           "csc_survival_lactate", "pathway_inhibitor_max", "exosome_inhibitor_max",
           "anti_pd1_max", "ferroptosis_bulk", "car_t_bulk")
@@ -285,7 +286,7 @@ class Domain(NamedTuple):
 # Shares, probabilities and volume fractions: [0, 1]. The uptake ratios of stromal and
 # immune cells are ratios by meaning, but the oxygen loss bound that sizes the plan
 # (``_model._oxygen_uptake_bound``) assumes no cell respires more than a tumour cell.
-FRACTIONS = ("progenitor_terminal", "apoptotic_remains", "chemo_delayed", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
+FRACTIONS = ("progenitor_terminal", "apoptotic_remains", "chemo_delayed", "damaged_volume", "self_renewal_base", "self_renewal_max", "self_renewal_hif",
              "self_renewal_il6", "self_renewal_cxcl12", "self_renewal_lactate",
              "csc_survival_il6", "csc_survival_lactate", "pathway_inhibitor_max",
              "exosome_inhibitor_max", "anti_pd1_max", "mixture_flow", "vessel_seed",
