@@ -8,6 +8,7 @@ within its 95% profile interval, and the interval must cover the truth.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -1171,3 +1172,24 @@ def test_a_resumed_fit_profiles_the_parameters_asked_for_now(tmp_path, synthetic
         r = ms["simulated"][...][sel] - ms["measurement"][...][sel]
     assert f"outer in ball: {sel.sum()} rows, RMS {np.sqrt(np.mean(r ** 2)):.4g}, " \
         f"mean {np.mean(r):+.4g}" in text
+
+
+def test_progress_lines_are_best_effort():
+    """A progress stream that cannot take a line (its reader gone, a full disk) is dropped
+    and the work goes on: a fit's or a run's result must not depend on its stderr (and in
+    a job of several processes, process 0, the one that speaks, must not stop alone)."""
+    from tmesim._fit import _Progress
+    from tmesim._run import Progress
+
+    class Gone(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    say = _Progress(Gone(), every=0.0)
+    say("starts", force=True)
+    assert say.stream is None
+    say("polish", force=True)  # nothing more is tried
+    run = Progress(10, 0, stream=Gone(), every=0.0)
+    run.note("resuming")
+    assert run.stream is None
+    run(1, 1.0, final=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -576,12 +577,13 @@ def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
 CLI = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
 
 
-def cli_job(*args: str, devices: int) -> list:
+def cli_job(*args: str, devices: int, cwd=(None, None)) -> list:
     """``tmesim ARGS --distributed`` started as the two processes of one job on this
-    machine, ``devices`` CPU devices each; progress lines on their standard errors."""
+    machine, ``devices`` CPU devices each, in the folders ``cwd``; progress lines on their
+    standard errors."""
     port = free_port()
     return [subprocess.Popen(CLI + [*args, "--distributed"], stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True, env=device_env(
+                             stdout=subprocess.DEVNULL, text=True, cwd=cwd[rank], env=device_env(
         devices, PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0",
         JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
         JAX_PROCESS_ID=str(rank))) for rank in (0, 1)]
@@ -690,6 +692,8 @@ def test_shard_a_fit_over_two_processes_stops_and_resumes_together(tmp_path):
         assert h5["meta"].attrs["status"] == "interrupted", dict(h5["meta"].attrs)
         assert "SIGTERM" in h5["meta"].attrs["message"]
         assert h5["meta"].attrs["stage"] in ("polish", "laplace", "profiles")
+    stopped = tmp_path / "stopped.h5"
+    shutil.copyfile(two, stopped)
     ended = finish(cli_job("fit", path, "-o", str(two), "-q", "--devices", "0", devices=1))
     assert [code for code, _ in ended] == [0, 0], ended
 
@@ -707,3 +711,17 @@ def test_shard_a_fit_over_two_processes_stops_and_resumes_together(tmp_path):
         assert "profiles/value" in mine and "polish/history" in mine, sorted(mine)
         for key, x in mine.items():  # NaN (a profile not asked for) equals NaN here
             np.testing.assert_array_equal(np.asarray(x), np.asarray(theirs[key]), err_msg=key)
+
+    # a result each process reads from its own folder (a node-local copy): refused on both
+    hosts = [tmp_path / "host0", tmp_path / "host1"]
+    for host in hosts:
+        host.mkdir()
+    shutil.copyfile(two, hosts[0] / "r.h5")
+    ended = finish(cli_job("fit", path, "-o", "r.h5", "--summarise", "--devices", "0",
+                           devices=1, cwd=hosts))  # seen by process 0 only
+    assert [code for code, _ in ended] == [2, 2], ended
+    assert all("some processes of the job see this result" in err for _, err in ended), ended
+    shutil.copyfile(stopped, hosts[1] / "r.h5")  # the same result, stopped earlier
+    ended = finish(cli_job("fit", path, "-o", "r.h5", "--devices", "0", devices=1, cwd=hosts))
+    assert [code for code, _ in ended] == [2, 2], ended
+    assert all("read different results" in err for _, err in ended), ended

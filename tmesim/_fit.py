@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import math
 import os
@@ -72,7 +73,7 @@ from ._devices import each_process, everywhere, first_process, over_devices, sel
 from ._observables import OBSERVABLES, observables
 from ._parameters import set_values
 from ._petab import FitProblem, ProblemError, load_problem, noise_placeholder
-from ._run import Interrupted, RunError, _check_stop, _together, agreed, build
+from ._run import Interrupted, RunError, _check_stop, _together, agreed, build, tell
 from ._scenario import MIN_PER_DAY, load_scenario
 from ._solve import SaveAt, solve
 
@@ -896,6 +897,17 @@ def _read_state(path: str, fp: FitProblem, obj: Objective) -> FitState:
     return st
 
 
+def _digest(st: FitState) -> np.ndarray:
+    """A digest of everything a fit's result holds, as int32s (``each_process`` compares
+    it: the processes of a job must resume from the same state)."""
+    h = hashlib.sha256()
+    for key, value in sorted(vars(st).items()):
+        h.update(key.encode())
+        for leaf in value if isinstance(value, list) else [value]:
+            h.update(np.asarray(leaf).tobytes() if leaf is not None else b"None")
+    return np.frombuffer(h.digest()[:16], np.int32)
+
+
 # --------------------------------------------------------------------------
 class _Progress:
     """Progress lines: the time since the fit began, and an ETA of the stage under way from
@@ -919,8 +931,7 @@ class _Progress:
         if done is not None and 0 < done < 1 and done > self.done0:
             rate = (done - self.done0) / (now - self.t_stage)
             eta = f", ETA {(1 - done) / rate / 60:.1f} min"
-        print(f"tmesim fit: {text} ({(now - self.t0) / 60:.1f} min{eta})", file=self.stream,
-              flush=True)
+        self.stream = tell(self.stream, f"tmesim fit: {text} ({(now - self.t0) / 60:.1f} min{eta})")
 
 
 def fit(problem, output: str, *, overwrite: bool = False, progress=sys.stderr,
@@ -999,15 +1010,19 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
     say = _Progress(progress if first_process() else None)
     P = len(obj.ids)
     t_start = time.monotonic()
-    if again and (overwrite or not os.path.exists(output)):
-        raise FitError(f"{output}: summarise needs a finished result to summarise again"
-                       + (", not overwrite" if overwrite else f"; there is none at {output}"))
     exists = os.path.exists(output)
     if len(set(each_process([exists])[:, 0])) > 1:
         raise FitError(f"{output}: some processes of the job see this result and some do "
                        f"not: it must be on a filesystem every process reads")
+    if again and (overwrite or not exists):
+        raise FitError(f"{output}: summarise needs a finished result to summarise again"
+                       + (", not overwrite" if overwrite else f"; there is none at {output}"))
     if exists and not overwrite:
         st = agreed(_read_state, output, fp, obj)  # on every process, before any writes
+        if len({tuple(d) for d in each_process(_digest(st))}) > 1:
+            raise FitError(f"{output}: the processes of the job read different results "
+                           f"here (a copy on each host?): it must be one file every "
+                           f"process reads")
         if again and st.stage != "done":
             raise FitError(f"{output}: stage {st.stage}, not finished: nothing to summarise "
                            f"again (resume it with the same command, without summarise)")

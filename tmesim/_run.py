@@ -245,8 +245,7 @@ class Progress:
         self.last = -math.inf
 
     def note(self, text: str) -> None:
-        if self.stream is not None:
-            print(f"  {text}", file=self.stream, flush=True)
+        self.stream = tell(self.stream, f"  {text}")
 
     def __call__(self, step: int, dt: float, final: bool = False) -> None:
         now = time.perf_counter()
@@ -258,10 +257,25 @@ class Progress:
         done = step - self.first
         left = self.total - step
         eta = f"{_clock(max(elapsed - compiling, 0.0) / done * left)}" if done > 0 else "?"
-        print(f"  day {step * dt / MIN_PER_DAY:7.2f} of {self.total * dt / MIN_PER_DAY:g} "
-              f"({100 * step / self.total:3.0f}%)  elapsed {_clock(elapsed)}"
-              f"{f' (compiling {_clock(compiling)})' if compiling >= 1 else ''}  ETA {eta}",
-              file=self.stream, flush=True)
+        days = f"{step * dt / MIN_PER_DAY:7.2f} of {self.total * dt / MIN_PER_DAY:g}"
+        self.stream = tell(
+            self.stream, f"  day {days} ({100 * step / self.total:3.0f}%)  elapsed "
+            f"{_clock(elapsed)}{f' (compiling {_clock(compiling)})' if compiling >= 1 else ''}"
+            f"  ETA {eta}")
+
+
+def tell(stream, text: str):
+    """Print ``text`` on ``stream`` (None: nowhere) and return the stream, or None when it
+    cannot take it (its reader gone, a full disk): progress is best effort, and the work
+    goes on without it (in a job of several processes, a progress line failing on process
+    0 alone must not stop it where the others wait for it)."""
+    if stream is None:
+        return None
+    try:
+        print(text, file=stream, flush=True)
+        return stream
+    except (OSError, ValueError):
+        return None
 
 
 def _clock(seconds: float) -> str:
