@@ -1907,9 +1907,11 @@ def summarise(obj: Objective, st: FitState) -> dict:
     if minimum is False:
         notes.append("the Hessian at the best point is not positive definite"
                      + (" over the parameters not held at a bound" if held.any() else "")
-                     + ": it is not a minimum (the optimisation has not converged), so "
-                     "the Laplace intervals are undefined and the profiles start from a "
-                     "point that is not optimal")
+                     + ": it is not a minimum (the optimisation has not converged), or the "
+                     "NLL is not smooth there and the Hessian's differences straddle a kink "
+                     "(scenarios/calibration/probe_direction.py tells which); either way "
+                     "the Laplace intervals are undefined, and the profiles may start from "
+                     "a point that is not optimal")
     return {"parameters": rows, "covariance": cov, "nll": st.best_value, "notes": notes}
 
 
