@@ -183,22 +183,69 @@ class NicheProblem(Problem):
         as linear across the voxel (its slope from ``jnp.gradient``): a threshold smeared
         over one voxel, so that the marked region's volume moves continuously with the front.
 
-        On a ``RadialGrid`` exact for a profile linear in r: shell i puts the front at
-        r* = r_i + (threshold − f_i)/f'_i and counts the part of its volume on the low side
-        of r* (``shell_fraction``). On a Cartesian grid the voxel's share of the values
+        On a ``RadialGrid`` the field is the C1 cubic Hermite interpolant through the shell
+        centres (slopes by central differences; mirrored at r = 0, extended by its last
+        slope beyond the last centre), and each half shell counts its volume below the
+        threshold, the front found by Newton's method on its segment: exact for a profile
+        quadratic in r, and the region's volume is continuously differentiable in the
+        field's values, so a fit's Hessian sees no kink as a front passes a shell (placing
+        each shell's front from its own value and slope left gaps and overlaps between
+        shells: WM983b's negative eigenvalue, docs/fits.md). On a Cartesian grid the voxel's share of the values
         f ± Δ/2 below the threshold, Δ = Σ_a h_a |∂_a f| (the field's change across the
         voxel along its gradient): exact for a plane front normal to an axis, and the
         volume of a plane front's region for any direction (the ramp is symmetric).
         A flat field is below or not as a whole."""
         tiny = jnp.asarray(1e-30, field.dtype)
         if self.radial:
-            slope = jnp.gradient(field, self.grid.spacing[0])
-            safe = jnp.where(jnp.abs(slope) > tiny, slope, tiny)
-            centres = jnp.asarray(self.grid.centers(), field.dtype)
+            h = self.grid.spacing[0]
+            c = jnp.asarray(self.grid.centers(), field.dtype)
+            r = jnp.asarray(self.grid.faces(), field.dtype)
+            f = field
+            # C1 cubic Hermite interpolant through the centres: slopes by central differences,
+            # mirrored at r = 0 (f(-c0) = f(c0)), extended by its last slope past the last centre
+            m = jnp.concatenate([(f[1:2] - f[:1]) / (2 * h), (f[2:] - f[:-2]) / (2 * h),
+                                 (f[-1:] - f[-2:-1]) / h])
+            # segment k joins knots k-1 and k (k = 0: the mirror segment -c0..c0; k = n: the
+            # linear extension): start, values and slopes at both ends
+            x0 = jnp.concatenate([-c[:1], c])
+            y0 = jnp.concatenate([f[:1], f])
+            d0 = jnp.concatenate([-m[:1], m])
+            y1 = jnp.concatenate([f, f[-1:] + m[-1:] * h])
+            d1 = jnp.concatenate([m, m[-1:]])
+            width = jnp.concatenate([2 * c[:1], jnp.full(len(c), h, field.dtype)])
+
+            def p(k, x):  # the interpolant on segment k, and its slope
+                t = (x - x0[k]) / width[k]
+                w = width[k]
+                a, b, da, db = y0[k], y1[k], d0[k] * w, d1[k] * w
+                t2, t3 = t * t, t * t * t
+                val = ((2 * t3 - 3 * t2 + 1) * a + (t3 - 2 * t2 + t) * da
+                       + (-2 * t3 + 3 * t2) * b + (t3 - t2) * db)
+                der = ((6 * t2 - 6 * t) * a + (3 * t2 - 4 * t + 1) * da
+                       + (-6 * t2 + 6 * t) * b + (3 * t2 - 2 * t) * db) / w
+                return val, der
+
+            n = len(c)
+            inner = jnp.arange(n)       # shell i's inner half [r_i, c_i] lies on segment i
+            outer = jnp.arange(1, n + 1)  # its outer half [c_i, r_i+1] on segment i + 1
+
+            def part(k, a, b, threshold):
+                pa, pb = p(k, a)[0], p(k, b)[0]
+                d = pb - pa
+                safe = jnp.where(jnp.abs(d) > tiny, d, tiny)
+                x = jnp.clip(a + (threshold - pa) / safe * (b - a), a, b)
+                for _ in range(4):  # Newton on the cubic, from the chord's crossing
+                    val, der = p(k, x)
+                    der = jnp.where(jnp.abs(der) > tiny, der, tiny)
+                    x = jnp.clip(x - (val - threshold) / der, a, b)
+                low = jnp.where(d > 0, a, x)
+                high = jnp.where(d > 0, x, b)
+                flat = jnp.where(pa < threshold, b**3 - a**3, 0.0 * a)
+                return jnp.where(jnp.abs(d) > tiny, high**3 - low**3, flat)
 
             def share(threshold):
-                inside = shell_fraction(self.grid, centres + (threshold - field) / safe)
-                return jnp.where(safe > 0, inside, 1.0 - inside)
+                vol = (part(inner, r[:-1], c, threshold) + part(outer, c, r[1:], threshold))
+                return vol / (r[1:] ** 3 - r[:-1] ** 3)
         else:
             change = sum(h * jnp.abs(g) for h, g in
                          zip(self.grid.spacing, jnp.gradient(field, *self.grid.spacing)))
