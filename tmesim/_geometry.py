@@ -179,9 +179,8 @@ class NicheProblem(Problem):
 
     def below(self, field, *thresholds):
         """Share of each voxel (shell) where ``field`` is below each of ``thresholds`` (a tuple,
-        one share array per threshold; the field's slope is taken once), the field taken
-        as linear across the voxel (its slope from ``jnp.gradient``): a threshold smeared
-        over one voxel, so that the marked region's volume moves continuously with the front.
+        one share array per threshold), the field interpolated within the voxel, so that
+        the marked region's volume moves continuously with the front.
 
         On a ``RadialGrid`` the field is the C1 cubic Hermite interpolant through the shell
         centres (slopes by central differences; mirrored at r = 0, extended by its last
@@ -190,11 +189,12 @@ class NicheProblem(Problem):
         quadratic in r, and the region's volume is continuously differentiable in the
         field's values, so a fit's Hessian sees no kink as a front passes a shell (placing
         each shell's front from its own value and slope left gaps and overlaps between
-        shells: WM983b's negative eigenvalue, docs/fits.md). On a Cartesian grid the voxel's share of the values
-        f ± Δ/2 below the threshold, Δ = Σ_a h_a |∂_a f| (the field's change across the
-        voxel along its gradient): exact for a plane front normal to an axis, and the
-        volume of a plane front's region for any direction (the ramp is symmetric).
-        A flat field is below or not as a whole."""
+        shells: WM983b's negative eigenvalue, docs/fits.md). On a Cartesian grid the field
+        is linear across the voxel (its slope from ``jnp.gradient``): the voxel's share of
+        the values f ± Δ/2 below the threshold, Δ = Σ_a h_a |∂_a f| (the field's change
+        across the voxel along its gradient), exact for a plane front normal to an axis,
+        and the volume of a plane front's region for any direction (the ramp is
+        symmetric). A flat field is below or not as a whole."""
         tiny = jnp.asarray(1e-30, field.dtype)
         if self.radial:
             h = self.grid.spacing[0]
