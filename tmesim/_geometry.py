@@ -185,9 +185,11 @@ class NicheProblem(Problem):
         On a ``RadialGrid`` the field is the C1 cubic Hermite interpolant through the shell
         centres (slopes by central differences; mirrored at r = 0, extended by its last
         slope beyond the last centre), and each half shell counts its volume below the
-        threshold, the front found by Newton's method on its segment: exact for a profile
-        quadratic in r, and the region's volume is continuously differentiable in the
-        field's values, so a fit's Hessian sees no kink as a front passes a shell (placing
+        threshold, the front found by Newton's method on its segment (the interpolant taken
+        as monotone within a half shell: two crossings inside one are counted as one):
+        exact for a profile quadratic in r, and the region's volume is continuously
+        differentiable in the field's values, so a fit's Hessian sees no kink as a front
+        passes a shell (placing
         each shell's front from its own value and slope left gaps and overlaps between
         shells: WM983b's negative eigenvalue, docs/fits.md). On a Cartesian grid the field
         is linear across the voxel (its slope from ``jnp.gradient``): the voxel's share of
