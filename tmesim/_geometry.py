@@ -189,14 +189,13 @@ class NicheProblem(Problem):
         as monotone within a half shell: two crossings inside one are counted as one):
         exact for a profile quadratic in r, and the region's volume is continuously
         differentiable in the field's values, so a fit's Hessian sees no kink as a front
-        passes a shell (placing
-        each shell's front from its own value and slope left gaps and overlaps between
-        shells: WM983b's negative eigenvalue, docs/fits.md). On a Cartesian grid the field
-        is linear across the voxel (its slope from ``jnp.gradient``): the voxel's share of
-        the values f ± Δ/2 below the threshold, Δ = Σ_a h_a |∂_a f| (the field's change
-        across the voxel along its gradient), exact for a plane front normal to an axis,
-        and the volume of a plane front's region for any direction (the ramp is
-        symmetric). A flat field is below or not as a whole."""
+        passes a shell (placing each shell's front from its own value and slope left gaps
+        and overlaps between shells: WM983b's negative eigenvalue, docs/fits.md). On a
+        Cartesian grid the field is linear across the voxel (its slope from
+        ``jnp.gradient``): the voxel's share of the values f ± Δ/2 below the threshold,
+        Δ = Σ_a h_a |∂_a f| (the field's change across the voxel along its gradient), exact
+        for a plane front normal to an axis, and the volume of a plane front's region for
+        any direction (the ramp is symmetric). A flat field is below or not as a whole."""
         tiny = jnp.asarray(1e-30, field.dtype)
         if self.radial:
             h = self.grid.spacing[0]

@@ -5,7 +5,7 @@
 A Hessian by differences of the gradient that is not positive definite at the best
 point means a saddle, or an NLL that is not smooth there (its differences straddle a
 kink). This evaluates the NLL and its derivative along the eigenvector of the lowest
-eigenvalue (over the parameters not held on a bound) at steps T on the parameter scale
+eigenvalue (over the parameters the fit does not hold on a bound) at steps T on the parameter scale
 (default -0.03 to 0.03), then names the measurement rows whose NLL terms change slope
 most between the two steps where the directional derivative jumps most.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from tmesim._fit import Objective  # noqa: E402
+from tmesim._fit import Objective, _held  # noqa: E402
 from tmesim._petab import load_problem  # noqa: E402
 
 STEPS = (-0.03, -0.01, -0.003, -0.001, 0.0, 0.001, 0.0015, 0.002, 0.003, 0.01, 0.03)
@@ -29,10 +29,11 @@ STEPS = (-0.03, -0.01, -0.003, -0.001, 0.0, 0.001, 0.0015, 0.002, 0.003, 0.01, 0
 def main(problem: str, result: str, steps=STEPS) -> None:
     obj = Objective(load_problem(problem), None)
     with h5py.File(result) as h5:
-        best, hessian = h5["best/theta"][()], h5["laplace/hessian"][()]
+        best, grad = h5["best/theta"][()], h5["best/grad"][()]
+        hessian = h5["laplace/hessian"][()]
         rows = [f"{o.decode()} at day {t / 1440:.2f} of the run" for o, t in
                 zip(h5["measurements/observable"][()], h5["measurements/time_min"][()])]
-    free = (best > obj.lower) & (best < obj.upper)
+    free = ~_held(best, grad, obj.lower, obj.upper)  # as the fit's summary judges it
     w, vectors = np.linalg.eigh(hessian[np.ix_(free, free)])
     v = np.zeros(len(best))
     v[free] = vectors[:, 0]
