@@ -803,7 +803,7 @@ def test_profile_points_start_on_the_path_the_hessian_predicts():
     try:
         _profiles(obj, Optimiser(obj, "lbfgs", 0.05), st, 1, workers,
                   {"profile_points": 2, "profiles": None, "profile_iterations": 1,
-                   "tolerance": 1e-8}, lambda: None, _Progress(None))
+                   "tolerance": 1e-8, "restarts": 0}, lambda: None, _Progress(None))
     finally:
         workers.close()
     sigma = np.linalg.inv(A)
@@ -862,8 +862,10 @@ def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
     right well stops in it (a local minimum, 0.60 above the left one); the profile of x
     crosses the barrier (0.72 above the right well, below the 1.92 that ends an interval)
     and finds the left well lower. The fit goes back to the polish from that point, then the Laplace Hessian
-    and profiles again, and ends in the left well with no profile point below it; with
-    restarts = 0 it stays in the right well (and the summary flags it)."""
+    and profiles again, and ends in the left well with no profile point below it. The
+    first profiles stop at the lower point: the points not yet re-optimised are not. With
+    restarts = 0 it stays in the right well (and the summary flags it), every profile
+    point re-optimised."""
     from types import SimpleNamespace
 
     from tmesim._fit import LOWER, FitState, _Progress, _stages, _Workers
@@ -885,20 +887,33 @@ def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
                       np.zeros(1, np.int32), None, best=start.copy(),
                       best_value=float(nll(start)))
         workers = _Workers(1)
+        saved = []  # the first profiles as each write saw them
+
+        def save():
+            if st.restarts == 0 and st.profile_points is not None:
+                saved.append((st.profile_points[:, 3].copy(), st.profile_values.copy(),
+                              st.best_value))
+
         try:
             _stages(obj, Optimiser(obj, "lbfgs", 0.05), st, workers, None,
-                    dict(cfg, restarts=restarts), lambda: None, _Progress(None))
+                    dict(cfg, restarts=restarts), save, _Progress(None))
         finally:
             workers.close()
         assert st.stage == "done"
         lowest = np.nanmin(st.profile_values)
+        done, values, first_best = saved[-1]
+        below = values < first_best - LOWER
         if restarts:
             assert st.restarts == 1
             np.testing.assert_allclose(st.best, [left, left], atol=1e-6)
             assert lowest >= st.best_value - LOWER
+            # one point re-optimised at a time: the first lower one ended the profiles
+            assert below.sum() == 1 and not done.all()
+            assert np.isnan(values[done == 0]).all()
         else:
             assert st.restarts == 0 and st.best[0] > 0.9
             assert lowest < st.best_value - 0.5
+            assert done.all() and below.sum() >= 1
 
 
 def test_profile_points_reach_the_threshold_from_an_optimum_on_a_bound():

@@ -36,7 +36,8 @@ The fit, in stages, each written to the result file when it completes a step
    by χ²₁(0.95)/2 = 1.92; a profile that stays below that on a side is
    flagged: not identifiable there. A profile point with a lower NLL than
    the optimum's (by more than LOWER) means the polish stopped at a local
-   minimum: the fit goes back to stage 2 from the lowest such point, up to
+   minimum: the profiles stop there (the points under way are dropped), and
+   the fit goes back to stage 2 from the lowest finished point, up to
    ``restarts`` times, and lays the profiles out again from there.
 5. ``done``: the simulated observables of every condition on a fine time
    grid and at the measurement times (residuals), and the fitted parameter set
@@ -1121,17 +1122,25 @@ def _stages(obj, opt, st: FitState, workers: _Workers, fp, cfg, save, say, devic
             st.stage = "done"
 
 
-def _restart_from_profiles(st: FitState, most: int) -> bool:
-    """Make the lowest profile point the best one and go back to the polish, when its NLL is
-    below the best's by more than LOWER and fewer than ``most`` restarts have been made; the
-    profiles are dropped (laid out again from the new optimum)."""
+def _lower_profile_point(st: FitState, most: int) -> int | None:
+    """The row of the lowest finished profile point, when its NLL is below the best's by
+    more than LOWER and fewer than ``most`` restarts have been made; else None."""
     values = st.profile_values if st.profile_values is not None else np.zeros(0)
     finite = np.isfinite(values)
     if st.restarts >= most or not finite.any():
-        return False
+        return None
     k = int(np.argmin(np.where(finite, values, np.inf)))
-    if not values[k] < st.best_value - LOWER:
+    return k if values[k] < st.best_value - LOWER else None
+
+
+def _restart_from_profiles(st: FitState, most: int) -> bool:
+    """Make the lowest profile point the best one and go back to the polish, when
+    ``_lower_profile_point`` finds one; the profiles are dropped (laid out again from the
+    new optimum)."""
+    k = _lower_profile_point(st, most)
+    if k is None:
         return False
+    values = st.profile_values
     st.best, st.best_value = st.profile_theta[k].copy(), float(values[k])
     st.best_grad = st.hessian = None
     st.polish_iterations, st.polish_history, st.polish_radius = 0, None, POLISH_RADIUS
@@ -1615,7 +1624,9 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     """Profile likelihoods: rows (parameter, side, scaled value, done) are re-optimised in
     batches of B, ``workers.n`` batches at once; a side that has not risen by CHI2_95 / 2
     at its last point and has not reached its bound gets K more points at twice the
-    spacing, up to PROFILE_ROUNDS times."""
+    spacing, up to PROFILE_ROUNDS times. Returns as soon as a finished point lies below the
+    optimum while restarts remain (``_lower_profile_point``): the fit will polish from
+    there and lay the profiles out again, so the rest of this pass would be discarded."""
     P = len(obj.ids)
     K = cfg["profile_points"]
     which = cfg["profiles"] if cfg["profiles"] is not None else list(obj.ids)
@@ -1647,6 +1658,14 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     running: dict = {}  # future -> the rows it re-optimises
     busy: set = set()
     while True:
+        if _lower_profile_point(st, cfg["restarts"]) is not None:
+            # the fit goes back to its polish from that point, and lays these profiles out
+            # again from there: the points under way return unfinished and are dropped
+            workers.cancel.set()
+            for _ in workers.completed(running):
+                pass
+            workers.cancel.clear()
+            return
         if st.profile_points[:, 3].all():
             more = []
             for i, side in {(int(r[0]), int(r[1])) for r in st.profile_points}:

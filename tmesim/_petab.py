@@ -124,8 +124,9 @@ FIT_SETTINGS = {
                                  "gradients a step); 0: none"),
     "restarts": Setting(int, 2, _at_least(0, 100),
                         "times the fit goes back to the polish from a profile point whose NLL "
-                        "is below the optimum's (then lays the profiles out again from the "
-                        "new optimum); 0: never, the point is only flagged"),
+                        "is below the optimum's (the profiles stop at that point, and are "
+                        "laid out again from the new optimum); 0: never, the point is only "
+                        "flagged"),
     "hierarchical": Setting(bool, False, None,
                             "set each noise parameter that is the whole noise formula of its "
                             "measurements to its closed-form optimum given the model (RMS or "
