@@ -916,6 +916,40 @@ def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
             assert done.all() and below.sum() >= 1
 
 
+def test_profile_interval_ends_are_exact_for_a_quadratic_and_a_linear_rise():
+    """The 95% interval's ends between coarse profile points: interpolated in the signed
+    root sqrt(2 ΔNLL) at an interior optimum, exact where the profile is quadratic (points
+    1 and 3 σ out give 1.96 σ, where interpolating ΔNLL gave 1.71 σ); linearly in ΔNLL
+    at an optimum held on its bound, exact where the profile rises linearly from it."""
+    from types import SimpleNamespace
+
+    from tmesim._fit import CHI2_95, FitState, summarise
+
+    sigma, g = 0.5, 4.0
+    bounds = {"a": SimpleNamespace(lower=-5.0, upper=5.0),
+              "b": SimpleNamespace(lower=0.0, upper=5.0)}
+    obj = SimpleNamespace(ids=("a", "b"), scales=("lin", "lin"), lower=np.array([-5.0, 0.0]),
+                          upper=np.array([5.0, 5.0]),
+                          fp=SimpleNamespace(parameter=bounds.__getitem__))
+    best = np.array([1.0, 0.0])  # b on its lower bound, the NLL rising inwards by g
+    xa = [1 - 3 * sigma, 1 - sigma, 1 + sigma, 1 + 3 * sigma]
+    rows = [(0, np.sign(x - 1), x, 1.0) for x in xa] + [(1, 1, x, 1.0) for x in (0.2, 0.6)]
+    values = [10 + (x - 1) ** 2 / (2 * sigma ** 2) for x in xa] + [10 + g * x for x in (0.2, 0.6)]
+    st = FitState("done", best[None], best[None], np.zeros(1), np.zeros((1, 2)),
+                  np.zeros((1, 1)), np.zeros(1, np.int64), np.ones(1, bool),
+                  np.zeros(1, np.int32), None, best=best, best_value=10.0,
+                  hessian=np.diag([sigma ** -2, 0.0]), best_grad=np.array([0.0, g]),
+                  profile_points=np.array(rows, float), profile_values=np.array(values),
+                  profile_theta=np.tile(best, (6, 1)))
+    out = summarise(obj, st)["parameters"]
+    z = math.sqrt(CHI2_95)
+    np.testing.assert_allclose(out["a"]["profile"], [1 - z * sigma, 1 + z * sigma], rtol=1e-12)
+    np.testing.assert_allclose(out["a"]["wald"], [1 - 1.959963984540054 * sigma,
+                                                  1 + 1.959963984540054 * sigma], rtol=1e-12)
+    np.testing.assert_allclose(out["b"]["profile"], [0.0, CHI2_95 / 2 / g], rtol=1e-12)
+    assert "optimum on the lower bound" in out["b"]["flags"]
+
+
 def test_profile_points_reach_the_threshold_from_an_optimum_on_a_bound():
     """The first profile points on a side span 2.5 Laplace standard deviations from an
     interior optimum; from an optimum held on a bound by its gradient g (where the NLL
