@@ -373,6 +373,7 @@ def test_a_finished_result_is_summarised_again_without_fitting(tmp_path, synthet
     with h5py.File(out, "r+") as h5:
         value = h5["summary/wald"][...]
         evaluations = h5["starts/evaluations"][...]
+        seconds = h5["meta"].attrs["seconds"]
         h5["summary/wald"][...] = 0.0  # as an older version might have written it
     params.unlink()
     fit(path, out, progress=None, summarise=True)
@@ -380,6 +381,7 @@ def test_a_finished_result_is_summarised_again_without_fitting(tmp_path, synthet
         assert h5["meta"].attrs["status"] == "complete"
         np.testing.assert_array_equal(h5["summary/wald"][...], value)
         np.testing.assert_array_equal(h5["starts/evaluations"][...], evaluations)
+        assert h5["meta"].attrs["seconds"] == seconds  # the fit's time, not the summary's
     assert params.read_text() == text
     with pytest.raises(tmesim.FitError, match="not overwrite"):
         fit(path, out, progress=None, summarise=True, overwrite=True)
@@ -863,7 +865,7 @@ def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
     crosses the barrier (0.72 above the right well, below the 1.92 that ends an interval)
     and finds the left well lower. The fit goes back to the polish from that point, then the Laplace Hessian
     and profiles again, and ends in the left well with no profile point below it. The
-    first profiles stop at the lower point: the points not yet re-optimised are not. With
+    first profiles stop at the lower point: the points after it are left unfinished. With
     restarts = 0 it stays in the right well (and the summary flags it), every profile
     point re-optimised."""
     from types import SimpleNamespace
@@ -914,6 +916,54 @@ def test_a_profile_point_below_the_optimum_sends_the_fit_back_to_the_polish():
             assert st.restarts == 0 and st.best[0] > 0.9
             assert lowest < st.best_value - 0.5
             assert done.all() and below.sum() >= 1
+
+
+def test_profiles_stop_at_a_lower_point_and_wait_for_the_points_under_way(monkeypatch):
+    """Two workers: one profile point comes back below the optimum while the other is under
+    way. The pass tells that one to stop (``cancel``), waits for it (its error is not
+    raised: the point is dropped), leaves every other point unfinished and returns with
+    the event cleared for the next pass; the fit then restarts from the lower point."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import tmesim._fit as F
+
+    obj = SimpleNamespace(ids=("x", "y"), lower=np.full(2, -3.0), upper=np.full(2, 3.0))
+    st = F.FitState("profiles", np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1),
+                    np.zeros((1, 2)), np.zeros((1, 1)), np.zeros(1, np.int64),
+                    np.ones(1, bool), np.zeros(1, np.int32), None, best=np.zeros(2),
+                    best_value=10.0, hessian=np.eye(2), best_grad=np.zeros(2))
+    lock, calls = threading.Lock(), []
+
+    def point(obj, opt, theta, mask, iters, tolerance, cancel, H=None):
+        with lock:
+            calls.append(theta.copy())
+            k = len(calls)
+        if k == 1:
+            time.sleep(0.3)  # back, lower, while the other is under way
+            return theta, np.full(len(theta), 9.0)
+        deadline = time.monotonic() + 60
+        while not cancel.is_set():  # under way until told to stop
+            assert time.monotonic() < deadline, "never told to stop"
+            time.sleep(0.01)
+        raise RuntimeError("stopped under way")
+
+    monkeypatch.setattr(F, "_profile_point", point)
+    workers = F._Workers(2)
+    try:
+        F._profiles(obj, None, st, 1, workers, {"profile_points": 2, "profiles": None,
+                                                 "profile_iterations": 5, "tolerance": 1e-8,
+                                                 "restarts": 2}, lambda: None,
+                    F._Progress(None))
+        assert not workers.cancel.is_set()
+    finally:
+        workers.close()
+    assert len(calls) == 2 and len(st.profile_points) > 2
+    done = st.profile_points[:, 3] == 1
+    assert done.sum() == 1 and st.profile_values[done] == 9.0
+    assert np.isnan(st.profile_values[~done]).all()
+    assert F._restart_from_profiles(st, 2) and st.best_value == 9.0 and st.restarts == 1
 
 
 def test_profile_interval_ends_are_exact_for_a_quadratic_and_a_linear_rise():

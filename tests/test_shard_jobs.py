@@ -89,7 +89,6 @@ if rank == 0:
 """
 
 
-
 @pytest.mark.slow  # about 2 minutes: 64³ a step takes 0.7 s on two processes
 def test_shard_groups_exchange_in_one_order_on_every_process():
     """The organoid at 64³ in two slabs of 32 over two processes (one CPU device each),
@@ -103,7 +102,6 @@ def test_shard_groups_exchange_in_one_order_on_every_process():
     r = json.loads(run_as_job(TWO_PROCESS_SLABS)[0].strip().splitlines()[-1])
     worst = max(zip(r["err"], r["names"]))
     assert worst[0] <= 1e-4, worst
-
 
 
 CLI = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]

@@ -1051,7 +1051,8 @@ def _fit(fp, output, overwrite, progress, settings, starts, problem, again=False
     elapsed0 = st.seconds
 
     def save(status="running", message="", final=None):
-        st.seconds = elapsed0 + time.monotonic() - t_start
+        # the time spent fitting: a summary made again adds none
+        st.seconds = elapsed0 + (0.0 if again else time.monotonic() - t_start)
         # written; then SIGINT or SIGTERM (stop_on_signals) stops the fit here, resumable
         _written(_write_state, output, fp, obj, st, status, message, final,
                  signals=status == "running")
@@ -1660,7 +1661,8 @@ def _profiles(obj, opt, st: FitState, B: int, workers: _Workers, cfg, save, say)
     while True:
         if _lower_profile_point(st, cfg["restarts"]) is not None:
             # the fit goes back to its polish from that point, and lays these profiles out
-            # again from there: the points under way return unfinished and are dropped
+            # again from there: the points under way return unfinished and are dropped (an
+            # error in one is not raised here: the next pass meets it again)
             workers.cancel.set()
             for _ in workers.completed(running):
                 pass
@@ -1750,7 +1752,8 @@ def _profile_path(H: np.ndarray | None, i: int, P: int) -> np.ndarray:
 
 def _profile_point(obj, opt, theta, mask, iters: int, tolerance: float, cancel, H=None):
     """Re-optimise a batch of profile points (their masked coordinate held): (theta, NLL).
-    Returns early, unfinished, when ``cancel`` is set (the fit is stopping).
+    Returns early, unfinished, when ``cancel`` is set (the fit is stopping, or the pass of
+    profiles is abandoned for a lower point).
 
     With a finite Hessian H (the Laplace one), trust-region steps from it, updated by SR1
     from each step's change of gradient: one gradient evaluation a step, and the valley's
