@@ -535,31 +535,42 @@ def test_shard_groups_exchange_in_one_order_on_every_process():
     assert worst[0] <= 1e-4, worst
 
 
-def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
+SCENARIO_FILE = tmesim.__file__.replace("tmesim/__init__.py", "scenarios/untreated_niche.toml")
+# the niche model on an organoid of 12³ voxels for half a day, float64, so that round-off is
+# all there is to see: 8 snapshots, a checkpoint every 2
+RUN_SETS = sum((["--set", s] for s in (
+    "grid.n=12", "grid.spacing_um=40", "geometry.radius_um=120", "run.dt_min=5",
+    "run.days=0.5", "run.output_every_days=0.0625", "run.checkpoint_every_days=0.125",
+    "run.dtype=float64")), [])
+CLI = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """The run of ``RUN_SETS`` in one process on one device: what a split run must give."""
+    one = tmp_path_factory.mktemp("one") / "one.h5"
+    done = subprocess.run(CLI + ["run", SCENARIO_FILE, "-o", str(one), "-q", *RUN_SETS],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return one
+
+
+def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path, one_device_run):
     """``tmesim run --devices 4``: the niche model on an organoid of 12³ voxels in four slabs
     of 3 (the mixture flow's window reaches 3 voxels), killed -9 after its first
     checkpoint, resumed with ``--devices 2`` (slabs of 6): every stored snapshot equals
-    the same run on one device to round-off. In float64, so that round-off is all
-    there is to see: each field within 1e-12 of its largest value, each observable
-    within 1e-12 relative (measured: 2e-15 after half a day; in float32 the same
-    runs differ by up to 1.3e-6 of a small field's largest value, ccl2's: the
-    model's couplings amplify round-off about tenfold in either precision)."""
-    scenario = tmesim.__file__.replace("tmesim/__init__.py", "scenarios/untreated_niche.toml")
-    sets = sum((["--set", s] for s in (
-        "grid.n=12", "grid.spacing_um=40", "geometry.radius_um=120", "run.dt_min=5",
-        "run.days=1", "run.output_every_days=0.125", "run.checkpoint_every_days=0.25",
-        "run.dtype=float64")), [])
+    the same run on one device to round-off (``assert_same_run``; measured: 2e-15 after
+    half a day; in float32 the same runs differ by up to 1.3e-6 of a small field's
+    largest value, ccl2's: the model's couplings amplify round-off about tenfold in
+    either precision)."""
     env = device_env(PYTHONUNBUFFERED="1", TMESIM_PROGRESS_SECONDS="0")
-    cli = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
-    one, split = tmp_path / "one.h5", tmp_path / "split.h5"
-    done = subprocess.run(cli + ["run", scenario, "-o", str(one), "-q", *sets], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    proc = subprocess.Popen(cli + ["run", scenario, "-o", str(split), "--devices", "4", *sets],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    split = tmp_path / "split.h5"
+    proc = subprocess.Popen(CLI + ["run", SCENARIO_FILE, "-o", str(split), "--devices", "4",
+                                   *RUN_SETS], stderr=subprocess.PIPE, text=True, env=env)
     start = time.time()
-    for line in proc.stderr:  # progress lines: "  day   0.25 of 1 ..."
-        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 0.25:
+    for line in proc.stderr:  # progress lines: "  day   0.12 of 0.5 ..."
+        if line.split()[:1] == ["day"] and float(line.split()[1]) >= 0.125:
             break
         assert time.time() - start < 600
     proc.send_signal(signal.SIGKILL)
@@ -567,14 +578,11 @@ def test_shard_a_run_split_over_devices_resumes_on_another_count(tmp_path):
     with h5py.File(split) as h5:  # killed mid-run, with its first checkpoint
         assert read_status(h5)[0] == "running"
         written = snapshot_count(h5)
-    done = subprocess.run(cli + ["resume", str(split), "-q", "--devices", "2"], env=env,
+    done = subprocess.run(CLI + ["resume", str(split), "-q", "--devices", "2"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert_same_run(one, split)
-    assert 3 <= written < 9  # snapshots up to day 0.25 at least, not all
-
-
-CLI = [sys.executable, "-c", "import sys; from tmesim import main; sys.exit(main())"]
+    assert_same_run(one_device_run, split)
+    assert 3 <= written < 9  # snapshots up to day 0.125 at least, not all
 
 
 def cli_job(*args: str, devices: int, cwd=(None, None)) -> list:
@@ -598,36 +606,31 @@ def finish(procs) -> list:
             p.kill()
 
 
-def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
+@pytest.mark.parametrize("uninterrupted", [
+    False, pytest.param(True, marks=pytest.mark.slow)])  # the job again: 43 s more
+def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path, one_device_run,
+                                                                   uninterrupted):
     """``tmesim run --distributed --devices 0``: two processes of two CPU devices each,
     joined by ``jax.distributed`` (the multi-host recipe of docs/devices.md), run the
     organoid of 12³ voxels in four slabs of 3; process 0 writes the file, gathering each
     snapshot from both. SIGTERM to process 1 alone stops both at the same snapshot
     (process 0 closes the file "interrupted"); ``tmesim resume --distributed`` on two
     processes finishes it. Every snapshot and observable equals one process on one
-    device within 1e-12 of its largest value (float64; measured 1.3e-15 in the fields),
-    and the same job run without a stop bit for bit."""
-    scenario = tmesim.__file__.replace("tmesim/__init__.py", "scenarios/untreated_niche.toml")
-    sets = sum((["--set", s] for s in (
-        "grid.n=12", "grid.spacing_um=40", "geometry.radius_um=120", "run.dt_min=5",
-        "run.days=0.5", "run.output_every_days=0.0625", "run.checkpoint_every_days=0.125",
-        "run.dtype=float64")), [])
-    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    done = subprocess.run(CLI + ["run", scenario, "-o", str(one), "-q", *sets],
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    device within 1e-12 of its largest value (float64; measured 1.3e-15 in the fields);
+    with ``-m slow``, the same job run without a stop too, which the resumed file
+    repeats bit for bit."""
+    two = tmp_path / "two.h5"
 
     def job(*args):
         return cli_job(*args, devices=2)
 
     # every process must hold slabs: the default (one device) is refused by each, unwritten
-    ended = finish(job("run", scenario, "-o", str(two), *sets))
+    ended = finish(job("run", SCENARIO_FILE, "-o", str(two), *RUN_SETS))
     assert [code for code, _ in ended] == [2, 2], ended
     assert all("run.devices: devices = 1, but this job of 2 processes has 4 devices" in err
                for _, err in ended), ended
     assert not two.exists()
-    procs = job("run", scenario, "-o", str(two), "--devices", "0", *sets)
+    procs = job("run", SCENARIO_FILE, "-o", str(two), "--devices", "0", *RUN_SETS)
     start = time.time()
     for line in procs[0].stderr:  # process 0's progress lines: "  day   0.12 of 0.5 ..."
         if line.split()[:1] == ["day"] and float(line.split()[1]) >= 0.125:
@@ -644,15 +647,16 @@ def test_shard_a_run_over_two_processes_stops_and_resumes_together(tmp_path):
     assert 3 <= written < 9, written  # stopped after day 0.125, before the end
     ended = finish(job("resume", str(two), "-q"))
     assert [code for code, _ in ended] == [0, 0], ended
-    assert_same_run(one, two)
-    # the same job uninterrupted: the resumed file repeats it bit for bit
-    full = tmp_path / "full.h5"
-    ended = finish(job("run", scenario, "-o", str(full), "--devices", "0", "-q", *sets))
-    assert [code for code, _ in ended] == [0, 0], ended
-    with h5py.File(full) as a, h5py.File(two) as b:
-        for group in ("fields", "observables"):
-            for name in a[group]:
-                np.testing.assert_array_equal(a[group][name][...], b[group][name][...])
+    assert_same_run(one_device_run, two)
+    if uninterrupted:
+        full = tmp_path / "full.h5"
+        ended = finish(job("run", SCENARIO_FILE, "-o", str(full), "--devices", "0", "-q",
+                           *RUN_SETS))
+        assert [code for code, _ in ended] == [0, 0], ended
+        with h5py.File(full) as a, h5py.File(two) as b:
+            for group in ("fields", "observables"):
+                for name in a[group]:
+                    np.testing.assert_array_equal(a[group][name][...], b[group][name][...])
 
 
 @pytest.mark.slow  # about 5 minutes: each process compiles the fit's programs
