@@ -263,17 +263,17 @@ def _solve(problem: Problem, fn, n_steps: int, levels: int, values, y0, start, s
 
         def advance(b):
             t = k.astype(dtype) * st.dt
-            new = events(st.step_blocks(b, problem.inputs(values, k), t), k + 1)
-            # A failed run keeps its last good state by a select, not by a cond on `run`:
-            # under vmap the status differs between members, and a cond with a batched
-            # predicate runs both branches and selects every input of each (the organoid
-            # at 24³: 115 ms a member and step, 41 as computed and selected here).
-            return jax.tree_util.tree_map(lambda x, y: jnp.where(ok, x, y), new, b)
+            return events(st.step_blocks(b, problem.inputs(values, k), t), k + 1)
 
         # the nested levels may round the loop up: steps past the stop do nothing
         new = jax.lax.cond(k < stop, advance, lambda b: b, blocks)
         status, failed = _guard(st, new, status, k + 1, run)
-        blocks = jax.lax.cond(failed, lambda: blocks, lambda: new)
+        # A stopped or failing run keeps its last good state by one select, not by a
+        # cond: under vmap the status differs between members, and a cond with a batched
+        # predicate runs both branches and selects every input of each (the organoid at
+        # 24³: 115 ms a member and step, 41 as computed and selected).
+        accept = ok & ~failed
+        blocks = jax.tree_util.tree_map(lambda x, y: jnp.where(accept, x, y), new, blocks)
         saved = jax.lax.cond(k < stop, lambda s: save(s, blocks, k + 1), lambda s: s, saved)
         return blocks, status, saved
 
@@ -298,7 +298,7 @@ def _solve(problem: Problem, fn, n_steps: int, levels: int, values, y0, start, s
     if n_steps > 0:
         carry = level(carry, start, checkpoint_levels(n_steps, levels))
     blocks, status, saved = carry
-    if first is not None:
+    if first is not None and steps.shape[0] > 1:  # one step cannot be listed twice
         saved = jax.tree_util.tree_map(lambda buf: buf[first], saved)
     return Solution(st.merge(blocks), saved, status)
 
