@@ -164,7 +164,7 @@ def test_a_cell_line_names_its_parameter_set_and_parameters_override_it():
     path = SCENARIOS / "untreated_niche.toml"
 
     def rate(*sets):
-        setup = build(load_scenario(path, ("grid.n=8",) + sets)).setup
+        setup = build(load_scenario(path, ("grid.n=12",) + sets)).setup
         return float(setup.values["params"]["tumor_division_rate"])
 
     a, b = rate('cell_line="wm983b"'), rate('cell_line="wm793b"')
