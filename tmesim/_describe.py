@@ -106,8 +106,8 @@ def describe_model(geometry: str = "organoid", markdown: bool = False) -> str:
         names = [n for n, mech, *_ in entries if key in mech]
         lines.append(f"{'- ' if markdown else '  '}{key}: {', '.join(names)}")
     head(f"Observables ({len(OBSERVABLES)})")
-    lines.append("Saved in run files (/observables) and by ``tmesim.observables``; every one a "
-                 "smooth function of the fields (docs/observables.md).")
+    lines.append("Saved in run files (/observables) and by ``tmesim.observables``; each a smooth "
+                 "or piecewise-linear function of the fields (docs/observables.md).")
     if markdown:
         lines.append("")
     for name, (unit, meaning) in OBSERVABLES.items():
