@@ -58,7 +58,8 @@ REGION_SMOOTHING = 0.25  # regions that can vanish are smooth at zero volume bel
 PROFILE_DEPTHS = (0.0, 50.0, 100.0, 200.0)  # um below the outer radius: o2_depth_<d>
 
 OBSERVABLES = {
-    "tumor_volume": ("mm^3", "live tumour cell volume (CSC, progenitor and drug-damaged), whole organoid"),
+    "tumor_volume": ("mm^3", "live tumour cell volume (CSC, progenitor and drug-damaged), "
+                             "whole organoid"),
     "tumor_radius": ("um", "radius of the equal-volume sphere of the tumour body (live cells and "
                            "debris), each voxel counted as min(body / packing_fraction, 1)"),
     "csc_fraction": ("1", "CSC share of live tumour cells"),
