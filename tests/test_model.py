@@ -79,6 +79,26 @@ def test_environment_levels():
     assert 35.0 < mean(nor, "oxygen") < 60.0
 
 
+def test_stromal_and_immune_cells_respire_less_than_tumour_cells():
+    """Per volume, stromal and immune cells consume o2_uptake_stroma and o2_uptake_immune
+    (0.3) of what tumour cells do at the same pO2; debris consumes none (the rates the
+    model's reaction hands the oxygen solve)."""
+    params = WELL_MIXED.problem.inputs(WELL_MIXED.values, 0)
+
+    def uptake(cell):
+        view = {n: jnp.zeros((3, 3, 3)) for n in WELL_MIXED.table.names}
+        view |= {"oxygen": jnp.full((3, 3, 3), 50.0), cell: jnp.full((3, 3, 3), 0.5)}
+        return float(jnp.mean(tm.niche_reaction(view, params).loss["oxygen"]))
+
+    tumour = uptake("tumor")
+    assert tumour > 0 and uptake("debris") == 0.0
+    for cell in ("fibroblast", "caf", "msc"):
+        assert uptake(cell) == pytest.approx(float(params["o2_uptake_stroma"]) * tumour)
+    for cell in ("m1", "m2", "cd8", "treg", "car_t"):
+        assert uptake(cell) == pytest.approx(float(params["o2_uptake_immune"]) * tumour)
+    assert float(params["o2_uptake_stroma"]) < 1 and float(params["o2_uptake_immune"]) < 1
+
+
 def test_m1_hypoxia_raises_stemness():
     hyp, nor = evolve(2, HYPOXIC), evolve(2, NORMOXIC)
     off = evolve(2, HYPOXIC | {"self_renewal_hif": 0.0, "dedifferentiation_hif": 0.0})
