@@ -25,7 +25,8 @@ moves little, 1e-7 is too small instead (the implicit solves' tolerance shows),
 so a value whose gradient misses the 1e-7 difference is compared with the
 1e-4 one (``check``). rtol = 1e-3. The default run checks a representative
 set (at least one parameter per process family, diffusion coefficients, a
-decay, a medium level, a dose level, the initial radius and CSC share);
+decay, a medium level and the level after the medium change, a dose level, the
+initial radius and CSC share);
 ``-m slow`` checks every parameter and every transport, medium and initial
 value, and float32 against float64.
 """
@@ -95,24 +96,32 @@ BATCH = jax.jit(jax.vmap(loss, in_axes=(None, 0)), static_argnums=0)
 _CACHE = {}
 
 
-def dose_level(values, drug):
-    return values["schedule"]["dose"]["level"][tm.DRUGS.index(drug), 0]
-
-
-def with_dose_level(values, drug, level):
-    levels = values["schedule"]["dose"]["level"]
-    dose = dict(values["schedule"]["dose"], level=levels.at[tm.DRUGS.index(drug), 0].set(level))
-    return dict(values, schedule=dict(values["schedule"], dose=dose))
+def scheduled(path):
+    """A schedule value's place, or None: ``dose.DRUG`` the first dose's level,
+    ``switch.SOLUTE`` the medium's level after the first medium change."""
+    if path.startswith("dose."):
+        return "dose", (tm.DRUGS.index(path[5:]), 0)
+    if path.startswith("switch."):
+        return "medium", (0, tm.SOLUTES.index(path[7:]))
+    return None
 
 
 def value(values, path):
-    return dose_level(values, path[5:]) if path.startswith("dose.") else tm.get_value(values, path)
+    place = scheduled(path)
+    if place is None:
+        return tm.get_value(values, path)
+    kind, index = place
+    return values["schedule"][kind]["level"][index]
 
 
 def with_value(values, path, x):
-    if path.startswith("dose."):
-        return with_dose_level(values, path[5:], x)
-    return tm.set_values(values, {path: x})
+    place = scheduled(path)
+    if place is None:
+        return tm.set_values(values, {path: x})
+    kind, index = place
+    block = dict(values["schedule"][kind])
+    block["level"] = block["level"].at[index].set(x)
+    return dict(values, schedule=dict(values["schedule"], **{kind: block}))
 
 
 def differences(name, setup, paths, step=FD_STEP):
@@ -189,7 +198,8 @@ ORGANOID_SET = [
     "dedifferentiation_tgfb", "tissue_mobility", "phagocytosis_rate", "exosome_secretion",
     "m2_polarisation_exosome", "t_cell_kill_rate", "car_t_kill_rate", "trail_kill_rate",
     "chemo_lethality", "rt_alpha", "ecm_deposition", "diffusion.oxygen", "diffusion.cd8",
-    "decay.tgfb", "medium.oxygen", "dose.chemo", "initial.radius_um", "initial.csc_fraction",
+    "decay.tgfb", "medium.oxygen", "switch.oxygen", "dose.chemo", "initial.radius_um",
+    "initial.csc_fraction",
 ]
 TISSUE_SET = [
     "vessel_o2_exchange", "angiogenesis_rate", "vegf_secretion", "macrophage_recruitment",
