@@ -132,3 +132,19 @@ def test_a_rim_stays_alive_in_2_percent_oxygen():
     assert np.all(o["viable_rim"][1:] > 15.0)  # more than a third of a voxel lives
     assert np.all(o["tumor_volume"][1:] > 0.15 * o["tumor_volume"][0])
     assert np.all(o["o2_depth_0"][1:] < 15.0)  # the rim consumes what the layer brings
+
+
+def test_an_organoid_that_grows_past_its_box_warns_once(tmp_path):
+    """The box held R + δ at the start (215 + 104 of 320 um), not once the organoid grew:
+    the run warns at the first snapshot past it, naming the file and the day, once."""
+    path = tmp_path / "grows.toml"
+    path.write_text('name = "grows"\n[run]\ndays = 1.0\ndt_min = 5.0\noutput_every_days = 0.5\n'
+                    '[grid]\nn = 8\nspacing_um = 40.0\n[geometry]\nkind = "organoid"\n'
+                    'radius_um = 215.0\n[parameters]\nmedium_unstirred_layer = 104.0\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tm.run_scenario(load_scenario(str(path)), str(tmp_path / "grows.h5"), progress=None)
+    layer = [str(w.message) for w in caught if issubclass(w.category, tm.MediumLayerWarning)]
+    assert len(layer) == 1, layer
+    assert layer[0].startswith(f"{path}: by day 0.5 the organoid has grown (radius 2")
+    assert "past the box's medium faces at 320 um" in layer[0]

@@ -435,7 +435,8 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     layer of ``medium_unstirred_layer`` um around the organoid
     (``medium_exchange``), so where the box ends does not matter as long as
     it holds the organoid and its layer (a ``MediumLayerWarning`` where it
-    does not at the start; ``spheroid`` holds any layer). Initial
+    does not at the start, and from ``tmesim run`` once the organoid has grown
+    past it; ``spheroid`` holds any layer). Initial
     cells: a ball of ``radius`` um at the packing fraction (0.8) with a
     ``csc_fraction`` share of CSCs.
     immune_medium: {"cd8": 0.02, ...} seeds cells in the unstirred layer around
@@ -446,21 +447,31 @@ def organoid(n=32, spacing=20.0, radius=100.0, csc_fraction=0.05, dt=1.0, octant
     """
     faces = (Neumann(), Dirichlet(0.0)) * 3 if octant else (Dirichlet(0.0),) * 6
     grid = Grid((n, n, n), spacing, faces)
-    fits = n * spacing if octant else n * spacing / 2
+    fits = medium_faces(n, spacing, octant)
     setup = _organoid(grid, fits, octant, radius, csc_fraction, dt, medium, immune_medium,
                       overrides, dtype, diffusion, bounds, schedule_values)
     layer = float(setup.values["params"]["medium_unstirred_layer"])
     if radius + layer > fits:
-        warnings.warn(
-            f"the organoid (radius {radius:g} um) and its unstirred layer "
+        warnings.warn("the organoid " + layer_cut(radius, layer, fits), MediumLayerWarning,
+                      stacklevel=2)
+    return setup
+
+
+def medium_faces(n: int, spacing: float, octant: bool) -> float:
+    """How far from an organoid's centre (um) its box's medium faces are."""
+    return n * spacing if octant else n * spacing / 2
+
+
+def layer_cut(radius: float, layer: float, fits: float) -> str:
+    """The ``MediumLayerWarning``'s text after "the organoid" (or "the organoid, grown
+    by day d to ..."): its radius and layer against the box's medium faces."""
+    return (f"(radius {radius:g} um) and its unstirred layer "
             f"(medium_unstirred_layer = {layer:g} um) reach {radius + layer:g} um from its "
             f"centre, past the box's medium faces at {fits:g} um: the medium is at its bulk "
             f"level on those faces, so the layer is in effect at most {fits - radius:g} um "
             "thick and the results depend on the box (more so as the organoid grows). "
             "Enlarge the box to hold the radius and the layer, or use a spheroid "
-            "(geometry.kind = \"spheroid\": its outer face holds any layer)",
-            MediumLayerWarning, stacklevel=2)
-    return setup
+            "(geometry.kind = \"spheroid\": its outer face holds any layer)")
 
 
 def spheroid(n=40, spacing=15.0, radius=100.0, csc_fraction=0.05, dt=2.0, medium=None,

@@ -309,9 +309,9 @@ def medium_exchange(f, p, d, r):
     equal-volume radius of the tumour body (``body_radius``), so the layer
     moves with the growing organoid and w changes smoothly with R (over one
     voxel h). Results do not depend on where the box ends, as long as it holds
-    the layer (``organoid`` warns where it does not at the start:
-    ``MediumLayerWarning``); on a ``RadialGrid`` it need not: the layer beyond the shells is
-    the outer face's far field (``Rates.far_field(R + δ)``, docs/radial.md).
+    the layer (``MediumLayerWarning`` where it does not: ``organoid`` at the
+    start, a run once the organoid has grown past it); on a ``RadialGrid`` it
+    need not: the layer beyond the shells is the outer face's far field (``Rates.far_field(R + δ)``, docs/radial.md).
     Only in the organoid geometry (``medium_only``).
     """
     for s in SOLUTES:

@@ -33,7 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._devices import each_process, first_process, select_devices, whole
-from ._geometry import MediumLayerWarning, Setup, organoid, spheroid, tissue
+from ._geometry import (
+    MediumLayerWarning,
+    Setup,
+    layer_cut,
+    medium_faces,
+    organoid,
+    spheroid,
+    tissue,
+)
 from ._observables import OBSERVABLES, observables
 from ._output import (
     Output,
@@ -463,11 +471,34 @@ def _chunk(problem, values, fields, every, step, built):
     return sol, obs, host
 
 
+def _layer_reach(built: Built):
+    """(layer, medium faces' distance) of a 3D organoid whose box holds its radius and
+    unstirred layer at the start (``organoid`` warns where it does not), else None."""
+    d = built.scenario.data
+    geo = d["geometry"]
+    if geo["kind"] != "organoid":
+        return None
+    layer = float(built.setup.values["params"]["medium_unstirred_layer"])
+    fits = medium_faces(d["grid"]["n"], d["grid"]["spacing_um"], geo["octant"])
+    return None if geo["radius_um"] + layer > fits else (layer, fits)
+
+
+def _warn_if_grown_past(reach, radius: float, day: float, source: str):
+    """Warn once when an organoid has grown so far that its layer reaches past the box
+    (``MediumLayerWarning``); returns what to check at the next snapshot."""
+    if reach is None or radius + reach[0] <= reach[1]:
+        return reach
+    warnings.warn(f"{source}: by day {day:g} the organoid has grown "
+                  + layer_cut(round(radius, 1), *reach), MediumLayerWarning, stacklevel=3)
+    return None
+
+
 def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
     sc = built.scenario
     problem, values = built.setup.problem, built.setup.values
     total, every, ckpt = sc.total_steps, sc.output_steps, sc.checkpoint_steps
     show = Progress(total, step, progress)
+    reach = _layer_reach(built)
     if step < total:
         show.note("compiling the step, then running (the ETA leaves the compile out)")
     try:
@@ -477,6 +508,8 @@ def _loop(out: Output, built: Built, step: int, fields, progress) -> str:
             if obs is None:
                 raise RunError(failure_message(sol, problem))
             fields, step = sol.fields, step + every
+            reach = _warn_if_grown_past(reach, obs["tumor_radius"], step * sc.dt / MIN_PER_DAY,
+                                        sc.source)
             try:
                 _write(out, built, step, host, obs, checkpoint=step % ckpt == 0 or step == total)
                 show(step, sc.dt, final=step == total)
