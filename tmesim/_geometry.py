@@ -463,8 +463,8 @@ def medium_faces(n: int, spacing: float, octant: bool) -> float:
 
 
 def layer_cut(radius: float, layer: float, fits: float) -> str:
-    """The ``MediumLayerWarning``'s text after "the organoid" (or "the organoid, grown
-    by day d to ..."): its radius and layer against the box's medium faces."""
+    """The ``MediumLayerWarning``'s text after "the organoid" (at the start) or "by day
+    d the organoid has grown" (in a run): its radius and layer against the box's faces."""
     return (f"(radius {radius:g} um) and its unstirred layer "
             f"(medium_unstirred_layer = {layer:g} um) reach {radius + layer:g} um from its "
             f"centre, past the box's medium faces at {fits:g} um: the medium is at its bulk "

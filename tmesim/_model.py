@@ -311,7 +311,8 @@ def medium_exchange(f, p, d, r):
     voxel h). Results do not depend on where the box ends, as long as it holds
     the layer (``MediumLayerWarning`` where it does not: ``organoid`` at the
     start, a run once the organoid has grown past it); on a ``RadialGrid`` it
-    need not: the layer beyond the shells is the outer face's far field (``Rates.far_field(R + δ)``, docs/radial.md).
+    need not: the layer beyond the shells is the outer face's far field
+    (``Rates.far_field(R + δ)``, docs/radial.md).
     Only in the organoid geometry (``medium_only``).
     """
     for s in SOLUTES:
