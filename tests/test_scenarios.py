@@ -55,7 +55,7 @@ def test_untreated_hypoxic_niche(tmp_path_factory):
     # hypoxic core
     obs, f = run_small(tmp_path_factory, "untreated_niche", ("grid.n=11", "geometry.radius_um=200"))
     v, day = obs["tumor_volume"], obs["day"]
-    # measured at day 10 (2026-12-04, at 4375991): hypoxic share 0.137, min pO2 2.96 mmHg,
+    # measured at day 10 (2026-12-04, at 6ea339a): hypoxic share 0.137, min pO2 2.96 mmHg,
     # debris share 0.040, CSC 0.200 (hypoxic) against 0.067 (normoxic), growth rate
     # 0.223/day against 0.075/day (in the 400 um box before the threshold regions were
     # smeared: 0.118, 3.0, 0.037, 0.20 against 0.067, 0.223 against 0.079)
@@ -85,7 +85,7 @@ def test_chemo_relapse(tmp_path_factory):
 def test_chemo_plus_csc_inhibitor_regrows_less(tmp_path_factory):
     chemo, _ = run_small(tmp_path_factory, "chemo_relapse")
     both, _ = run_small(tmp_path_factory, "chemo_csc_inhibitor")
-    # measured (2026-12-01, the same at 5e452bb and 4375991): final volume 0.55x chemo
+    # measured (2026-12-01, the same at 5e452bb and c4a9dd8): final volume 0.55x chemo
     # alone, CSC share 0.028 against 0.104
     assert both["tumor_volume"][-1] < 0.75 * chemo["tumor_volume"][-1]
     assert both["csc_fraction"][-1] < 0.5 * chemo["csc_fraction"][-1]
@@ -104,7 +104,7 @@ def test_anti_vegf_fewer_vessels_more_hypoxia_more_cscs(tmp_path_factory):
     treated, _ = run_small(tmp_path_factory, "anti_vegf")
     untreated, _ = run_small(tmp_path_factory, "anti_vegf", drop=("dose",))
     # measured (21 days, tumour radius 100 um at the start, 76 and 78 um at the end;
-    # 2026-12-04, at 4375991): vessels 0.0218 against 0.0272; every live cell is below
+    # 2026-12-04, at c4a9dd8): vessels 0.0218 against 0.0272; every live cell is below
     # the HIF threshold in both arms (hypoxic share 1.0 against 0.986), so the deeper
     # hypoxia shows in the mean tumour pO2, 7.3 against 10.4 mmHg, and in the
     # pimonidazole-positive radius (below 10 mmHg), 74 against 60 um; CSC share 0.955
@@ -129,7 +129,7 @@ def test_anti_pd1_effect_grows_with_t_cells_and_shrinks_with_suppression(tmp_pat
                                                 "geometry.co_culture.treg=0.05"))
     cytokines = _pd1_effect(tmp_path_factory, ("geometry.medium.tgfb=2.0",
                                                "geometry.medium.il10=2.0"))
-    # measured (2026-12-01, the same at 5e452bb and 4375991): effect 0.201 (base), 0.320 (more T
+    # measured (2026-12-01, the same at 5e452bb and c4a9dd8): effect 0.201 (base), 0.320 (more T
     # cells), 0.165 (with M2 and Tregs), 0.004 (TGF-beta and IL-10 at 2 nM in the medium);
     # earlier models: 0.144, 0.221, 0.128, 0.003, and before the well-mixed medium and the
     # lower immune O2 uptake (issue 11): 0.14, 0.24, 0.110, 0.003
@@ -147,7 +147,7 @@ def test_msc_trail_plus_anti_pd1_beats_either(tmp_path_factory):
     none, _ = run_small(tmp_path_factory, "msc_trail_anti_pd1", drop=("injection", "dose"))
     kill = {k: none["tumor_volume"][-1] - o["tumor_volume"][-1]
             for k, o in (("both", both), ("msc", msc), ("pd1", pd1))}
-    # measured kill (mm^3, 2026-12-01, the same at 5e452bb and 4375991): both 0.00642,
+    # measured kill (mm^3, 2026-12-01, the same at 5e452bb and c4a9dd8): both 0.00642,
     # TRAIL-MSC 0.00088, anti-PD-1 0.00578 (an earlier model: 0.00511, 0.00077, 0.00452;
     # before issue 11's medium and immune O2 uptake: 0.0052, 0.0010, 0.0044): 1.11 times
     # the better single arm
