@@ -698,6 +698,7 @@ def test_trust_region_step_never_raises_the_model(negative):
             assert decrease >= best - 1e-12 * max(1.0, abs(best)), (k, decrease, best)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # "box": a face the region only touches
 @pytest.mark.parametrize("case", ["newton", "small", "indefinite", "hard", "box"])
 def test_trust_region_step_solves_its_subproblem(case):
     """The polish's step against the Newton step (inside the region) or, on the boundary,

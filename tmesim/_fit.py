@@ -1480,6 +1480,8 @@ def _cauchy_point(Hs, gs, lo, hi, radius, stay):
 
 def _subproblem(H, g, radius):
     """argmin g·q + ½ qᵀHq over ‖q‖ ≤ radius (H symmetric, small)."""
+    if radius <= 0.0:  # a face of the box that the region only touches: no room to move
+        return np.zeros_like(g)
     w, V = np.linalg.eigh(H)
     a = V.T @ g
 
