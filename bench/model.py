@@ -2,24 +2,39 @@
 
 Usage: python bench/model.py [--n 64 ...] [--dts 0.01 2] [--repeats 5] [--out bench/results.jsonl]
 
-Problem: the tissue geometry (``tmesim.tissue``) at N^3, 20 um voxels, the 31
+Problem: the tissue geometry (``tmesim.tissue``) at N^3, 20 um voxels, the 32
 fields of the niche model, float32, initial fields from the tissue set-up
 (tumor ball of radius N·5 um, stroma, vessels). For each step dt (0.01 min,
 BioFVM's diffusion step, where most fields take one forward-Euler pass; and
 2 min, the production step, where the solutes take RKL2 stages):
 
   transport   ``simulate`` with the model's species table and no reaction:
-              the pure diffusion-decay step of the same 31 fields;
+              the pure diffusion-decay step of the same 32 fields;
   full        the same with the tissue's reaction (``NicheReaction``): every
               process of M1-M18 and the mixture flow's Poisson solve, its
               terms folded into the solute transport and the exact
               exponential update of cells and matrix;
   reaction    full − transport, the cost the model adds per step;
+  full-cells-unstiff  the full step with the cells' sub-steps at their
+              positivity limit alone (the crowding pressure's stiffness not
+              counted; ``Stepper.pressure_stiffness`` = 0): not a stable plan
+              over the parameter bounds, but the most an implicit pressure
+              step could save;
   ratio       reaction / transport (issue 3's target: ≤ 2 at 64^3, dt 0.01);
   stencil-pass  one plain 7-point stencil pass (``jnp.pad``, in a ``lax.scan``)
               over as many fields, the unit of ``passes`` = step / pass on the
               transport and full lines (issue 12's target: full ≤ 3.5 at 64³,
-              dt 2), with its GB/s (one read and one write per pass).
+              dt 2), with its GB/s (one read and one write per pass);
+  copy        the machine's copy bandwidth in the same run (``jax-scale-loop``:
+              a jitted loop of ``x * 1.0001`` over as many fields at
+              max(N, 128)³, 256 MiB or more, beyond the caches: at 64³ the
+              32 MiB state gave 73 GB/s where 256 MiB and NumPy's copy of
+              512 MiB gave 40-48; one read and one write per pass). The
+              transport and full lines report the
+              bandwidth they achieve on the bytes a step must move (every field
+              read once and written once: 2 × 32 × N³ × 4 bytes) and its fraction
+              of this copy bandwidth (issue 12: achieved bandwidth as a fraction
+              of the machine's copy bandwidth).
 
 ``--max-stages 1000`` times the RKL2-only plan (the plan before the implicit
 solver) for comparison in the same run.
@@ -43,19 +58,30 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
+from diffusion import (  # noqa: E402
+    device_description,
+    emit,
+    git_commit,
+    jax_copy_bandwidth,
+    time_calls,
+    timing_fields,
+)
 
 import tmesim  # noqa: E402
 
 STEPS = 10
 FIELDS = len(tmesim.FIELD_NAMES)
+COPY_N = 128  # the copy bandwidth's grid at least: 32 fields at 128³ are 256 MiB
 
 
-def build(n: int, dt: float, reaction: bool, max_stages: int | None = None):
+def build(n: int, dt: float, reaction: bool, max_stages: int | None = None,
+          stiff: bool = True):
     setup = tmesim.tissue(n=n, spacing=20.0, radius=5.0 * n, dt=dt)
     st = setup.stepper
     if max_stages is not None:
         st = dataclasses.replace(st, max_stages=max_stages)
+    if not stiff:  # the cells' sub-steps at their positivity limit alone
+        st = dataclasses.replace(st, pressure_stiffness=0.0)
     stepper = st if reaction else tmesim.Stepper(
         st.grid, st.table, dt, None, max_stages=st.max_stages, cell_speed=st.cell_speed,
         pressure=st.pressure, pressure_stiffness=st.pressure_stiffness)
@@ -95,24 +121,32 @@ def main():
                   "commit": git_commit(args.out), "bench": "model"}
     lines = []
     pass_s: dict = {}
+    copy: dict = {}
     with open(args.out, "a") as out:
         for n, dt in ((n, dt) for n in args.n for dt in args.dts):
             if n not in pass_s:
                 pass_s[n] = stencil_pass(n, FIELDS, args.repeats)
                 lines.append(emit({"method": "stencil-pass", "N": n, "fields": FIELDS,
                                    "dtype": "float32", **pass_s[n]}, provenance, out))
+                copy[n] = jax_copy_bandwidth(max(n, COPY_N), FIELDS, args.repeats)
+                lines.append(emit(copy[n], provenance, out))
             times = {}
-            for name, reaction in (("transport", False), ("full", True)):
-                setup, stepper, params = build(n, dt, reaction, args.max_stages)
+            for name, reaction, stiff in (("transport", False, True), ("full", True, True),
+                                          ("full-cells-unstiff", True, False)):
+                setup, stepper, params = build(n, dt, reaction, args.max_stages, stiff)
                 fields = setup.fields
                 first, ts = time_calls(
                     lambda s=stepper, f=fields, p=params: tmesim.simulate(s, f, p, STEPS)[0],
                     args.repeats)
                 times[name] = timing_fields(first, ts, STEPS)
+                must_move = 2 * len(setup.table) * n**3 * 4  # every field read and written once
+                gbps = must_move / times[name]["step_s"] / 1e9
                 result = {"method": name, "N": n, "max_stages": stepper.max_stages,
                           "fields": len(setup.table), "dt": dt, "dtype": "float32",
                           "plan": stepper.describe(), **times[name],
-                          "passes": times[name]["step_s"] / pass_s[n]["step_s"]}
+                          "passes": times[name]["step_s"] / pass_s[n]["step_s"],
+                          "bytes_must_move": must_move, "gbps": gbps,
+                          "fraction_of_copy": gbps / copy[n]["gbps"]}
                 lines.append(emit(result, provenance, out))
             reaction = times["full"]["step_s"] - times["transport"]["step_s"]
             lines.append(emit({"method": "reaction", "N": n, "dt": dt, "step_s": reaction,
@@ -123,6 +157,8 @@ def main():
         extra = f"  ratio {r['ratio_to_transport']:.2f}" if "ratio_to_transport" in r else ""
         extra += f"  {r['passes']:.1f} stencil passes" if "passes" in r else ""
         extra += f"  ({r['gbps']:.1f} GB/s)" if "gbps" in r else ""
+        extra += (f", {r['fraction_of_copy']:.3f} of the copy bandwidth"
+                  if "fraction_of_copy" in r else "")
         print(f"{r['method']:<14} N={r['N']} dt={r.get('dt', '-')!s:<5} "
               f"{1e3 * r['step_s']:8.2f} ms/step{extra}")
 
