@@ -11,7 +11,7 @@
 #   2. bench/diffusion.py: BioFVM's problem (oxygen D = 1e5 plus D = 1e3 fields,
 #      decay 0.1, h = 20 um, dt = 0.01) at 64^3, 128^3, 256^3 x 8 fields,
 #      explicit, implicit and LOD plans, with the device's copy bandwidth;
-#   3. bench/model.py: the 31-field model at 64^3 and 128^3, dt = 2 min;
+#   3. bench/model.py: the 32-field model at 64^3 and 128^3, dt = 2 min;
 #   4. bench/ensemble.py: vmap over 1, 8, 64 organoids of 24^3 against one grid of
 #      24^3, 48^3, 96^3, with its PNG.
 # Test it on a CPU first with SMOKE=1 (tiny sizes).

@@ -1,6 +1,7 @@
 """Cost of the niche model's reaction update against the pure diffusion-decay step.
 
-Usage: python bench/model.py [--n 64 ...] [--dts 0.01 2] [--repeats 5] [--out bench/results.jsonl]
+Usage: python bench/model.py [--n 64 ...] [--dts 0.01 2] [--repeats 5] [--cells-unstiff]
+                             [--out bench/results.jsonl]
 
 Problem: the tissue geometry (``tmesim.tissue``) at N^3, 20 um voxels, the 32
 fields of the niche model, float32, initial fields from the tissue set-up
@@ -15,12 +16,12 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               terms folded into the solute transport and the exact
               exponential update of cells and matrix;
   reaction    full − transport, the cost the model adds per step;
-  full-cells-unstiff  the full step with the cells' sub-steps at their
-              positivity limit alone (the crowding pressure's stiffness not
-              counted; ``Stepper.pressure_stiffness`` = 0): not a stable plan
-              over the parameter bounds, but the most an implicit pressure
-              step could save;
   ratio       reaction / transport (issue 3's target: ≤ 2 at 64^3, dt 0.01);
+  full-cells-unstiff  with ``--cells-unstiff``: the full step with the cells'
+              sub-steps at their positivity limit alone (the crowding
+              pressure's stiffness not counted, ``Stepper.pressure_stiffness``
+              = 0): not a stable plan over the parameter bounds, but the most
+              an implicit pressure step could save;
   stencil-pass  one plain 7-point stencil pass (``jnp.pad``, in a ``lax.scan``)
               over as many fields, the unit of ``passes`` = step / pass on the
               transport and full lines (issue 12's target: full ≤ 3.5 at 64³,
@@ -115,6 +116,9 @@ def main():
     ap.add_argument("--max-stages", type=int, default=None,
                     help="RKL2 stages beyond which the plan solves implicitly (default: the "
                          "stepper's; 1000 gives the RKL2-only plan of before the implicit solver)")
+    ap.add_argument("--cells-unstiff", action="store_true",
+                    help="also time the full step with the cells' sub-steps at their positivity "
+                         "limit alone (the line full-cells-unstiff)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     provenance = {"device": device_description(), "jax": jax.__version__,
@@ -131,8 +135,10 @@ def main():
                 copy[n] = jax_copy_bandwidth(max(n, COPY_N), FIELDS, args.repeats)
                 lines.append(emit(copy[n], provenance, out))
             times = {}
-            for name, reaction, stiff in (("transport", False, True), ("full", True, True),
-                                          ("full-cells-unstiff", True, False)):
+            cases = [("transport", False, True), ("full", True, True)]
+            if args.cells_unstiff:
+                cases.append(("full-cells-unstiff", True, False))
+            for name, reaction, stiff in cases:
                 setup, stepper, params = build(n, dt, reaction, args.max_stages, stiff)
                 fields = setup.fields
                 first, ts = time_calls(
