@@ -31,11 +31,11 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               max(N, 128)³, 256 MiB or more, beyond the caches: at 64³ the
               32 MiB state gave 73 GB/s where 256 MiB and NumPy's copy of
               512 MiB gave 40-48; one read and one write per pass). The
-              transport and full lines report the
-              bandwidth they achieve on the bytes a step must move (every field
-              read once and written once: 2 × 32 × N³ × 4 bytes) and its fraction
-              of this copy bandwidth (issue 12: achieved bandwidth as a fraction
-              of the machine's copy bandwidth).
+              transport and full lines report the bandwidth they achieve on
+              the bytes a step must move (every field read once and written
+              once: 2 × 32 × N³ × 4 bytes) and its fraction of this copy
+              bandwidth (issue 12: achieved bandwidth as a fraction of the
+              machine's copy bandwidth).
 
 ``--max-stages 1000`` times the RKL2-only plan (the plan before the implicit
 solver) for comparison in the same run.
