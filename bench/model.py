@@ -28,9 +28,10 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               dt 2), with its GB/s (one read and one write per pass);
   copy        the machine's copy bandwidth in the same run (``jax-scale-loop``:
               a jitted loop of ``x * 1.0001`` over as many fields at
-              max(N, 128)³, 256 MiB or more, beyond the caches: at 64³ the
-              32 MiB state gave 73 GB/s where 256 MiB and NumPy's copy of
-              512 MiB gave 40-48; one read and one write per pass). The
+              max(N, 128)³, 256 MiB or more, beyond the caches: on a 2-core
+              AMD EPYC the 32 MiB state at 64³ gave 73-78 GB/s, 256 MiB to 1
+              GiB 32-48 and NumPy's copy of 512 MiB 41; one read and one write
+              per pass). The
               transport and full lines report the bandwidth they achieve on
               the bytes a step must move (every field read once and written
               once: 2 × 32 × N³ × 4 bytes) and its fraction of this copy
