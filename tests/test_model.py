@@ -441,6 +441,7 @@ def test_m18_free_surface_term_acts_near_the_medium_only():
     np.testing.assert_allclose(got, np.clip(1 - 2 * want, 0, 1), atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::tmesim.MediumLayerWarning")  # both runs share the box
 def test_m18_volume_lost_in_a_core_draws_the_body_inward_packed():
     """A packed ball of 150 um with a debris core of 80 um that lyses (2e-3/min), nothing
     dividing or dying otherwise: with the mixture flow the tissue moves in and the

@@ -3,6 +3,7 @@ saving at traced steps, no recompilation for new values, the status guards, batc
 over parameter sets and conditions, and checkpointing apart from saving."""
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,10 @@ def _schedule(rt_gy=2.0, car_t=0.01, o2_after=20.0, chemo=300.0):
         injections=[(INJECT_STEP, {"car_t": car_t})])
 
 
-SETUP = tm.organoid(n=6, spacing=40.0, radius=150.0, dt=DT, dtype=jnp.float64,
-                    schedule_values=_schedule())
+with warnings.catch_warnings():  # a small box on purpose: the loop, not the medium, is tested
+    warnings.simplefilter("ignore", tm.MediumLayerWarning)
+    SETUP = tm.organoid(n=6, spacing=40.0, radius=150.0, dt=DT, dtype=jnp.float64,
+                        schedule_values=_schedule())
 P = SETUP.problem
 
 
