@@ -422,7 +422,8 @@ class Stepper:
             # one motility per population, spread over the grid here, once a step: as a
             # (F,) value broadcast inside the sub-steps' fused pass, XLA's CPU code ran 5
             # times slower (70 against 14 ms a sub-step, 64³ × 13 populations, measured)
-            D = jnp.broadcast_to(D.reshape(D.shape + (1,) * (c.ndim - 1)), c.shape)
+            D = jnp.broadcast_to(D.reshape(D.shape + (1,) * (c.ndim - 1)),
+                                 self._motility_shape(c))
         frozen = None if rates is None else self._stack(g, rates.potential, 0.0, c)
         carrier = None if rates is None else rates.carrier
         h = self.dt / g.stages
@@ -449,6 +450,10 @@ class Stepper:
         # reverse mode keeps each sub-step's input and recomputes the pass
         substep = jax.checkpoint(substep, prevent_cse=False)
         return jax.lax.scan(substep, c, None, length=g.stages)[0]
+
+    def _motility_shape(self, c):
+        """The shape a per-population motility is spread to for ``_cell_rate``."""
+        return c.shape
 
     def _cell_rate(self, c, D, potential, room, speed, carrier):
         """∂ρ/∂t of the cell transport on this grid (``kernels.cell_transport_rate``)."""
@@ -598,6 +603,11 @@ class SlabStepper(Stepper):
         arrays = [x for x in jax.tree_util.tree_leaves(done)
                   if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)]
         return K.after(c, arrays) if arrays else c
+
+    def _motility_shape(self, c):
+        """The grown slab's: a motility the same everywhere needs no edge planes from the
+        neighbours (``_cell_rate`` grows only arrays of the slab's own shape)."""
+        return c.shape[:1] + (c.shape[1] + 2,) + c.shape[2:]
 
     def _cell_rate(self, c, D, potential, room, speed, carrier):
         """The cells' transport on the slab grown by its neighbours' edge planes (one each
