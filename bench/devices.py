@@ -2,8 +2,9 @@
 with ``--slabs``, one grid split into slabs (``tmesim.split_grid``) against one device.
 
 Usage: python bench/devices.py [--n 16] [--devices 1 2 4] [--per-device 1] [--batch 4]
-                               [--steps 5] [--repeats 3] [--slabs [--processes P ...]]
-                               [--exchange K ...] [--out bench/results.jsonl]
+                               [--steps 5] [--repeats 3] [--slabs [--weak] [--implicit]
+                               [--processes P ...] [--exchange K ...]]
+                               [--out bench/results.jsonl]
 
 Without a GPU, run it on forced CPU host devices, which share the machine's
 cores: what it measures there is the cost of splitting, not a speed-up:
@@ -21,7 +22,19 @@ radius.
   strong       a batch of ``--batch`` members over D devices, against one device;
   slabs        (``--slabs``) one organoid of N³ voxels, its grid split along x
                into D slabs, one per device (D = 1: the split code's overhead),
-               against the plain stepper on one device (strong scaling only);
+               against the plain stepper on one device (strong scaling);
+  weak slabs   (``--slabs --weak``) the organoid grown with the device count, about
+               N³ voxels a device (a side of the multiple of D nearest N·D^(1/3)),
+               in D slabs, against the plain stepper on one device at the same
+               size, and its time per device-voxel against the fewest devices'
+               (1 on hardware that scales perfectly; about D on host devices,
+               which share the cores);
+  implicit     (``--slabs --implicit``) the implicit solve alone: oxygen and lactate
+               (D = 1e5 um²/min, decay 0.1 and 0.05/min; a per-voxel uptake in a ball
+               of half the box, lactate made from it), backward Euler by multigrid-
+               preconditioned CG on N³ (medium faces x+, y+, z+ at 160 and 0), dt = 2
+               min, in D slabs (its sums are all-reduces, its coarse level gathered)
+               against one device;
   processes    (``--slabs --processes P``) the same grid in P slabs, one per
                process of one device, the P processes started here and joined
                by ``jax.distributed`` (Gloo collectives on a CPU, over local
@@ -71,7 +84,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion import device_description, emit, git_commit, time_calls, timing_fields  # noqa: E402
-from ensemble import members, setup  # noqa: E402
+from ensemble import DT, members, setup  # noqa: E402
 
 import tmesim  # noqa: E402
 
@@ -92,6 +105,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slabs", action="store_true",
                     help="one grid of N³ split into slabs instead of an ensemble")
+    ap.add_argument("--weak", action="store_true",
+                    help="with --slabs: also the grid grown with the device count")
+    ap.add_argument("--implicit", action="store_true",
+                    help="with --slabs: also the implicit solve of two solutes alone")
     ap.add_argument("--processes", type=int, nargs="*", default=[],
                     help="with --slabs: also the grid over P processes of one device each")
     ap.add_argument("--exchange", type=int, nargs="*", default=[],
@@ -134,19 +151,62 @@ def main():
     for r in rows:
         extra = (f"  {r['time_over_one_device']:.2f} x one device"
                  if "time_over_one_device" in r else "")
+        if "voxels_per_device" in r:
+            extra += (f"; {r['voxels_per_device']} voxels a device, "
+                      f"{r['time_per_device_voxel_over_first']:.2f} x the fewest devices' "
+                      "time per device-voxel")
         print(f"{r['method']:<10} N={r['N']:<3} B={r.get('batch', 1):<3} D={r['devices']:<2} "
               f"{1e3 * r['step_s']:9.2f} ms/step (compile {r['compile_s']:.1f} s){extra}")
 
 
-def timed_slabs(args, devices=None) -> dict:
-    """Step time of one organoid of N³ voxels, its grid in slabs over ``devices`` (None:
-    the plain stepper)."""
-    s = setup(args.n)
-    params = s.problem.inputs(s.values, 0)
-    stepper = s.stepper if devices is None else tmesim.split_grid(s.stepper, devices)
+def organoid(n: int):
+    """(stepper, params, fields) of the organoid of N³ voxels."""
+    s = setup(n)
+    return s.stepper, s.problem.inputs(s.values, 0), np.asarray(s.fields)
+
+
+def implicit(n: int):
+    """(stepper, params, fields) of the implicit solve alone (module docstring)."""
+    import jax.numpy as jnp
+
+    def faces(level):  # the octant's mirror planes, and the medium beyond the + faces
+        return {f"{a}{side}": tmesim.Neumann() if side == "-" else tmesim.Dirichlet(level)
+                for a in "xyz" for side in "-+"}
+
+    grid = tmesim.Grid((n, n, n), 20.0, faces(160.0))
+    table = tmesim.SpeciesTable((
+        tmesim.Species("oxygen", diffusion=1e5, decay=0.1, units="mmHg", initial=160.0,
+                       uptake=20.0, method="implicit"),
+        tmesim.Species("lactate", diffusion=1e5, decay=0.05, units="mM", method="implicit",
+                       boundary=faces(0.0))))
+
+    def react(f, p, t):
+        return (tmesim.Rates().lose("oxygen", p["uptake"])
+                .produce("lactate", 0.01 * p["uptake"] * f["oxygen"]))
+
+    x = np.arange(n) + 0.5
+    r = np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+    uptake = jnp.asarray(np.where(r < n / 2, 10.0, 0.0), jnp.float32)  # 1/min in the ball
+    stepper = tmesim.Stepper(grid, table, DT, react)
+    params = table.default_params(grid, jnp.float32) | {"uptake": uptake}
+    fields = np.stack([np.full((n,) * 3, 160.0), np.zeros((n,) * 3)]).astype(np.float32)
+    return stepper, params, fields
+
+
+def timed_slabs(args, devices=None, problem=organoid, n=None) -> dict:
+    """Step time of ``problem`` (the organoid, or ``implicit``) on N³ voxels (or n³), its
+    grid in slabs over ``devices`` (None: the plain stepper)."""
+    stepper, params, fields = problem(n or args.n)  # host fields: a job's processes pass
+    if devices is not None:  # them whole
+        stepper = tmesim.split_grid(stepper, devices)
     run = jax.jit(lambda f: tmesim.simulate(stepper, f, params, args.steps)[0])
-    fields = np.asarray(s.fields)  # a host array: every process of a job passes it whole
     return timed(lambda: run(fields), args.repeats, args.steps)
+
+
+def weak_side(n: int, d: int) -> int:
+    """The side of a grid of about d·n³ voxels that splits into d slabs of 3 planes or
+    more: the multiple of d nearest n·d^(1/3)."""
+    return max(3 * d, d * round(n * d ** (1 / 3) / d))
 
 
 def slab_cases(args, available, provenance, out) -> list:
@@ -158,6 +218,28 @@ def slab_cases(args, available, provenance, out) -> list:
         t = timed_slabs(args, available[:d])
         rows.append(emit({"method": "slabs", "N": args.n, "devices": d, **t,
                           "time_over_one_device": t["step_s"] / base["step_s"]},
+                         provenance, out))
+    for problem, kind in [(implicit, "implicit")] if args.implicit else []:
+        alone = timed_slabs(args, problem=problem)
+        rows.append(emit({"method": f"{kind} one device", "N": args.n, "devices": 1, **alone},
+                         provenance, out))
+        for d in args.devices:
+            t = timed_slabs(args, available[:d], problem)
+            rows.append(emit({"method": f"{kind} slabs", "N": args.n, "devices": d, **t,
+                              "time_over_one_device": t["step_s"] / alone["step_s"]},
+                             provenance, out))
+    first = None  # the weak case on the fewest devices: weak scaling's reference
+    for d in args.devices if args.weak else []:
+        n = weak_side(args.n, d)
+        alone = base if n == args.n else timed_slabs(args, n=n)
+        t = timed_slabs(args, available[:d], n=n)
+        per_voxel = t["step_s"] / (n ** 3 // d)  # seconds a step per voxel of a device
+        first = first or per_voxel
+        rows.append(emit({"method": "weak slabs", "N": n, "devices": d, **t,
+                          "voxels_per_device": n ** 3 // d, "one_device_step_s":
+                          alone["step_s"], "time_over_one_device":
+                          t["step_s"] / alone["step_s"],
+                          "time_per_device_voxel_over_first": per_voxel / first},
                          provenance, out))
     for p in args.processes:
         t, exchanges = job(args, p)
