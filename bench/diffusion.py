@@ -413,7 +413,13 @@ def git_commit(out_path: Path) -> str:
 
 
 def emit(result: dict, provenance: dict, out_file) -> dict:
-    line = {**result, **provenance}
+    """Write ``result`` with ``provenance`` as one JSON line (and print it), adding the
+    versions of jaxlib and of the device's XLA platform (``platform_version``: the CUDA
+    version on a GPU) and the time."""
+    import jaxlib
+
+    line = {**result, **provenance, "jaxlib": jaxlib.__version__,
+            "xla_platform": jax.devices()[0].client.platform_version}
     line["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     text = json.dumps(line)
     print(text, flush=True)
@@ -480,7 +486,7 @@ def main(argv=None) -> int:
 
     provenance = {
         "device": device_description(),
-        "jax_version": jax.__version__,
+        "jax": jax.__version__,
         "numpy_version": np.__version__,
         "commit": git_commit(args.out),
         "x64_enabled": x64,

@@ -73,7 +73,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if len(a.n) != len(a.spacing):
         ap.error("--n and --spacing pair up: give as many of each")
-    prov = {"device": device_description(), "jax_version": jax.__version__,
+    prov = {"device": device_description(), "jax": jax.__version__,
             "commit": git_commit(Path(a.out)), "dtype": "float64"}
     with open(a.out, "a") as out:
         for n, h in zip(a.n, a.spacing):
