@@ -15,7 +15,8 @@
 #   2. diffusion.py at 256^3 x 8 fields, float32: explicit, implicit and LOD;
 #   3. model.py: the 32-field model step at 64^3, dt = 2 min, in plain stencil
 #      passes and as a fraction of the copy bandwidth, with the cells' sub-steps
-#      at their positivity limit alone beside it (--cells-unstiff);
+#      at their positivity limit alone beside it (--cells-unstiff) and the step
+#      group by group (--parts);
 #   4. ensemble.py: vmap over 1, 8, 27 and 64 organoids of 24^3 and 32^3 against one
 #      grid of as many voxels, with its PNG;
 #   5. gradient.py: a gradient through the organoid over a day against the forward
@@ -56,7 +57,7 @@ step diffusion $py bench/diffusion.py --sizes $sizes --fields 8 --dtypes float32
   --repeats $rep "${biofvm[@]}" --out "$out/diffusion.jsonl"
 step diffusion_big $py bench/diffusion.py --sizes $big --fields 8 --dtypes float32 \
   --methods explicit implicit lod --repeats 3 --skip-accuracy --out "$out/diffusion.jsonl"
-step model $py bench/model.py $model --dts 2.0 --repeats $rep --cells-unstiff \
+step model $py bench/model.py $model --dts 2.0 --repeats $rep --cells-unstiff --parts \
   --out "$out/model.jsonl"
 step ensemble $py bench/ensemble.py $ens --out "$out/ensemble.jsonl" --plot "$out/ensemble.png"
 step gradient $py bench/gradient.py $grad --checkpoints 2 --out "$out/gradient.jsonl"

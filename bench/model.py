@@ -1,7 +1,7 @@
 """Cost of the niche model's reaction update against the pure diffusion-decay step.
 
 Usage: python bench/model.py [--n 64 ...] [--dts 0.01 2] [--repeats 5] [--cells-unstiff]
-                             [--out bench/results.jsonl]
+                             [--parts] [--out bench/results.jsonl]
 
 Problem: the tissue geometry (``tmesim.tissue``) at N^3, 20 um voxels, the 32
 fields of the niche model, float32, initial fields from the tissue set-up
@@ -22,6 +22,13 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               pressure's stiffness not counted, ``Stepper.pressure_stiffness``
               = 0): not a stable plan over the parameter bounds, but the most
               an implicit pressure step could save;
+  part ...    with ``--parts``: where the full step goes. ``part none`` is the
+              step with every group's transport left out (the reaction terms
+              that the cells' and matrix's exact update reads, and that
+              update); ``part <group>`` the same with that one group's
+              transport kept, less ``part none``: the group's transport and
+              the reaction terms only it reads (named by method, stages and
+              field count; ``group`` lists the fields);
   stencil-pass  one plain 7-point stencil pass (``jnp.pad``, in a ``lax.scan``)
               over as many fields, the unit of ``passes`` = step / pass on the
               transport and full lines (issue 12's target: full ≤ 3.5 at 64³,
@@ -90,6 +97,45 @@ def build(n: int, dt: float, reaction: bool, max_stages: int | None = None,
     return setup, stepper, setup.problem.inputs(setup.values, 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class OneGroup(tmesim.Stepper):
+    """The stepper with only group ``keep``'s transport (none for -1); every group's
+    in-place reaction update still runs (``--parts``)."""
+
+    keep: int = -1
+
+    def _kept(self, g) -> bool:
+        return self.keep >= 0 and g is self.groups[self.keep]
+
+    def _transport_solutes(self, g, c, params, rates, pinned):
+        return super()._transport_solutes(g, c, params, rates, pinned) if self._kept(g) else c
+
+    def _move_cells(self, g, c, params, rates):
+        return super()._move_cells(g, c, params, rates) if self._kept(g) else c
+
+
+def parts(n, dt, repeats, pass_s, provenance, out) -> list:
+    """``part`` lines of the full step (module docstring)."""
+    setup, st, params = build(n, dt, True)
+    kept = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.init}
+    lines, none = [], None
+    for keep in range(-1, len(st.groups)):
+        stepper = OneGroup(**kept, keep=keep)
+        first, ts = time_calls(lambda s=stepper: tmesim.simulate(s, setup.fields, params,
+                                                                 STEPS)[0], repeats)
+        t = timing_fields(first, ts, STEPS)
+        g = stepper.groups[keep]
+        name = "none" if keep < 0 else (
+            f"{g.method}{'' if g.stages == 1 else f' x{g.stages}'} ({len(g.channels)})")
+        step_s = t["step_s"] if none is None else t["step_s"] - none
+        none = t["step_s"] if none is None else none
+        lines.append(emit({"method": f"part {name}", "N": n, "dt": dt, "dtype": "float32",
+                           "group": "" if keep < 0 else stepper.describe()[keep], **t,
+                           "step_s": step_s, "with_none_s": t["step_s"],
+                           "passes": step_s / pass_s}, provenance, out))
+    return lines
+
+
 def stencil_pass(n: int, fields: int, repeats: int) -> dict:
     """One plain 7-point stencil pass over every field (jnp.pad, edge faces), the unit the
     model step is counted in: a jitted scan of STEPS passes; GB/s counts one read and
@@ -120,6 +166,8 @@ def main():
     ap.add_argument("--cells-unstiff", action="store_true",
                     help="also time the full step with the cells' sub-steps at their positivity "
                          "limit alone (the line full-cells-unstiff)")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time the full step group by group (the part lines)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results.jsonl")
     args = ap.parse_args()
     provenance = {"device": device_description(), "jax": jax.__version__,
@@ -159,6 +207,8 @@ def main():
             lines.append(emit({"method": "reaction", "N": n, "dt": dt, "step_s": reaction,
                                "ratio_to_transport": reaction / times["transport"]["step_s"]},
                               provenance, out))
+            if args.parts:
+                lines += parts(n, dt, args.repeats, pass_s[n]["step_s"], provenance, out)
     print()
     for r in lines:
         extra = f"  ratio {r['ratio_to_transport']:.2f}" if "ratio_to_transport" in r else ""
