@@ -250,23 +250,29 @@ def jax_copy_bandwidth(n: int, n_fields: int, repeats: int, passes: int = 20) ->
 
 
 # -- accuracy: cosine eigenmode ---------------------------------------------------
-def cosine_mode(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(initial (1, n, n, n) float64, exact solution at t = COSINE_STEPS dt)."""
+def cosine_mode(n: int, axes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(initial (1, n, n, n) float64, exact perturbation at t = COSINE_STEPS dt): the mode
+    1 + ½cos(kx) (``axes`` = 1), or BioFVM's 1 + ½cos(kx)cos(ky)cos(kz) (3)."""
     x = no_flux_grid(n).centers(0)
     k = math.pi / (n * VOXEL_UM)
-    perturbation = 0.5 * np.cos(k * x)[None, :, None, None]
+    one = np.cos(k * x)
+    perturbation = 0.5 * (one[:, None, None] * (one[None, :, None] * one[None, None, :]
+                                                if axes == 3 else 1.0))
+    perturbation = np.broadcast_to(perturbation, (n, n, n))[None]
     t = COSINE_STEPS * DT_MIN
-    initial = np.broadcast_to(1.0 + perturbation, (1, n, n, n))
-    exact_mean = math.exp(-DECAY_PER_MIN * t)
-    exact_perturbation = math.exp(-(D_OXYGEN * k**2 + DECAY_PER_MIN) * t) * perturbation
-    exact = np.broadcast_to(exact_mean + exact_perturbation, (1, n, n, n))
-    return np.ascontiguousarray(initial), exact - exact_mean
+    initial = 1.0 + perturbation
+    exact_perturbation = math.exp(-(axes * D_OXYGEN * k**2 + DECAY_PER_MIN) * t) * perturbation
+    return np.ascontiguousarray(initial), exact_perturbation
 
 
-def cosine_error(method: str) -> dict:
-    """Relative L2 error of the perturbation at t = 1 min, N = 64, float64, oxygen only."""
+COSINE_KEYS = {1: "cosine_rel_error", 3: "cosine3d_rel_error"}
+
+
+def cosine_error(method: str, axes: int = 1) -> dict:
+    """Relative L2 error of the perturbation at t = 1 min, N = 64, float64, oxygen only,
+    from the mode along x (``axes`` = 1) or along all three axes (3, BioFVM's)."""
     n = COSINE_N
-    initial, exact_perturbation = cosine_mode(n)
+    initial, exact_perturbation = cosine_mode(n, axes)
     exact_mean = math.exp(-DECAY_PER_MIN * COSINE_STEPS * DT_MIN)
     start = time.perf_counter()
     if method == "numpy-euler":
@@ -287,7 +293,8 @@ def cosine_error(method: str) -> dict:
         "N": n,
         "fields": 1,
         "dtype": "float64",
-        "cosine_rel_error": float(np.linalg.norm(error) / np.linalg.norm(exact_perturbation)),
+        "mode_axes": axes,
+        COSINE_KEYS[axes]: float(np.linalg.norm(error) / np.linalg.norm(exact_perturbation)),
         "run_s": seconds,
         "plan": plan,
     }
@@ -349,6 +356,16 @@ def time_numpy_method(n, n_fields, fields, repeats):
         "warmup_s": first,
         "plan": numpy_plan(n_fields),
     }
+
+
+def biofvm_cosine_errors(binary: Path) -> dict:
+    """BioFVM's own LOD solver on both cosine modes of ``cosine_error`` (its binary's
+    ``accuracy`` mode, bench/biofvm_lod.cpp): {key: error}."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    run = subprocess.run([str(binary), str(COSINE_N), "accuracy"], capture_output=True,
+                         text=True, env=env, check=True)
+    peer = json.loads(run.stdout.strip().splitlines()[-1])
+    return {key: peer[key] for key in COSINE_KEYS.values()}
 
 
 def time_biofvm(binary: Path, n: int, n_fields: int, repeats: int, steps: int) -> dict:
@@ -436,7 +453,7 @@ def fmt(value, spec: str) -> str:
 def print_table(lines: list[dict]) -> None:
     header = (
         f"{'method':<15}{'N':>5}{'F':>3} {'dtype':<8}{'compile s':>10}{'ms/step':>10}"
-        f"{'Mvox-upd/s':>12}{'GB/s':>8}{'/copy':>7}{'cos err':>10}"
+        f"{'Mvox-upd/s':>12}{'GB/s':>8}{'/copy':>7}{'cos err':>10}{'3D err':>10}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for r in lines:
@@ -447,12 +464,14 @@ def print_table(lines: list[dict]) -> None:
                 f"{r['voxel_updates_per_s'] / 1e6:>12.1f}{fmt(r.get('gbps'), '8.1f')}"
                 f"{fmt(r.get('gbps_fraction_of_jax_copy'), '7.2f')}"
                 f"{fmt(r.get('cosine_rel_error'), '10.2e')}"
+                f"{fmt(r.get('cosine3d_rel_error'), '10.2e')}"
             )
     for r in lines:
         if r["bench"] == "bandwidth":
             print(f"bandwidth reference {r['method']}: {r['gbps']:.1f} GB/s (read + write)")
     print("tridiag-* rows: ms per single x sweep of every field, not per step.")
-    print("cos err: relative L2 error of the cosine mode, N=64, float64, t=1 min.")
+    print("cos err, 3D err: relative L2 error of the cosine mode along x, and of BioFVM's "
+          "mode along x, y and z, N=64, float64, t=1 min.")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -498,13 +517,19 @@ def main(argv=None) -> int:
         jax_copy = jax_copy_bandwidth(max(args.sizes), max(args.fields), args.repeats)
         lines.append(emit(jax_copy, provenance, out_file))
 
-        accuracy = {}
+        accuracy = {}  # method: {key: error} on both cosine modes
         if not args.skip_accuracy:
             for method in args.methods:
                 if method in STEPPER_METHODS or method == "numpy-euler":
-                    line = emit(cosine_error(method), provenance, out_file)
-                    accuracy[method] = line["cosine_rel_error"]
-                    lines.append(line)
+                    for axes, key in COSINE_KEYS.items():
+                        line = emit(cosine_error(method, axes), provenance, out_file)
+                        accuracy.setdefault(method, {})[key] = line[key]
+                        lines.append(line)
+                elif method == "biofvm-lod" and args.biofvm is not None:
+                    accuracy[method] = biofvm_cosine_errors(args.biofvm)
+                    lines.append(emit({"bench": "cosine-accuracy", "method": method,
+                                       "N": COSINE_N, "fields": 1, "dtype": "float64",
+                                       **accuracy[method]}, provenance, out_file))
 
         for dtype_name in args.dtypes:
             dtype = np.dtype(dtype_name)
@@ -543,8 +568,7 @@ def main(argv=None) -> int:
                         line["voxel_updates_per_s"] = n**3 * n_fields / line["step_s"]
                         if "gbps" in line:
                             line["gbps_fraction_of_jax_copy"] = line["gbps"] / jax_copy["gbps"]
-                        if method in accuracy:
-                            line["cosine_rel_error"] = accuracy[method]
+                        line.update(accuracy.get(method, {}))
                         lines.append(emit(line, provenance, out_file))
                     del fields, fields_host
     print_table(lines)

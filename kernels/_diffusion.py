@@ -698,8 +698,10 @@ def rkl1_step(c, dt, spacing, D, decay, bc, stages: int, pinned=None, source=Non
     needs 8): 19 against 26 ms for one 128³ field on 2 CPU cores (measured,
     bench/RESULTS.md). First order: on a cosine mode along one axis it has
     about half the time error of backward Euler (our LOD) at the same dt, but
-    on BioFVM's 3D cosine mode 5.3e-4, more than the 3.7e-4 BioFVM reports
-    (measured in issue 12). s = 1 is forward Euler.
+    on BioFVM's 3D cosine mode 1.4 times the error of LOD and of BioFVM's own
+    solver (9.2e-3 against 6.4e-3 relative in L2 at dt = 0.01 min, measured side
+    by side by ``bench/diffusion.py --biofvm``; ``test_cosine_3d_mode``). s = 1 is
+    forward Euler.
     """
     table, mu1 = rkl1_coefficients(stages)
     return _sts_step(c, dt, spacing, D, decay, bc, pinned, source, table, mu1, False)
