@@ -129,6 +129,8 @@ def parts(n, dt, repeats, pass_s, provenance, out) -> list:
             f"{g.method}{'' if g.stages == 1 else f' x{g.stages}'} ({len(g.channels)})")
         step_s = t["step_s"] if none is None else t["step_s"] - none
         none = t["step_s"] if none is None else none
+        if keep >= 0:  # the spread of the step with the group, not of the difference
+            t = {k: v for k, v in t.items() if k not in ("step_s_min", "step_s_max")}
         lines.append(emit({"method": f"part {name}", "N": n, "dt": dt, "dtype": "float32",
                            "group": "" if keep < 0 else stepper.describe()[keep], **t,
                            "step_s": step_s, "with_none_s": t["step_s"],
