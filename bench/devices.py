@@ -27,7 +27,7 @@ radius.
                N³ voxels a device (a side of the multiple of D nearest N·D^(1/3)),
                in D slabs, against the plain stepper on one device at the same
                size, and its time per device-voxel against the fewest devices'
-               (1 on hardware that scales perfectly; about D on host devices,
+               (1 on hardware that scales perfectly; D or more on host devices,
                which share the cores);
   implicit     (``--slabs --implicit``) the implicit solve alone: oxygen and lactate
                (D = 1e5 um²/min, decay 0.1 and 0.05/min; a per-voxel uptake in a ball
@@ -219,13 +219,13 @@ def slab_cases(args, available, provenance, out) -> list:
         rows.append(emit({"method": "slabs", "N": args.n, "devices": d, **t,
                           "time_over_one_device": t["step_s"] / base["step_s"]},
                          provenance, out))
-    for problem, kind in [(implicit, "implicit")] if args.implicit else []:
-        alone = timed_slabs(args, problem=problem)
-        rows.append(emit({"method": f"{kind} one device", "N": args.n, "devices": 1, **alone},
+    if args.implicit:
+        alone = timed_slabs(args, problem=implicit)
+        rows.append(emit({"method": "implicit one device", "N": args.n, "devices": 1, **alone},
                          provenance, out))
         for d in args.devices:
-            t = timed_slabs(args, available[:d], problem)
-            rows.append(emit({"method": f"{kind} slabs", "N": args.n, "devices": d, **t,
+            t = timed_slabs(args, available[:d], implicit)
+            rows.append(emit({"method": "implicit slabs", "N": args.n, "devices": d, **t,
                               "time_over_one_device": t["step_s"] / alone["step_s"]},
                              provenance, out))
     first = None  # the weak case on the fewest devices: weak scaling's reference
