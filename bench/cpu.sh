@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU part of the benchmark suite, in one call: the figures of bench/RESULTS.md's
-# section "One run of bench/cpu.sh" come from one such run (about 45 minutes on
+# section "One run of bench/cpu.sh" come from one such run (about 30 minutes on
 # 2 cores; run nothing else meanwhile).
 #
 #   bench/cpu.sh OUTDIR
