@@ -25,10 +25,16 @@
 #      grid in slabs (strong, weak, and the implicit solve alone);
 #   7. the accuracy test of the production step (tests/test_verification.py,
 #      oxygen at dt = 2 min against dt = 0.05 min; a slow test).
-# SMOKE=1 runs the same at tiny sizes (about 5 minutes), to try the script.
+# SMOKE=1 runs the same at tiny sizes (about 5 minutes; the accuracy test keeps its
+# size), to try the script. Give an OUTDIR outside the repository (or under out/,
+# which git ignores): files the repository does not ignore mark every line "-dirty".
 set -u
 out=${1:?usage: bench/cpu.sh OUTDIR}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+if [ -n "${BIOFVM:-}" ] && [ ! -x "$BIOFVM" ]; then
+  echo "bench/cpu.sh: BIOFVM=$BIOFVM is not an executable file (build it with bench/biofvm.sh)" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 JAX_PLATFORMS=cpu
@@ -52,7 +58,8 @@ step() {  # step NAME COMMAND...
 }
 { grep -m1 'model name' /proc/cpuinfo; echo "cores: $(nproc)"
   $py -c 'import jax, jaxlib; print("jax", jax.__version__, "jaxlib", jaxlib.__version__, jax.devices())'
-  echo "commit $(git describe --always --dirty 2>/dev/null || echo "${TMESIM_COMMIT:-unknown}")"; } | tee "$out/device.txt"
+  echo "commit $(git describe --always --dirty 2>/dev/null || echo "${TMESIM_COMMIT:-unknown}")"
+  echo "BioFVM: ${BIOFVM:-not run (BIOFVM unset)}"; } | tee "$out/device.txt"
 step diffusion $py bench/diffusion.py --sizes $sizes --fields 8 --dtypes float32 float64 \
   --repeats $rep "${biofvm[@]}" --out "$out/diffusion.jsonl"
 step diffusion_big $py bench/diffusion.py --sizes $big --fields 8 --dtypes float32 \

@@ -155,7 +155,7 @@ def main():
             extra += (f"; {r['voxels_per_device']} voxels a device, "
                       f"{r['time_per_device_voxel_over_first']:.2f} x the fewest devices' "
                       "time per device-voxel")
-        print(f"{r['method']:<10} N={r['N']:<3} B={r.get('batch', 1):<3} D={r['devices']:<2} "
+        print(f"{r['method']:<19} N={r['N']:<3} B={r.get('batch', 1):<3} D={r['devices']:<2} "
               f"{1e3 * r['step_s']:9.2f} ms/step (compile {r['compile_s']:.1f} s){extra}")
 
 

@@ -495,7 +495,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=REPO / "bench" / "results.jsonl",
         help="JSON lines are appended here",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.biofvm is not None and not os.access(args.biofvm, os.X_OK):
+        p.error(f"--biofvm {args.biofvm}: not an executable file (build it with "
+                "bench/biofvm.sh)")
+    return args
 
 
 def main(argv=None) -> int:

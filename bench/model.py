@@ -28,7 +28,8 @@ BioFVM's diffusion step, where most fields take one forward-Euler pass; and
               update); ``part <group>`` the same with that one group's
               transport kept, less ``part none``: the group's transport and
               the reaction terms only it reads (named by method, stages and
-              field count; ``group`` lists the fields);
+              field count; ``group`` lists the fields). A group with no
+              transport (``static``) reads as noise around 0;
   stencil-pass  one plain 7-point stencil pass (``jnp.pad``, in a ``lax.scan``)
               over as many fields, the unit of ``passes`` = step / pass on the
               transport and full lines (issue 12's target: full ≤ 3.5 at 64³,
