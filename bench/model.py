@@ -115,9 +115,9 @@ class OneGroup(tmesim.Stepper):
         return super()._move_cells(g, c, params, rates) if self._kept(g) else c
 
 
-def parts(n, dt, repeats, pass_s, provenance, out) -> list:
+def parts(n, dt, repeats, max_stages, pass_s, provenance, out) -> list:
     """``part`` lines of the full step (module docstring)."""
-    setup, st, params = build(n, dt, True)
+    setup, st, params = build(n, dt, True, max_stages)
     kept = {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.init}
     lines, none = [], None
     for keep in range(-1, len(st.groups)):
@@ -128,8 +128,9 @@ def parts(n, dt, repeats, pass_s, provenance, out) -> list:
         g = stepper.groups[keep]
         name = "none" if keep < 0 else (
             f"{g.method}{'' if g.stages == 1 else f' x{g.stages}'} ({len(g.channels)})")
-        step_s = t["step_s"] if none is None else t["step_s"] - none
-        none = t["step_s"] if none is None else none
+        if keep < 0:
+            none = t["step_s"]
+        step_s = t["step_s"] - (0.0 if keep < 0 else none)
         if keep >= 0:  # the spread of the step with the group, not of the difference
             t = {k: v for k, v in t.items() if k not in ("step_s_min", "step_s_max")}
         lines.append(emit({"method": f"part {name}", "N": n, "dt": dt, "dtype": "float32",
@@ -211,7 +212,8 @@ def main():
                                "ratio_to_transport": reaction / times["transport"]["step_s"]},
                               provenance, out))
             if args.parts:
-                lines += parts(n, dt, args.repeats, pass_s[n]["step_s"], provenance, out)
+                lines += parts(n, dt, args.repeats, args.max_stages, pass_s[n]["step_s"],
+                               provenance, out)
     print()
     for r in lines:
         extra = f"  ratio {r['ratio_to_transport']:.2f}" if "ratio_to_transport" in r else ""
